@@ -1,0 +1,120 @@
+//! Hugging Face CLIP configurations (`config.json`), read with serde, defaults as in
+//! `transformers`' `CLIPVisionConfig`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The vision tower's hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VisionConfig {
+    /// Width of the transformer.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Output size of `visual_projection`.
+    pub projection_dim: usize,
+    /// Number of encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Input channels.
+    pub num_channels: usize,
+    /// Input resolution.
+    pub image_size: usize,
+    /// Patch size.
+    pub patch_size: usize,
+    /// MLP activation (`quick_gelu` or `gelu`).
+    pub hidden_act: String,
+    /// Layer-norm epsilon.
+    pub layer_norm_eps: f64,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            projection_dim: 512,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+/// Where a vision config was found inside a `config.json`.
+#[derive(Debug, Clone)]
+pub struct LocatedVisionConfig {
+    /// The parsed values.
+    pub config: VisionConfig,
+    /// Key prefix in the file: `vision_config.` for a `CLIPModel`, empty for a vision model.
+    pub prefix: &'static str,
+}
+
+impl VisionConfig {
+    /// Extracts the vision config from a parsed `config.json` of any CLIP layout.
+    ///
+    /// Returns `None` when the file describes no CLIP vision tower.
+    pub fn locate(value: &serde_json::Value, path: &Path) -> Result<Option<LocatedVisionConfig>> {
+        let (section, prefix) = if let Some(v) = value.get("vision_config") {
+            (v.clone(), "vision_config.")
+        } else if value.get("model_type").and_then(|m| m.as_str()) == Some("clip_vision_model")
+            || value.get("hidden_size").is_some()
+        {
+            (value.clone(), "")
+        } else {
+            return Ok(None);
+        };
+        let config = serde_json::from_value(section).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            key: format!("{prefix}<fields>"),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(LocatedVisionConfig { config, prefix }))
+    }
+
+    /// The fields that must agree between checkpoints being merged, as `(key, value)` pairs.
+    pub fn architecture(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("hidden_size", self.hidden_size.to_string()),
+            ("intermediate_size", self.intermediate_size.to_string()),
+            ("num_hidden_layers", self.num_hidden_layers.to_string()),
+            ("num_attention_heads", self.num_attention_heads.to_string()),
+            ("num_channels", self.num_channels.to_string()),
+            ("image_size", self.image_size.to_string()),
+            ("patch_size", self.patch_size.to_string()),
+            ("hidden_act", self.hidden_act.clone()),
+        ]
+    }
+}
+
+/// Checks that two located vision configs describe the same architecture.
+pub fn check_same_vision(
+    a: &LocatedVisionConfig,
+    a_path: &Path,
+    b: &LocatedVisionConfig,
+    b_path: &Path,
+) -> Result<()> {
+    for ((key, va), (_, vb)) in a.config.architecture().iter().zip(b.config.architecture()) {
+        if *va != vb {
+            return Err(Error::Config {
+                path: b_path.to_path_buf(),
+                key: format!("{}{key}", b.prefix),
+                reason: format!(
+                    "is {vb} but {}{key} is {va} in {}; the vision towers differ",
+                    a.prefix,
+                    a_path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Run-time backend choice: the library takes a `&Device`; only the CLI decides which.
+
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+/// A compute backend compiled into this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// burn's pure-Rust CPU backend (the default CPU backend).
+    #[default]
+    Flex,
+    /// burn's ndarray CPU backend (deprecated upstream; kept selectable).
+    NdArray,
+    /// GPU through wgpu (Vulkan, Metal, DX12), when built with the `wgpu` feature.
+    Wgpu,
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" | "flex" => Ok(Self::Flex),
+            "ndarray" => Ok(Self::NdArray),
+            "wgpu" | "gpu" => Ok(Self::Wgpu),
+            other => Err(Error::invalid(
+                "--device",
+                format!("`{other}` is not one of cpu, flex, ndarray, wgpu"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Flex => "flex",
+            Self::NdArray => "ndarray",
+            Self::Wgpu => "wgpu",
+        })
+    }
+}
+
+impl Backend {
+    /// The burn device for this backend (without autodiff).
+    pub fn device(self) -> Result<Device> {
+        match self {
+            Self::Flex => Ok(Device::flex()),
+            // Deprecated upstream in favour of flex; kept so results can be compared across both.
+            #[allow(deprecated)]
+            Self::NdArray => Ok(Device::ndarray()),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => Ok(Device::wgpu(Default::default())),
+            #[cfg(not(feature = "wgpu"))]
+            Self::Wgpu => Err(Error::invalid(
+                "--device",
+                "this build has no wgpu backend; rebuild with `cargo build --release --features wgpu`",
+            )),
+        }
+    }
+}
+
+/// Sizes the global thread pool used by the CPU backends. Call once, before any tensor work.
+pub fn init_threads(threads: Option<usize>) -> Result<()> {
+    let Some(n) = threads else { return Ok(()) };
+    if n == 0 {
+        return Err(Error::invalid("--threads", "must be at least 1"));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| Error::invalid("--threads", e.to_string()))
+}

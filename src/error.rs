@@ -1,0 +1,131 @@
+//! Typed errors: every variant names the file, tensor or key a user must look at.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong on user input or I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system error on a file or directory.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A safetensors file whose header or layout cannot be read (bad header, truncated data).
+    #[error("{}: not a valid safetensors file: {reason}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A checkpoint directory that cannot be used as a whole (no weights, bad index, ...).
+    #[error("{}: {reason}", path.display())]
+    Checkpoint {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor whose dtype the merge cannot compute with.
+    #[error(
+        "{}: tensor `{tensor}` has dtype {dtype}, which cannot be merged (supported: F32, F16, BF16)",
+        path.display()
+    )]
+    UnsupportedDtype {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// A tensor holding NaN or infinite values.
+    #[error("{}: tensor `{tensor}` holds {count} non-finite value(s) (NaN or Inf), first at flat index {first}", path.display())]
+    NonFinite {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// How many entries are not finite.
+        count: usize,
+        /// Flat index of the first one.
+        first: usize,
+    },
+    /// A tensor that a fine-tuned checkpoint lacks although the pretrained one merges it.
+    #[error(
+        "{}: tensor `{tensor}` is missing (the pretrained checkpoint {} has it and it is merged)",
+        path.display(),
+        pretrained.display()
+    )]
+    MissingTensor {
+        /// The fine-tuned checkpoint.
+        path: PathBuf,
+        /// The pretrained checkpoint.
+        pretrained: PathBuf,
+        /// The tensor name.
+        tensor: String,
+    },
+    /// A tensor whose shape differs between two checkpoints.
+    #[error(
+        "tensor `{tensor}` has shape {found:?} in {} but {expected:?} in {}",
+        path.display(),
+        pretrained.display()
+    )]
+    ShapeMismatch {
+        /// The checkpoint with the differing shape.
+        path: PathBuf,
+        /// The reference checkpoint.
+        pretrained: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// Shape in the reference checkpoint.
+        expected: Vec<usize>,
+        /// Shape found.
+        found: Vec<usize>,
+    },
+    /// A configuration value that is missing, malformed, or disagrees with another file.
+    #[error("{}: `{key}`: {reason}", path.display())]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// The key path (e.g. `vision_config.hidden_size`).
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A command-line or library argument out of its range.
+    #[error("invalid value for {name}: {reason}")]
+    InvalidArgument {
+        /// The argument (as a user spells it, e.g. `--k`).
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two tasks with the same name.
+    #[error("task name `{0}` is given twice; task names must be unique")]
+    DuplicateTask(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+}

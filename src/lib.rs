@@ -1,0 +1,16 @@
+//! adamerge: merge fine-tuned CLIP models into one multi-task model, with fixed recipes
+//! (weight averaging, Task Arithmetic, TIES, DARE) and learned coefficients (AdaMerging).
+//!
+//! Data flows one way: checkpoint files → [`weights::Weights`] → [`task_vector::TaskVectors`]
+//! → [`merge::MergeMethod`] → merged weights → [`checkpoint::save_merged`].
+
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod diagnostics;
+pub mod error;
+pub mod merge;
+pub mod task_vector;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,262 @@
+//! The `adamerge` command line: parse, call the library, print.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use adamerge::checkpoint::{Checkpoint, save_merged};
+use adamerge::device::{Backend, init_threads};
+use adamerge::diagnostics::TaskVectorReport;
+use adamerge::merge::{Aggregate, FixedKind, MethodSpec, TrimScope};
+use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use adamerge::{Error, Result};
+
+/// Merge fine-tuned CLIP models into one multi-task model.
+#[derive(Parser)]
+#[command(name = "adamerge", version, about)]
+struct Cli {
+    /// Compute backend: cpu (= flex), ndarray, or wgpu (GPU; needs the `wgpu` build feature).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: Backend,
+    /// CPU threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Merge fine-tuned checkpoints with a fixed method and save a Hugging Face checkpoint.
+    Merge(MergeArgs),
+    /// List a checkpoint's tensors, or diagnose the task vectors of fine-tuned checkpoints.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct Models {
+    /// Pretrained checkpoint (Hugging Face CLIP directory or .safetensors file).
+    #[arg(long)]
+    pretrained: PathBuf,
+    /// A fine-tuned checkpoint as NAME=DIR (repeat for each task; NAME defaults to DIR's name).
+    #[arg(long = "finetuned", value_parser = parse_finetuned, required = true)]
+    finetuned: Vec<Finetuned>,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// weight-average, task-arithmetic, ties or dare.
+    #[arg(long)]
+    method: FixedKind,
+    #[command(flatten)]
+    models: Models,
+    /// Scale λ of the merged task vector (task-arithmetic 0.3; ties 1 with mean, 0.3 with sum).
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// TIES: fraction of each task vector kept by magnitude (default 0.2).
+    #[arg(long)]
+    k: Option<f64>,
+    /// TIES: mean or sum of the sign-agreeing entries (default mean).
+    #[arg(long)]
+    aggregate: Option<Aggregate>,
+    /// TIES: top-k threshold over the whole task vector (global) or per tensor.
+    #[arg(long)]
+    trim: Option<TrimScope>,
+    /// DARE: drop probability (default 0.5).
+    #[arg(long)]
+    p: Option<f64>,
+    /// DARE: mask seed (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// DARE: the merge applied after dropping, task-arithmetic or ties.
+    #[arg(long)]
+    dare_base: Option<FixedKind>,
+    /// Output directory (written whole or not at all).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace a non-empty output directory.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A checkpoint to list.
+    dir: Option<PathBuf>,
+    /// Pretrained checkpoint, for task-vector diagnostics.
+    #[arg(long, requires = "finetuned")]
+    pretrained: Option<PathBuf>,
+    /// Fine-tuned checkpoints as NAME=DIR, for task-vector diagnostics.
+    #[arg(long = "finetuned", value_parser = parse_finetuned, requires = "pretrained")]
+    finetuned: Vec<Finetuned>,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_finetuned(s: &str) -> std::result::Result<Finetuned, String> {
+    let (name, path) = match s.split_once('=') {
+        Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+        None => {
+            let path = PathBuf::from(s);
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| format!("`{s}`: give NAME=DIR"))?;
+            (name, path)
+        }
+    };
+    if name.is_empty() || path.as_os_str().is_empty() {
+        return Err(format!("`{s}`: expected NAME=DIR"));
+    }
+    Ok(Finetuned { name, path })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    init_threads(cli.threads)?;
+    match cli.command {
+        Command::Merge(args) => merge(args, cli.device),
+        Command::Inspect(args) => inspect(args, cli.device),
+    }
+}
+
+fn load_bar(tasks: usize) -> ProgressBar {
+    let bar = ProgressBar::new(0).with_message(format!("loading θ₀ and {tasks} fine-tuned"));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {percent}% {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
+    let spec = MethodSpec {
+        kind: args.method,
+        lambda: args.lambda,
+        k: args.k,
+        p: args.p,
+        seed: args.seed,
+        aggregate: args.aggregate,
+        trim: args.trim,
+        dare_base: args.dare_base,
+    };
+    let method = spec.build()?;
+    let device = backend.device()?;
+    let start = Instant::now();
+    let bar = load_bar(args.models.finetuned.len());
+    let (tv, plan) = TaskVectors::load(
+        &args.models.pretrained,
+        &args.models.finetuned,
+        &MergeScope::default(),
+        &device,
+        &bar,
+    )?;
+    bar.finish_and_clear();
+    let loaded = start.elapsed();
+    let merged = method.merge(&tv)?;
+    drop(tv);
+    let merge_time = start.elapsed() - loaded;
+    let out = save_merged(&args.models.pretrained, &merged, &args.out, args.force)?;
+    let total = start.elapsed();
+    println!(
+        "{} — {}\nmerged {} tensors ({} parameters) of {} tasks; carried {} tensors over from the pretrained checkpoint\nload {:.2}s, merge {:.2}s, write {:.2}s on {backend}\nwrote {}",
+        method.label(),
+        method.reference(),
+        plan.merged.len(),
+        merged.num_params(),
+        args.models.finetuned.len(),
+        plan.carried.len(),
+        loaded.as_secs_f64(),
+        merge_time.as_secs_f64(),
+        (total - loaded - merge_time).as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
+    if let Some(pretrained) = &args.pretrained {
+        let device = backend.device()?;
+        let bar = load_bar(args.finetuned.len());
+        let (tv, plan) = TaskVectors::load(
+            pretrained,
+            &args.finetuned,
+            &MergeScope::default(),
+            &device,
+            &bar,
+        )?;
+        bar.finish_and_clear();
+        let report = TaskVectorReport::compute(&tv);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            println!(
+                "{} merged tensors, {} carried over\n\n{}",
+                plan.merged.len(),
+                plan.carried.len(),
+                report.to_markdown()
+            );
+        }
+        return Ok(());
+    }
+    let dir = args.dir.ok_or_else(|| {
+        Error::invalid(
+            "inspect",
+            "give a checkpoint DIR, or --pretrained and --finetuned",
+        )
+    })?;
+    let ckpt = Checkpoint::open(&dir)?;
+    let rows: Vec<(String, String, Vec<usize>, usize)> = ckpt
+        .names()
+        .filter_map(|n| {
+            ckpt.meta(n)
+                .map(|m| (n.to_string(), m.dtype.name(), m.shape.clone(), m.numel()))
+        })
+        .collect();
+    if args.json {
+        let tensors: Vec<_> = rows
+            .iter()
+            .map(|(n, d, s, c)| serde_json::json!({"name": n, "dtype": d, "shape": s, "params": c}))
+            .collect();
+        let doc = serde_json::json!({"path": dir, "tensors": tensors, "params": ckpt.num_params()});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(());
+    }
+    println!("| tensor | dtype | shape | parameters |\n|---|---|---|---|");
+    for (n, d, s, c) in &rows {
+        println!("| {n} | {d} | {s:?} | {c} |");
+    }
+    let mut by_dtype: Vec<(String, usize)> = Vec::new();
+    for (_, d, _, c) in &rows {
+        match by_dtype.iter_mut().find(|(x, _)| x == d) {
+            Some(e) => e.1 += c,
+            None => by_dtype.push((d.clone(), *c)),
+        }
+    }
+    let dtypes: Vec<String> = by_dtype.iter().map(|(d, c)| format!("{d}: {c}")).collect();
+    println!(
+        "\n{} tensors, {} parameters ({})",
+        rows.len(),
+        ckpt.num_params(),
+        dtypes.join(", ")
+    );
+    Ok(())
+}
