@@ -59,13 +59,13 @@ impl Dare {
 
     /// Merges with the given masks instead of seeded ones.
     pub fn merge_with_masks(&self, tv: &TaskVectors, masks: &DareMasks) -> Result<Weights> {
-        if let DareMasks::Given(m) = masks {
-            if m.len() != tv.num_tasks() {
-                return Err(Error::invalid(
-                    "DARE masks",
-                    format!("{} mask sets for {} tasks", m.len(), tv.num_tasks()),
-                ));
-            }
+        if let DareMasks::Given(m) = masks
+            && m.len() != tv.num_tasks()
+        {
+            return Err(Error::invalid(
+                "DARE masks",
+                format!("{} mask sets for {} tasks", m.len(), tv.num_tasks()),
+            ));
         }
         let dropped = Dropped {
             inner: tv,
