@@ -437,6 +437,33 @@ def snapshot_binary(path: Path, wait_s: float, dest: Path) -> dict:
         time.sleep(10)
 
 
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Fraction of all cores busy over `seconds` (from /proc/stat), before we start anything."""
+    def snap():
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(f), f[3] + (f[4] if len(f) > 4 else 0)
+    try:
+        t0, i0 = snap()
+        time.sleep(seconds)
+        t1, i1 = snap()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def lock_bench(cache: Path):
+    """One benchmark at a time per input set: a second run waits instead of contending."""
+    import fcntl
+
+    f = open(cache / ".bench.lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another bench_merge.py run holds the lock; waiting ...", file=sys.stderr, flush=True)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
 # --------------------------------------------------------------------------- report
 
 GIB = 2**30
@@ -541,6 +568,8 @@ def main() -> None:
               file=sys.stderr, flush=True)
         generate_inputs(cache, shapes)
     ckpt_bytes = (cache / "pretrained" / "model.safetensors").stat().st_size
+    lock = lock_bench(cache)  # held until exit
+    busy = cpu_busy()
 
     machine = machine_info()
     work = Path(tempfile.mkdtemp(prefix="bench-merge-", dir=args.tmp))
@@ -599,7 +628,12 @@ def main() -> None:
           f"{ckpt_bytes / 2**20:.1f} MiB per model.safetensors (the 'ckpt' unit below).")
     print(f"Threads: {args.threads} for both (adamerge --threads {args.threads}; numpy child with "
           f"OMP_NUM_THREADS=OPENBLAS_NUM_THREADS={args.threads}).")
-    print(f"Load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {total_s:.0f}s in all.\n")
+    busy_txt = "?" if busy is None else f"{100 * busy:.0f}%"
+    print(f"Load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; CPU {busy_txt} busy in the "
+          f"second before the first run; {total_s:.0f}s in all.\n")
+    if busy is not None and busy > 0.25:
+        print(f"**Warning: the machine was already {busy_txt} busy before the benchmark started; "
+              "other work competes for the cores and the timings are noisy.**\n")
     print(markdown(rows))
     print()
     print("Notes:")
@@ -633,6 +667,7 @@ def main() -> None:
         doc = {"machine": machine, "binary": bininfo, "inputs": {"dir": str(cache), "params": params,
                "ckpt_bytes": ckpt_bytes, "tensors": len(shapes), "seed": SEED, "recipe": RECIPE},
                "threads": args.threads, "repeats": args.repeats, "loadavg": [load_start, load_end],
+               "cpu_busy_before": busy,
                "total_s": total_s, "command": rerun, "rows": rows}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 

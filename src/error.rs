@@ -107,6 +107,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A weight the model forward cannot use (missing, or shaped against its config).
+    #[error("tensor `{tensor}`: {reason}")]
+    Tensor {
+        /// The tensor name.
+        tensor: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Two tasks with the same name.
     #[error("task name `{0}` is given twice; task names must be unique")]
     DuplicateTask(String),

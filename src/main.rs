@@ -1,5 +1,6 @@
 //! The `adamerge` command line: parse, call the library, print.
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -7,11 +8,12 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use adamerge::checkpoint::{Checkpoint, save_merged};
+use adamerge::checkpoint::{Checkpoint, Replacement, save_merged};
 use adamerge::device::{Backend, init_threads};
 use adamerge::diagnostics::TaskVectorReport;
 use adamerge::merge::{Aggregate, FixedKind, MethodSpec, TrimScope};
 use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use adamerge::weights::tensor_to_vec;
 use adamerge::{Error, Result};
 
 /// Merge fine-tuned CLIP models into one multi-task model.
@@ -168,17 +170,30 @@ fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     )?;
     bar.finish_and_clear();
     let loaded = start.elapsed();
-    let merged = method.merge(&tv)?;
-    drop(tv);
-    let merge_time = start.elapsed() - loaded;
-    let out = save_merged(&args.models.pretrained, &merged, &args.out, args.force)?;
+    // Each merged tensor is computed when the writer reaches it, so the merged model is never
+    // held whole next to the task vectors.
+    let merger = method.prepare(&tv)?;
+    let merging = Cell::new(start.elapsed() - loaded);
+    let shapes = tv
+        .base()
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.shape.clone()))
+        .collect();
+    let replacement = Replacement::new(shapes, |name| {
+        let t = Instant::now();
+        let values = tensor_to_vec(merger.tensor(name)?);
+        merging.set(merging.get() + t.elapsed());
+        Ok(values)
+    });
+    let out = save_merged(&args.models.pretrained, &replacement, &args.out, args.force)?;
     let total = start.elapsed();
+    let merge_time = merging.get();
     println!(
         "{} — {}\nmerged {} tensors ({} parameters) of {} tasks; carried {} tensors over from the pretrained checkpoint\nload {:.2}s, merge {:.2}s, write {:.2}s on {backend}\nwrote {}",
         method.label(),
         method.reference(),
         plan.merged.len(),
-        merged.num_params(),
+        tv.base().num_params(),
         args.models.finetuned.len(),
         plan.carried.len(),
         loaded.as_secs_f64(),

@@ -100,6 +100,11 @@ impl Weights {
             .ok_or_else(|| Error::invalid("tensor", format!("`{name}` is not in this weight set")))
     }
 
+    /// Position of a tensor in the order.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.map.get_index_of(name)
+    }
+
     /// Names in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.map.keys().map(String::as_str)

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use adamerge::Error;
 use adamerge::checkpoint::{
-    Checkpoint, PendingTensor, StoredDtype, save_merged, write_safetensors,
+    Checkpoint, PendingTensor, Replacement, StoredDtype, save_merged, write_safetensors,
 };
 use adamerge::diagnostics::TaskVectorReport;
 use adamerge::merge::{MergeMethod, TaskArithmetic};
@@ -79,7 +79,13 @@ fn sharded_clipmodel_with_half_precision_finetunes_merges_and_saves() {
 
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("merged");
-    save_merged(&pretrained, &merged, &out, false).unwrap();
+    save_merged(
+        &pretrained,
+        &Replacement::from_weights(&merged),
+        &out,
+        false,
+    )
+    .unwrap();
     assert!(out.join("config.json").is_file());
     assert!(out.join("model.safetensors").is_file());
     assert!(!out.join("model.safetensors.index.json").exists());
@@ -132,7 +138,13 @@ fn half_precision_pretrained_is_written_back_in_half_precision() {
     let merged = TaskArithmetic::new(0.5).unwrap().merge(&tv).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m16");
-    save_merged(&pretrained, &merged, &out, false).unwrap();
+    save_merged(
+        &pretrained,
+        &Replacement::from_weights(&merged),
+        &out,
+        false,
+    )
+    .unwrap();
     let written = Checkpoint::open(&out).unwrap();
     for (name, t) in merged.iter() {
         assert_eq!(
@@ -468,4 +480,28 @@ fn hf_load_check(dir: &Path) {
             ),
         },
     }
+}
+
+#[test]
+fn a_failing_tensor_while_streaming_leaves_no_output() {
+    let pretrained = fixture("merge/a/pretrained");
+    let tv = load(&pretrained, &[ft("t", fixture("merge/a/task1"))]).unwrap();
+    let shapes = tv
+        .base()
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.shape.clone()))
+        .collect();
+    let failing = Replacement::new(shapes, |name| {
+        if name == VICTIM {
+            Err(Error::invalid("test", "refused"))
+        } else {
+            Ok(tv.base().require(name)?.to_vec())
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let err = save_merged(&pretrained, &failing, &out, false).unwrap_err();
+    assert!(err.to_string().contains("refused"));
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }

@@ -91,7 +91,7 @@ fn check_reference_cases(device: &Device) {
                 };
                 Dare::new(p["p"].as_f64().unwrap(), 0, base)
                     .unwrap()
-                    .merge_with_masks(&tv, &given_masks(device, &tv))
+                    .merge_with_masks(&tv, given_masks(device, &tv))
             }
             other => panic!("unknown method {other}"),
         }
@@ -189,7 +189,7 @@ fn hand_computed_dare_with_a_given_mask() {
     ]);
     // p = 0.75: kept entries scaled by 4. τ̃1 = [4, 0, 12, 0], τ̃2 = [0, 0, -4, -4].
     let dare = Dare::new(0.75, 0, DareBase::TaskArithmetic { lambda: 0.5 }).unwrap();
-    let w = dare.merge_with_masks(&tv, &masks).unwrap();
+    let w = dare.merge_with_masks(&tv, masks).unwrap();
     assert_close(&values(&w, "w"), &[3.0, 1.0, 5.0, -1.0], 1e-6);
 }
 
@@ -276,4 +276,94 @@ fn per_tensor_trim_differs_from_global_when_scales_differ() {
         .unwrap();
     assert_close(&values(&per, "small"), &[0.0, 0.2, 0.3, 0.4], 0.0);
     assert_close(&values(&per, "big"), &[0.0, 20.0, 30.0, 40.0], 0.0);
+}
+
+/// Straight-from-the-definition TIES on host vectors (one global threshold per task).
+fn naive_ties(base: &[f32], taus: &[Vec<f32>], k: f64, lambda: f32) -> Vec<f32> {
+    let d = base.len();
+    let hats: Vec<Vec<f32>> = taus
+        .iter()
+        .map(|t| {
+            let mut mags: Vec<f32> = t.iter().map(|x| x.abs()).collect();
+            mags.sort_by(f32::total_cmp);
+            let rank = d - (d as f64 * k).floor() as usize;
+            let thr = if rank == 0 { 0.0 } else { mags[rank - 1] };
+            t.iter()
+                .map(|&x| if x.abs() >= thr { x } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    let sums: Vec<f32> = (0..d)
+        .map(|i| hats.iter().fold(0.0, |a, h| a + h[i]))
+        .collect();
+    let majority: f32 = sums
+        .iter()
+        .map(|s| s.signum() * (*s != 0.0) as i32 as f32)
+        .sum::<f32>()
+        .signum();
+    (0..d)
+        .map(|i| {
+            let g = if sums[i] == 0.0 {
+                majority
+            } else {
+                sums[i].signum()
+            };
+            let agree: Vec<f32> = hats
+                .iter()
+                .map(|h| h[i])
+                .filter(|&x| x != 0.0 && x.signum() == g)
+                .collect();
+            let m = agree.iter().fold(0.0, |a, x| a + x) / (agree.len().max(1) as f32);
+            base[i] + m * lambda
+        })
+        .collect()
+}
+
+#[test]
+fn chunked_merges_of_large_tensors_match_host_computations() {
+    let d = Device::flex();
+    // Larger than several chunks, split over two tensors of unequal size.
+    let n = 3 * (1 << 18) + 12_345;
+    let split = 200_001;
+    let mut rng = 12345u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        ((rng % 20_001) as f32 - 10_000.0) * 1e-4
+    };
+    let base: Vec<f32> = (0..n).map(|_| next()).collect();
+    let taus: Vec<Vec<f32>> = (0..3).map(|_| (0..n).map(|_| next()).collect()).collect();
+    let to_w = |v: &[f32]| weights(&d, &[("a", &v[..split]), ("b", &v[split..])]);
+    let tv = TaskVectors::new(
+        vec!["x".into(), "y".into(), "z".into()],
+        to_w(&base),
+        taus.iter().map(|t| to_w(t)).collect(),
+    )
+    .unwrap();
+    let joined = |w: &Weights| [values(w, "a"), values(w, "b")].concat();
+
+    let ties = Ties::new(0.2, 1.0, Aggregate::Mean, TrimScope::Global)
+        .unwrap()
+        .merge(&tv)
+        .unwrap();
+    assert_close(&joined(&ties), &naive_ties(&base, &taus, 0.2, 1.0), 1e-6);
+
+    // Seeded DARE drawn chunk by chunk equals Task Arithmetic on whole-tensor masks.
+    let p = 0.3;
+    let dare = Dare::new(p, 9, DareBase::TaskArithmetic { lambda: 0.5 })
+        .unwrap()
+        .merge(&tv)
+        .unwrap();
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mut want = base.clone();
+    for (k, tau) in taus.iter().enumerate() {
+        for (name, range) in [("a", 0..split), ("b", split..n)] {
+            let mask = adamerge::merge::seeded_mask(9, k, name, 0..range.len(), p);
+            for (j, i) in range.enumerate() {
+                want[i] += 0.5 * (tau[i] * mask[j] * scale);
+            }
+        }
+    }
+    assert_close(&joined(&dare), &want, 1e-5);
 }

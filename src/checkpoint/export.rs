@@ -1,12 +1,44 @@
 //! Saving a merged model in the pretrained checkpoint's layout, loadable by `transformers`.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
 
 use super::write::PendingTensor;
 use super::{Checkpoint, INDEX_FILE, OutputDir, WEIGHTS_FILE, encode_f32, write_safetensors};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
+
+/// The tensors that replace pretrained ones in a saved model, each computed only when the writer
+/// reaches it, so that a merge can stream into the file without holding the merged model.
+pub struct Replacement<'a> {
+    shapes: IndexMap<String, Vec<usize>>,
+    values: Box<dyn Fn(&str) -> Result<Vec<f32>> + 'a>,
+}
+
+impl<'a> Replacement<'a> {
+    /// Tensors `shapes` (name → shape) whose values `values` computes on demand.
+    pub fn new(
+        shapes: IndexMap<String, Vec<usize>>,
+        values: impl Fn(&str) -> Result<Vec<f32>> + 'a,
+    ) -> Self {
+        Self {
+            shapes,
+            values: Box::new(values),
+        }
+    }
+
+    /// Weights already in memory.
+    pub fn from_weights(w: &'a Weights) -> Self {
+        let shapes = w
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.shape.clone()))
+            .collect();
+        Self::new(shapes, move |name| Ok(w.require(name)?.to_vec()))
+    }
+}
 
 /// Writes `merged` over a copy of the pretrained checkpoint into `out`.
 ///
@@ -16,21 +48,21 @@ use crate::weights::Weights;
 /// tokenizer files) are copied. The directory appears only once complete.
 pub fn save_merged(
     pretrained: &Path,
-    merged: &Weights,
+    merged: &Replacement<'_>,
     out: &Path,
     force: bool,
 ) -> Result<PathBuf> {
     let ckpt = Checkpoint::open(pretrained)?;
-    for (name, t) in merged.iter() {
+    for (name, shape) in &merged.shapes {
         match ckpt.meta(name) {
-            Some(meta) if meta.shape == t.shape => {}
+            Some(meta) if &meta.shape == shape => {}
             Some(meta) => {
                 return Err(Error::ShapeMismatch {
                     path: PathBuf::from("<merged weights>"),
                     pretrained: pretrained.to_path_buf(),
                     tensor: name.to_string(),
                     expected: meta.shape.clone(),
-                    found: t.shape.clone(),
+                    found: shape.clone(),
                 });
             }
             None => {
@@ -42,35 +74,41 @@ pub fn save_merged(
         }
     }
     let dir = OutputDir::create(out, force)?;
+    // The writer's callbacks cannot fail, so the first error is kept here and returned after.
+    let failure: RefCell<Option<Error>> = RefCell::new(None);
     let mut tensors = Vec::new();
     for name in ckpt.names() {
         let Some(meta) = ckpt.meta(name) else {
             continue;
         };
-        let pending = match merged.get(name) {
-            Some(t) => {
-                let dtype = meta.dtype;
-                PendingTensor {
-                    dtype,
-                    shape: meta.shape.clone(),
-                    bytes: Box::new(move || {
-                        Cow::Owned(encode_f32(dtype, &t.to_vec()).unwrap_or_default())
-                    }),
-                }
+        let pending = if merged.shapes.contains_key(name) {
+            let (dtype, numel, failure) = (meta.dtype, meta.numel(), &failure);
+            PendingTensor {
+                dtype,
+                shape: meta.shape.clone(),
+                bytes: Box::new(move || {
+                    let values = (merged.values)(name).unwrap_or_else(|e| {
+                        failure.borrow_mut().get_or_insert(e);
+                        vec![0.0; numel]
+                    });
+                    Cow::Owned(encode_f32(dtype, &values).unwrap_or_default())
+                }),
             }
-            None => {
-                let raw = ckpt.raw(name).unwrap_or_default();
-                PendingTensor {
-                    dtype: meta.dtype,
-                    shape: meta.shape.clone(),
-                    bytes: Box::new(move || Cow::Borrowed(raw)),
-                }
+        } else {
+            let raw = ckpt.raw(name).unwrap_or_default();
+            PendingTensor {
+                dtype: meta.dtype,
+                shape: meta.shape.clone(),
+                bytes: Box::new(move || Cow::Borrowed(raw)),
             }
         };
         tensors.push((name.to_string(), pending));
     }
     write_safetensors(&dir.path().join(WEIGHTS_FILE), &tensors)?;
     drop(tensors);
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
     if pretrained.is_dir() {
         copy_side_files(pretrained, dir.path())?;
     }

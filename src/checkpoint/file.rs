@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::SafeTensors;
 
 use super::dtype::StoredDtype;
@@ -82,6 +82,20 @@ impl SafetensorsFile {
     /// The raw little-endian bytes of a tensor described by `meta`.
     pub fn bytes(&self, meta: &TensorMeta) -> &[u8] {
         &self.mmap[self.data_start + meta.offsets.0..self.data_start + meta.offsets.1]
+    }
+
+    /// Tells the kernel the pages of a tensor that was copied out are not needed any more, so a
+    /// checkpoint read tensor by tensor never stays resident as a whole next to its copy.
+    pub fn release(&self, meta: &TensorMeta) {
+        // SAFETY: the map is a read-only shared file mapping: dropped pages are re-read from the
+        // file on the next access, so any slice still borrowed sees the same bytes.
+        let _ = unsafe {
+            self.mmap.unchecked_advise_range(
+                UncheckedAdvice::DontNeed,
+                self.data_start + meta.offsets.0,
+                meta.offsets.1 - meta.offsets.0,
+            )
+        };
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use dtype::{StoredDtype, decode_f32, encode_f32};
-pub use export::save_merged;
+pub use export::{Replacement, save_merged};
 pub use file::{SafetensorsFile, TensorMeta};
 pub use write::{OutputDir, PendingTensor, write_safetensors};
 
@@ -154,6 +154,8 @@ impl Checkpoint {
     }
 
     /// Reads a tensor as f32, rejecting unsupported dtypes and non-finite values.
+    ///
+    /// The mapped pages are released afterwards: the copy is what the caller keeps.
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
         let &i = self.lookup.get(name).ok_or_else(|| Error::Checkpoint {
             path: self.path.clone(),
@@ -167,6 +169,7 @@ impl Checkpoint {
                 tensor: name.to_string(),
                 dtype: meta.dtype.name(),
             })?;
+        file.release(meta);
         let mut bad = values.iter().enumerate().filter(|(_, v)| !v.is_finite());
         if let Some((first, _)) = bad.next() {
             return Err(Error::NonFinite {

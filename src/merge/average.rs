@@ -1,9 +1,8 @@
 //! Weight averaging: θ = (1/K) Σ_k θ_k.
 
-use super::{MergeMethod, scaled_sum};
+use super::{MergeMethod, ScaledSum, TensorMerge};
 use crate::error::Result;
 use crate::task_vector::TaskVectors;
-use crate::weights::Weights;
 
 /// Uniform average of the fine-tuned models (Wortsman et al. 2022, "Model soups").
 ///
@@ -21,7 +20,10 @@ impl MergeMethod for WeightAverage {
     fn label(&self) -> String {
         self.name().to_string()
     }
-    fn merge(&self, tv: &TaskVectors) -> Result<Weights> {
-        scaled_sum(tv, 1.0 / tv.num_tasks() as f64)
+    fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>> {
+        Ok(Box::new(ScaledSum {
+            src: tv,
+            lambda: 1.0 / tv.num_tasks() as f64,
+        }))
     }
 }

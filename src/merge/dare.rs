@@ -1,11 +1,15 @@
 //! DARE: drop each task-vector entry with probability p and rescale the rest by 1/(1 − p),
 //! then merge with Task Arithmetic or TIES.
 
+use std::ops::Range;
+
 use burn::tensor::{Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
-use super::{MergeMethod, Ties, VectorSource, check_range, fmt_param, scaled_sum};
+use super::{
+    MergeMethod, ScaledSum, TensorMerge, Ties, VectorSource, check_range, fmt_param, part,
+};
 use crate::error::{Error, Result};
 use crate::task_vector::TaskVectors;
 use crate::weights::Weights;
@@ -57,9 +61,13 @@ impl Dare {
         Ok(Self { p, seed, base })
     }
 
-    /// Merges with the given masks instead of seeded ones.
-    pub fn merge_with_masks(&self, tv: &TaskVectors, masks: &DareMasks) -> Result<Weights> {
-        if let DareMasks::Given(m) = masks
+    /// Prepares the merge with the given masks instead of seeded ones.
+    pub fn prepare_with_masks<'a>(
+        &self,
+        tv: &'a TaskVectors,
+        masks: DareMasks,
+    ) -> Result<Box<dyn TensorMerge + 'a>> {
+        if let DareMasks::Given(m) = &masks
             && m.len() != tv.num_tasks()
         {
             return Err(Error::invalid(
@@ -72,10 +80,19 @@ impl Dare {
             p: self.p,
             masks,
         };
-        match self.base {
-            DareBase::TaskArithmetic { lambda } => scaled_sum(&dropped, lambda),
-            DareBase::Ties(ties) => ties.merge_source(&dropped),
-        }
+        Ok(match self.base {
+            DareBase::TaskArithmetic { lambda } => Box::new(ScaledSum {
+                src: dropped,
+                lambda,
+            }),
+            DareBase::Ties(ties) => Box::new(ties.prepare_source(dropped)?),
+        })
+    }
+
+    /// Merges with the given masks instead of seeded ones.
+    pub fn merge_with_masks(&self, tv: &TaskVectors, masks: DareMasks) -> Result<Weights> {
+        let merger = self.prepare_with_masks(tv, masks)?;
+        tv.base().try_map(|name, _| merger.tensor(name))
     }
 }
 
@@ -95,8 +112,8 @@ impl MergeMethod for Dare {
         };
         format!("dare(p={},seed={})+{base}", fmt_param(self.p), self.seed)
     }
-    fn merge(&self, tv: &TaskVectors) -> Result<Weights> {
-        self.merge_with_masks(tv, &DareMasks::Seeded(self.seed))
+    fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>> {
+        self.prepare_with_masks(tv, DareMasks::Seeded(self.seed))
     }
 }
 
@@ -107,7 +124,7 @@ pub struct Dropped<'a, S> {
     /// Drop probability.
     pub p: f64,
     /// Mask source.
-    pub masks: &'a DareMasks,
+    pub masks: DareMasks,
 }
 
 impl<S: VectorSource> VectorSource for Dropped<'_, S> {
@@ -117,16 +134,16 @@ impl<S: VectorSource> VectorSource for Dropped<'_, S> {
     fn base(&self) -> &Weights {
         self.inner.base()
     }
-    fn vector(&self, k: usize, name: &str) -> Result<Tensor<1>> {
-        let tau = self.inner.vector(k, name)?;
+    fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
+        let tau = self.inner.vector(k, name, range.clone())?;
         if self.p == 0.0 {
             return Ok(tau);
         }
-        let mask = match self.masks {
-            DareMasks::Given(m) => m[k].require(name)?.data.clone(),
+        let mask = match &self.masks {
+            DareMasks::Given(m) => part(&m[k].require(name)?.data, range),
             DareMasks::Seeded(seed) => {
-                let n = tau.dims()[0];
-                let values = seeded_mask(*seed, k, name, n, self.p);
+                let n = range.len();
+                let values = seeded_mask(*seed, k, name, range, self.p);
                 Tensor::from_data(TensorData::new(values, [n]), &tau.device())
             }
         };
@@ -134,11 +151,14 @@ impl<S: VectorSource> VectorSource for Dropped<'_, S> {
     }
 }
 
-/// A 0/1 keep mask with P(1) = 1 − p, reproducible from (seed, task, tensor name).
-pub fn seeded_mask(seed: u64, task: usize, name: &str, n: usize, p: f64) -> Vec<f32> {
+/// Entries `range` of a 0/1 keep mask with P(1) = 1 − p, reproducible from (seed, task,
+/// tensor name). Entry i uses the i-th 64-bit word of its ChaCha8 stream, so any range can be
+/// drawn on its own.
+pub fn seeded_mask(seed: u64, task: usize, name: &str, range: Range<usize>, p: f64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv1a(name.as_bytes()));
     rng.set_stream(task as u64);
-    (0..n)
+    rng.set_word_pos(2 * range.start as u128);
+    range
         .map(|_| if rng.random::<f64>() < p { 0.0 } else { 1.0 })
         .collect()
 }
@@ -158,27 +178,31 @@ mod tests {
     fn seeded_masks_keep_one_minus_p_and_are_reproducible() {
         let n = 200_000;
         for p in [0.1, 0.5, 0.9] {
-            let m = seeded_mask(7, 2, "vision_model.x.weight", n, p);
+            let m = seeded_mask(7, 2, "vision_model.x.weight", 0..n, p);
             let kept = m.iter().filter(|&&v| v == 1.0).count() as f64 / n as f64;
             // 5 standard deviations of a binomial proportion.
             let sd = (p * (1.0 - p) / n as f64).sqrt();
             assert!((kept - (1.0 - p)).abs() < 5.0 * sd, "p={p}: kept {kept}");
-            assert_eq!(m, seeded_mask(7, 2, "vision_model.x.weight", n, p));
+            assert_eq!(m, seeded_mask(7, 2, "vision_model.x.weight", 0..n, p));
+            // Any range is the same slice of the whole mask.
+            let mut pieces = seeded_mask(7, 2, "vision_model.x.weight", 0..777, p);
+            pieces.extend(seeded_mask(7, 2, "vision_model.x.weight", 777..n, p));
+            assert_eq!(m, pieces);
         }
-        let a = seeded_mask(7, 0, "t", 1000, 0.5);
+        let a = seeded_mask(7, 0, "t", 0..1000, 0.5);
         assert_ne!(
             a,
-            seeded_mask(7, 1, "t", 1000, 0.5),
+            seeded_mask(7, 1, "t", 0..1000, 0.5),
             "tasks draw different masks"
         );
         assert_ne!(
             a,
-            seeded_mask(8, 0, "t", 1000, 0.5),
+            seeded_mask(8, 0, "t", 0..1000, 0.5),
             "seeds draw different masks"
         );
         assert_ne!(
             a,
-            seeded_mask(7, 0, "u", 1000, 0.5),
+            seeded_mask(7, 0, "u", 0..1000, 0.5),
             "tensors draw different masks"
         );
     }

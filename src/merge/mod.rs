@@ -8,13 +8,15 @@ mod spec;
 mod task_arithmetic;
 mod ties;
 
+use std::ops::Range;
+
 use burn::tensor::Tensor;
 
 pub use average::WeightAverage;
-pub use dare::{Dare, DareBase, DareMasks, Dropped};
+pub use dare::{Dare, DareBase, DareMasks, Dropped, seeded_mask};
 pub use spec::{FixedKind, MethodSpec};
 pub use task_arithmetic::TaskArithmetic;
-pub use ties::{Aggregate, Ties, TrimScope, kth_smallest_magnitude};
+pub use ties::{Aggregate, Ties, TiesMerge, TrimScope, kth_smallest_magnitude};
 
 use crate::error::{Error, Result};
 use crate::task_vector::TaskVectors;
@@ -28,8 +30,21 @@ pub trait MergeMethod {
     fn reference(&self) -> &'static str;
     /// Name plus hyper-parameters, used as the key of a result (`ties(k=0.2,lambda=1,mean)`).
     fn label(&self) -> String;
+    /// Runs whatever pass over all tensors the method needs first (TIES: thresholds and the
+    /// majority sign) and returns a merger that computes any merged tensor on its own, so a
+    /// caller can write each tensor as it is merged instead of holding the merged model.
+    fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>>;
     /// The merged weights over the merged tensors.
-    fn merge(&self, tv: &TaskVectors) -> Result<Weights>;
+    fn merge(&self, tv: &TaskVectors) -> Result<Weights> {
+        let merger = self.prepare(tv)?;
+        tv.base().try_map(|name, _| merger.tensor(name))
+    }
+}
+
+/// A prepared merge: one merged tensor at a time.
+pub trait TensorMerge {
+    /// The merged values of tensor `name` (flat).
+    fn tensor(&self, name: &str) -> Result<Tensor<1>>;
 }
 
 /// K task vectors seen tensor by tensor, so a transformed set (DARE's dropped vectors) never
@@ -39,8 +54,20 @@ pub trait VectorSource {
     fn num_tasks(&self) -> usize;
     /// θ₀ (names, shapes, order).
     fn base(&self) -> &Weights;
-    /// Task `k`'s vector for tensor `name`, flat.
-    fn vector(&self, k: usize, name: &str) -> Result<Tensor<1>>;
+    /// Entries `range` of task `k`'s vector for tensor `name` (flat).
+    fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>>;
+}
+
+impl<S: VectorSource> VectorSource for &S {
+    fn num_tasks(&self) -> usize {
+        (**self).num_tasks()
+    }
+    fn base(&self) -> &Weights {
+        (**self).base()
+    }
+    fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
+        (**self).vector(k, name, range)
+    }
 }
 
 impl VectorSource for TaskVectors {
@@ -50,20 +77,63 @@ impl VectorSource for TaskVectors {
     fn base(&self) -> &Weights {
         TaskVectors::base(self)
     }
-    fn vector(&self, k: usize, name: &str) -> Result<Tensor<1>> {
-        Ok(self.vector(k).require(name)?.data.clone())
+    fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
+        let t = &self.vector(k).require(name)?.data;
+        if range.start == 0 && range.end == t.dims()[0] {
+            return Ok(t.clone());
+        }
+        Ok(t.clone().narrow(0, range.start, range.len()))
     }
 }
 
+/// Elements per chunk. Merges run chunk by chunk so that their temporaries stay in cache and
+/// their memory stays bounded whatever the size of a tensor.
+pub(crate) const CHUNK: usize = 1 << 18;
+
+/// Builds a tensor of `n` elements from its chunks.
+pub(crate) fn by_chunks(
+    n: usize,
+    mut f: impl FnMut(Range<usize>) -> Result<Tensor<1>>,
+) -> Result<Tensor<1>> {
+    if n <= CHUNK {
+        return f(0..n);
+    }
+    let parts = chunks(n).map(f).collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(parts, 0))
+}
+
+/// The chunk ranges covering `0..n`.
+pub(crate) fn chunks(n: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..n)
+        .step_by(CHUNK)
+        .map(move |start| start..(start + CHUNK).min(n))
+}
+
+/// Entries `range` of a flat tensor.
+pub(crate) fn part(t: &Tensor<1>, range: Range<usize>) -> Tensor<1> {
+    if range.start == 0 && range.end == t.dims()[0] {
+        return t.clone();
+    }
+    t.clone().narrow(0, range.start, range.len())
+}
+
 /// θ₀ + λ Σ_k τ_k over any source: the core every fixed method ends in.
-pub(crate) fn scaled_sum(src: &impl VectorSource, lambda: f64) -> Result<Weights> {
-    src.base().try_map(|name, t0| {
-        let mut sum = src.vector(0, name)?;
-        for k in 1..src.num_tasks() {
-            sum = sum + src.vector(k, name)?;
-        }
-        Ok(t0.data.clone() + sum.mul_scalar(lambda as f32))
-    })
+pub(crate) struct ScaledSum<S> {
+    pub src: S,
+    pub lambda: f64,
+}
+
+impl<S: VectorSource> TensorMerge for ScaledSum<S> {
+    fn tensor(&self, name: &str) -> Result<Tensor<1>> {
+        let t0 = self.src.base().require(name)?;
+        by_chunks(t0.numel(), |r| {
+            let mut sum = self.src.vector(0, name, r.clone())?;
+            for k in 1..self.src.num_tasks() {
+                sum = sum + self.src.vector(k, name, r.clone())?;
+            }
+            Ok(part(&t0.data, r) + sum.mul_scalar(self.lambda as f32))
+        })
+    }
 }
 
 /// Checks that a hyper-parameter is finite and inside `[lo, hi]`.

@@ -1,9 +1,8 @@
 //! Task Arithmetic: θ = θ₀ + λ Σ_k τ_k.
 
-use super::{MergeMethod, check_range, fmt_param, scaled_sum};
+use super::{MergeMethod, ScaledSum, TensorMerge, check_range, fmt_param};
 use crate::error::Result;
 use crate::task_vector::TaskVectors;
-use crate::weights::Weights;
 
 /// Adds the scaled sum of task vectors to the pretrained weights.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +35,10 @@ impl MergeMethod for TaskArithmetic {
     fn label(&self) -> String {
         format!("task-arithmetic(lambda={})", fmt_param(self.lambda))
     }
-    fn merge(&self, tv: &TaskVectors) -> Result<Weights> {
-        scaled_sum(tv, self.lambda)
+    fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>> {
+        Ok(Box::new(ScaledSum {
+            src: tv,
+            lambda: self.lambda,
+        }))
     }
 }

@@ -1,12 +1,16 @@
 //! TIES-Merging: trim, elect sign, disjoint merge (DESIGN.md §3).
 
+use std::ops::Range;
+
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{MergeMethod, VectorSource, check_range, fmt_param};
+use super::{
+    MergeMethod, TensorMerge, VectorSource, by_chunks, check_range, chunks, fmt_param, part,
+};
 use crate::error::Result;
 use crate::task_vector::TaskVectors;
-use crate::weights::{Weights, int_sum, tensor_to_vec};
+use crate::weights::{int_sum, tensor_to_vec};
 
 /// How the sign-agreeing entries are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -67,38 +71,58 @@ impl Ties {
         })
     }
 
-    /// Merges any vector source (plain task vectors, or DARE's dropped ones).
-    pub fn merge_source(&self, src: &impl VectorSource) -> Result<Weights> {
-        let thresholds = Thresholds::compute(src, self.k, self.scope)?;
+    /// Prepares TIES over any vector source (plain task vectors, or DARE's dropped ones): the
+    /// per-task thresholds and the majority sign, which need a pass over every tensor.
+    pub fn prepare_source<S: VectorSource>(&self, src: S) -> Result<TiesMerge<S>> {
+        let thresholds = Thresholds::compute(&src, self.k, self.scope)?;
         // Majority sign: sgn of Σ γ over the whole vector (or per tensor), for entries whose
         // trimmed sum is exactly zero.
-        let mut per_tensor_vote = Vec::with_capacity(src.base().len());
-        for (i, name) in src.base().names().enumerate() {
-            let gamma = trimmed_sum(src, &thresholds, i, name)?.sign();
-            per_tensor_vote.push(int_sum(gamma.int()));
-        }
-        let global_vote: i64 = per_tensor_vote.iter().sum();
-        let mut index = 0;
-        src.base().try_map(|name, t0| {
-            let i = index;
-            index += 1;
-            let vote = match self.scope {
-                TrimScope::Global => global_vote,
-                TrimScope::PerTensor => per_tensor_vote[i],
-            };
-            let hats = (0..src.num_tasks())
-                .map(|k| Ok(trim(src.vector(k, name)?, thresholds.get(k, i))))
-                .collect::<Result<Vec<_>>>()?;
-            let mut sum = hats[0].clone();
-            for h in &hats[1..] {
-                sum = sum + h.clone();
+        let mut votes = Vec::with_capacity(src.base().len());
+        for (i, (name, t0)) in src.base().iter().enumerate() {
+            let mut vote = 0;
+            for r in chunks(t0.numel()) {
+                let hats = trimmed(&src, &thresholds, i, name, r)?;
+                vote += int_sum(sum(&hats).sign().int());
             }
-            let gamma = sum.sign();
-            let gamma = gamma
-                .clone()
-                .mask_fill(gamma.equal_elem(0.0), vote.signum() as f32);
-            let mut merged = t0.data.zeros_like();
-            let mut count = t0.data.zeros_like();
+            votes.push(vote);
+        }
+        if self.scope == TrimScope::Global {
+            let total: i64 = votes.iter().sum();
+            votes.iter_mut().for_each(|v| *v = total);
+        }
+        Ok(TiesMerge {
+            ties: *self,
+            src,
+            thresholds,
+            votes,
+        })
+    }
+}
+
+/// TIES prepared over a source: merges any tensor on its own.
+pub struct TiesMerge<S> {
+    ties: Ties,
+    src: S,
+    thresholds: Thresholds,
+    /// Σ γ deciding the sign of exactly-zero sums, per tensor (the global total in every slot
+    /// for the global scope).
+    votes: Vec<i64>,
+}
+
+impl<S: VectorSource> TensorMerge for TiesMerge<S> {
+    fn tensor(&self, name: &str) -> Result<Tensor<1>> {
+        let base = self.src.base();
+        let i = base.index_of(name).ok_or_else(|| {
+            crate::error::Error::invalid("tensor", format!("`{name}` is not merged"))
+        })?;
+        let t0 = &base.require(name)?.data;
+        let majority = self.votes[i].signum() as f32;
+        by_chunks(t0.dims()[0], |r| {
+            let hats = trimmed(&self.src, &self.thresholds, i, name, r.clone())?;
+            let gamma = sum(&hats).sign();
+            let gamma = gamma.clone().mask_fill(gamma.equal_elem(0.0), majority);
+            let mut merged = gamma.zeros_like();
+            let mut count = gamma.zeros_like();
             for h in hats {
                 let agree = h
                     .clone()
@@ -108,10 +132,10 @@ impl Ties {
                 count = count + agree.clone().float();
                 merged = merged + h.mask_fill(agree.bool_not(), 0.0);
             }
-            if self.aggregate == Aggregate::Mean {
+            if self.ties.aggregate == Aggregate::Mean {
                 merged = merged / count.clamp_min(1.0);
             }
-            Ok(t0.data.clone() + merged.mul_scalar(self.lambda as f32))
+            Ok(part(t0, r) + merged.mul_scalar(self.ties.lambda as f32))
         })
     }
 }
@@ -138,8 +162,8 @@ impl MergeMethod for Ties {
             fmt_param(self.lambda)
         )
     }
-    fn merge(&self, tv: &TaskVectors) -> Result<Weights> {
-        self.merge_source(tv)
+    fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>> {
+        Ok(Box::new(self.prepare_source(tv)?))
     }
 }
 
@@ -152,24 +176,26 @@ struct Thresholds {
 
 impl Thresholds {
     fn compute(src: &impl VectorSource, k: f64, scope: TrimScope) -> Result<Self> {
-        let names: Vec<&str> = src.base().names().collect();
         let mut values = Vec::with_capacity(src.num_tasks());
         for task in 0..src.num_tasks() {
             let row = match scope {
                 TrimScope::Global => {
                     let d = src.base().num_params() as u64;
                     let read = |f: &mut dyn FnMut(&[f32])| -> Result<()> {
-                        for name in &names {
-                            f(&tensor_to_vec(src.vector(task, name)?));
+                        for (name, t0) in src.base().iter() {
+                            for r in chunks(t0.numel()) {
+                                f(&tensor_to_vec(src.vector(task, name, r)?));
+                            }
                         }
                         Ok(())
                     };
                     vec![threshold(d, k, read)?]
                 }
-                TrimScope::PerTensor => names
+                TrimScope::PerTensor => src
+                    .base()
                     .iter()
-                    .map(|name| {
-                        let values = tensor_to_vec(src.vector(task, name)?);
+                    .map(|(name, t0)| {
+                        let values = tensor_to_vec(src.vector(task, name, 0..t0.numel())?);
                         threshold(values.len() as u64, k, |f| {
                             f(&values);
                             Ok(())
@@ -249,17 +275,30 @@ fn trim(tau: Tensor<1>, threshold: f32) -> Tensor<1> {
     tau.mask_fill(drop, 0.0)
 }
 
-fn trimmed_sum(
+/// Every task's trimmed vector τ̂_k over `range` of tensor `index`.
+fn trimmed(
     src: &impl VectorSource,
     thresholds: &Thresholds,
     index: usize,
     name: &str,
-) -> Result<Tensor<1>> {
-    let mut sum = trim(src.vector(0, name)?, thresholds.get(0, index));
-    for k in 1..src.num_tasks() {
-        sum = sum + trim(src.vector(k, name)?, thresholds.get(k, index));
+    range: Range<usize>,
+) -> Result<Vec<Tensor<1>>> {
+    (0..src.num_tasks())
+        .map(|k| {
+            Ok(trim(
+                src.vector(k, name, range.clone())?,
+                thresholds.get(k, index),
+            ))
+        })
+        .collect()
+}
+
+fn sum(ts: &[Tensor<1>]) -> Tensor<1> {
+    let mut total = ts[0].clone();
+    for t in &ts[1..] {
+        total = total + t.clone();
     }
-    Ok(sum)
+    total
 }
 
 #[cfg(test)]
