@@ -297,15 +297,26 @@ class ProcSampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds spent non-idle by the whole machine since boot (from /proc/stat)."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_child(cmd: list[str], env: dict, logdir: Path, tag: str) -> dict:
     out_f, err_f = logdir / f"{tag}.out", logdir / f"{tag}.err"
     with open(out_f, "w") as so, open(err_f, "w") as se:
+        busy0 = busy_cpu_seconds()
         t = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=so, stderr=se, env=env)
         sampler = ProcSampler(p.pid)
         sampler.start()
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t
+        busy1 = busy_cpu_seconds()
         p.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen quiet
     sampler.stop.set()
     sampler.join()
@@ -319,6 +330,10 @@ def run_child(cmd: list[str], env: dict, logdir: Path, tag: str) -> dict:
         "file": sampler.file * 1024,
         "user": ru.ru_utime,
         "sys": ru.ru_stime,
+        # Share of the machine's CPU time during the run used by anything but the child (this
+        # script's sampler included, a few %): > ~10 % means other work competed for the cores.
+        "foreign_share": None if busy0 is None or busy1 is None else
+        max(0.0, (busy1 - busy0) - ru.ru_utime - ru.ru_stime) / (wall * (os.cpu_count() or 1)),
         "stdout": stdout,
     }
 
@@ -344,7 +359,7 @@ def run_numpy(args, cache: Path, method: str, k: int, out: Path, logdir: Path, t
 
 
 def ours_cmd(binary: str, args, cache: Path, method: str, k: int, out: Path) -> list[str]:
-    cmd = [binary, "--threads", str(args.threads), "merge", "--method", method,
+    cmd = [binary, "--threads", str(args.threads), "--device", args.device, "merge", "--method", method,
            "--pretrained", str(cache / "pretrained")]
     for i in range(k):
         cmd += ["--finetuned", f"ft{i}={cache / f'ft{i}'}"]
@@ -492,7 +507,7 @@ def build_rows(results: list[dict], ckpt_bytes: int, params: int) -> list[dict]:
                 "target_rss_over_ckpt": r["K"] + 2,
                 "peak_anon_gib_sampled": b["anon"] / GIB,
                 "peak_file_gib_sampled": b["file"] / GIB,
-                "cpu_user_s": b["user"], "cpu_sys_s": b["sys"],
+                "cpu_user_s": b["user"], "cpu_sys_s": b["sys"], "foreign_cpu_share": b["foreign_share"],
                 "walls_all_runs_s": [x["wall"] for x in r[tool]],
             }
             if tool == "numpy":
@@ -536,6 +551,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="8", help="comma-separated K values (≤ 8), default 8")
     ap.add_argument("--methods", default="task-arithmetic,ties")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--device", default="cpu", help="adamerge backend: cpu (= flex) or ndarray")
     ap.add_argument("--repeats", type=int, default=2, help="runs per tool; the fastest is kept")
     ap.add_argument("--bin", default=str(REPO / "target" / "release" / "adamerge"))
     ap.add_argument("--wait-bin", type=float, default=1800, help="seconds to wait for a missing binary")
@@ -568,7 +584,7 @@ def main() -> None:
               file=sys.stderr, flush=True)
         generate_inputs(cache, shapes)
     ckpt_bytes = (cache / "pretrained" / "model.safetensors").stat().st_size
-    lock = lock_bench(cache)  # held until exit
+    _lock = lock_bench(cache)  # held until exit
     busy = cpu_busy()
 
     machine = machine_info()
@@ -594,7 +610,8 @@ def main() -> None:
                         r.pop("stdout", None)
                         entry[tool].append(r)
                         print(f"  {method} K={k} {tool} run {rep + 1}: wall {r['wall']:.2f}s, merge {r['merge']:.2f}s, "
-                              f"peak RSS {r['maxrss'] / GIB:.2f} GiB", file=sys.stderr, flush=True)
+                              f"peak RSS {r['maxrss'] / GIB:.2f} GiB, other load {100 * (r['foreign_share'] or 0):.0f}%",
+                              file=sys.stderr, flush=True)
                 if not args.no_check:
                     entry["check"] = compare_outputs(outs["ours"], outs["numpy"])
                     print(f"  check: {entry['check']}", file=sys.stderr, flush=True)
@@ -608,7 +625,7 @@ def main() -> None:
 
     rows = build_rows(results, ckpt_bytes, params)
     cmd = ["python3", "scripts/bench_merge.py", "--tasks", ",".join(map(str, ks)), "--methods", ",".join(methods),
-           "--threads", str(args.threads), "--repeats", str(args.repeats)]
+           "--threads", str(args.threads), "--device", args.device, "--repeats", str(args.repeats)]
     if args.cache:
         cmd += ["--cache", args.cache]
     if args.bin != str(REPO / "target" / "release" / "adamerge"):
@@ -652,6 +669,13 @@ def main() -> None:
     print("- numpy's element-wise ops are single-threaded whatever OMP/OPENBLAS_NUM_THREADS say; np.partition "
           "(TIES trim threshold) is single-threaded too. The numpy child frees θ_k as soon as τ_k is built, "
           "and otherwise runs scripts/reference_merge.py unchanged (which keeps the K trimmed copies of τ).")
+    noisy = [f"{r['method']} K={r['K']} {r['tool']} ({100 * r['foreign_cpu_share']:.0f}%)" for r in rows
+             if r.get("foreign_cpu_share") is not None and r["foreign_cpu_share"] > 0.10]
+    if noisy:
+        print(f"- **Contention:** other processes used > 10 % of the machine's CPU time during: {', '.join(noisy)}; "
+              "those rows are unreliable.")
+    else:
+        print("- Other processes used ≤ 10 % of the machine's CPU time during every kept run.")
     for r in results:
         c = r.get("check")
         if c:

@@ -50,6 +50,65 @@ impl Default for VisionConfig {
     }
 }
 
+/// The text tower's hyper-parameters (`CLIPTextConfig` defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the transformer.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Output size of `text_projection`.
+    pub projection_dim: usize,
+    /// Number of encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Context length.
+    pub max_position_embeddings: usize,
+    /// MLP activation.
+    pub hidden_act: String,
+    /// Layer-norm epsilon.
+    pub layer_norm_eps: f64,
+    /// End-of-text id; 2 marks the legacy configs that pool at the largest id instead.
+    pub eos_token_id: i64,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            projection_dim: 512,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            eos_token_id: 49407,
+        }
+    }
+}
+
+impl TextConfig {
+    /// Reads `text_config` of a `CLIPModel` config; `None` when there is none.
+    pub fn locate(value: &serde_json::Value, path: &Path) -> Result<Option<Self>> {
+        let Some(section) = value.get("text_config") else {
+            return Ok(None);
+        };
+        serde_json::from_value(section.clone())
+            .map(Some)
+            .map_err(|e| Error::Config {
+                path: path.to_path_buf(),
+                key: "text_config.<fields>".into(),
+                reason: e.to_string(),
+            })
+    }
+}
+
 /// Where a vision config was found inside a `config.json`.
 #[derive(Debug, Clone)]
 pub struct LocatedVisionConfig {

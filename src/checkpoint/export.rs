@@ -11,11 +11,14 @@ use super::{Checkpoint, INDEX_FILE, OutputDir, WEIGHTS_FILE, encode_f32, write_s
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
+/// Computes one replacement tensor's values by name.
+type ValuesFn<'a> = Box<dyn Fn(&str) -> Result<Vec<f32>> + 'a>;
+
 /// The tensors that replace pretrained ones in a saved model, each computed only when the writer
 /// reaches it, so that a merge can stream into the file without holding the merged model.
 pub struct Replacement<'a> {
     shapes: IndexMap<String, Vec<usize>>,
-    values: Box<dyn Fn(&str) -> Result<Vec<f32>> + 'a>,
+    values: ValuesFn<'a>,
 }
 
 impl<'a> Replacement<'a> {

@@ -9,6 +9,7 @@ mod write;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
 use serde::Deserialize;
 
 pub use dtype::{StoredDtype, decode_f32, encode_f32};
@@ -17,6 +18,7 @@ pub use file::{SafetensorsFile, TensorMeta};
 pub use write::{OutputDir, PendingTensor, write_safetensors};
 
 use crate::error::{Error, Result};
+use crate::weights::{FlatTensor, Weights};
 
 /// Name of the single-file weights in a Hugging Face directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -209,6 +211,28 @@ fn canonical_name(stored: &str, unprefixed: bool) -> String {
     } else {
         stored.to_string()
     }
+}
+
+/// Reads the mergeable floating-point tensors whose names `keep` accepts into [`Weights`].
+pub fn load_weights(
+    ckpt: &Checkpoint,
+    device: &Device,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Weights> {
+    let mut w = Weights::new();
+    for name in ckpt.names() {
+        let Some(meta) = ckpt.meta(name) else {
+            continue;
+        };
+        if meta.dtype.is_mergeable() && keep(name) {
+            let values = ckpt.read_f32(name)?;
+            w.insert(
+                name,
+                FlatTensor::from_vec(values, meta.shape.clone(), device),
+            );
+        }
+    }
+    Ok(w)
 }
 
 fn open_shards(index: &Path) -> Result<Vec<SafetensorsFile>> {

@@ -121,17 +121,16 @@ impl<S: VectorSource> TensorMerge for TiesMerge<S> {
             let hats = trimmed(&self.src, &self.thresholds, i, name, r.clone())?;
             let gamma = sum(&hats).sign();
             let gamma = gamma.clone().mask_fill(gamma.equal_elem(0.0), majority);
-            let mut merged = gamma.zeros_like();
+            // τ̂·γ > 0 exactly where τ̂ is non-zero and agrees with γ, so Σ relu(τ̂·γ)·γ is the
+            // sum of the agreeing entries (γ is ±1, or 0 where nothing may be kept).
+            let mut agreeing = gamma.zeros_like();
             let mut count = gamma.zeros_like();
             for h in hats {
-                let agree = h
-                    .clone()
-                    .sign()
-                    .equal(gamma.clone())
-                    .bool_and(h.clone().not_equal_elem(0.0));
-                count = count + agree.clone().float();
-                merged = merged + h.mask_fill(agree.bool_not(), 0.0);
+                let aligned = h * gamma.clone();
+                count = count + aligned.clone().greater_elem(0.0).float();
+                agreeing = agreeing + aligned.clamp_min(0.0);
             }
+            let mut merged = agreeing * gamma;
             if self.ties.aggregate == Aggregate::Mean {
                 merged = merged / count.clamp_min(1.0);
             }

@@ -21,7 +21,11 @@ pub struct VisionOutput {
 pub fn vision_forward(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Result<VisionOutput> {
     let [b, c, h, wd] = pixels.dims();
     let (p, width) = (cfg.patch_size, cfg.hidden_size);
-    if c != cfg.num_channels || h != cfg.image_size || wd != cfg.image_size || p == 0 || h % p != 0
+    if c != cfg.num_channels
+        || h != cfg.image_size
+        || wd != cfg.image_size
+        || p == 0
+        || !h.is_multiple_of(p)
     {
         return Err(Error::Tensor {
             tensor: "pixel_values".into(),
@@ -31,7 +35,7 @@ pub fn vision_forward(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Res
             ),
         });
     }
-    if cfg.num_attention_heads == 0 || width % cfg.num_attention_heads != 0 {
+    if cfg.num_attention_heads == 0 || !width.is_multiple_of(cfg.num_attention_heads) {
         return Err(Error::Tensor {
             tensor: "num_attention_heads".into(),
             reason: format!(

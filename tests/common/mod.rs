@@ -15,7 +15,7 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// Every tensor of a safetensors file or directory, as f32 (u8 masks included).
+/// Every tensor of a safetensors file or directory, as f32 (u8 masks and i64 ids included).
 pub fn read_all(path: &Path) -> HashMap<String, Vec<f32>> {
     let ckpt = Checkpoint::open(path).expect("open");
     ckpt.names()
@@ -26,6 +26,12 @@ pub fn read_all(path: &Path) -> HashMap<String, Vec<f32>> {
                     .expect("raw")
                     .iter()
                     .map(|&b| b as f32)
+                    .collect(),
+                StoredDtype::Other(safetensors::Dtype::I64) => ckpt
+                    .raw(n)
+                    .expect("raw")
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
                     .collect(),
                 _ => ckpt.read_f32(n).expect("read"),
             };

@@ -1,0 +1,151 @@
+//! The CLIP text tower of `transformers` (`CLIPTextModel` inside `CLIPModel`), batched.
+
+use burn::tensor::module::embedding;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use super::layers::{Activation, EncoderShape, encoder, hf_layer_norm, hf_linear, param};
+use crate::config::TextConfig;
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// What the text tower returns.
+pub struct TextOutput {
+    /// After `final_layer_norm` [B, T, hidden].
+    pub last_hidden_state: Tensor<3>,
+    /// The end-of-text row of each sequence [B, hidden].
+    pub pooled: Tensor<2>,
+    /// `text_projection` of `pooled` [B, projection] when the weights have the projection.
+    pub text_embeds: Option<Tensor<2>>,
+}
+
+/// Runs the text tower on token ids (`ids[b]` all of one length T ≤ the context length) with
+/// their attention masks (1 = token, 0 = padding).
+pub fn text_forward(
+    cfg: &TextConfig,
+    w: &Weights,
+    ids: &[Vec<i64>],
+    attention_mask: &[Vec<i64>],
+    device: &burn::tensor::Device,
+) -> Result<TextOutput> {
+    let b = ids.len();
+    let t = ids.first().map_or(0, Vec::len);
+    let width = cfg.hidden_size;
+    if b == 0 || t == 0 || t > cfg.max_position_embeddings || ids.iter().any(|r| r.len() != t) {
+        return Err(Error::Tensor {
+            tensor: "input_ids".into(),
+            reason: format!(
+                "need a non-empty batch of sequences of one length ≤ max_position_embeddings {}",
+                cfg.max_position_embeddings
+            ),
+        });
+    }
+    if attention_mask.len() != b || attention_mask.iter().any(|r| r.len() != t) {
+        return Err(Error::Tensor {
+            tensor: "attention_mask".into(),
+            reason: "must have the shape of input_ids".into(),
+        });
+    }
+    if let Some(bad) = ids
+        .iter()
+        .flatten()
+        .find(|&&i| i < 0 || i as usize >= cfg.vocab_size)
+    {
+        return Err(Error::Tensor {
+            tensor: "input_ids".into(),
+            reason: format!(
+                "token id {bad} is outside the vocabulary of {}",
+                cfg.vocab_size
+            ),
+        });
+    }
+    if cfg.num_attention_heads == 0 || !width.is_multiple_of(cfg.num_attention_heads) {
+        return Err(Error::Tensor {
+            tensor: "text_config.num_attention_heads".into(),
+            reason: format!(
+                "hidden_size {width} is not divisible by {} heads",
+                cfg.num_attention_heads
+            ),
+        });
+    }
+    let act = Activation::parse(&cfg.hidden_act, "text_config.hidden_act")?;
+
+    let flat_ids: Vec<i64> = ids.iter().flatten().copied().collect();
+    let id_tensor = Tensor::<2, Int>::from_data(TensorData::new(flat_ids, [b, t]), device);
+    let tokens = param(
+        w,
+        "text_model.embeddings.token_embedding.weight",
+        [cfg.vocab_size, width],
+    )?;
+    let positions = param(
+        w,
+        "text_model.embeddings.position_embedding.weight",
+        [cfg.max_position_embeddings, width],
+    )?;
+    let x = embedding(tokens, id_tensor) + positions.narrow(0, 0, t).unsqueeze::<3>();
+
+    // Causal mask, plus padded keys masked out as transformers does with an attention mask.
+    let mut masked = Vec::with_capacity(b * t * t);
+    for row in attention_mask {
+        for i in 0..t {
+            for (j, &m) in row.iter().enumerate() {
+                masked.push(j > i || m == 0);
+            }
+        }
+    }
+    let mask = Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, t]), device)
+        .expand([b, cfg.num_attention_heads, t, t]);
+    let shape = EncoderShape {
+        width,
+        heads: cfg.num_attention_heads,
+        mlp: cfg.intermediate_size,
+        layers: cfg.num_hidden_layers,
+        eps: cfg.layer_norm_eps,
+        act,
+    };
+    let x = encoder(w, "text_model.encoder", x, shape, Some(mask))?;
+    let last_hidden_state = hf_layer_norm(
+        w,
+        "text_model.final_layer_norm",
+        x,
+        width,
+        cfg.layer_norm_eps,
+    )?;
+
+    let rows: Vec<i64> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i * t + eos_position(r, cfg.eos_token_id)) as i64)
+        .collect();
+    let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), device);
+    let pooled = last_hidden_state
+        .clone()
+        .reshape([b * t, width])
+        .select(0, rows);
+    let text_embeds = if w.get("text_projection.weight").is_some() {
+        Some(hf_linear(
+            w,
+            "text_projection",
+            pooled.clone(),
+            width,
+            cfg.projection_dim,
+            false,
+        )?)
+    } else {
+        None
+    };
+    Ok(TextOutput {
+        last_hidden_state,
+        pooled,
+        text_embeds,
+    })
+}
+
+/// Where `transformers` pools: the first end-of-text token, or the largest id for the legacy
+/// configs whose `eos_token_id` is 2.
+fn eos_position(ids: &[i64], eos: i64) -> usize {
+    if eos == 2 {
+        let max = ids.iter().copied().max().unwrap_or(0);
+        return ids.iter().position(|&i| i == max).unwrap_or(0);
+    }
+    ids.iter().position(|&i| i == eos).unwrap_or(ids.len() - 1)
+}
