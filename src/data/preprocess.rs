@@ -36,13 +36,15 @@ pub struct Preprocessor {
 }
 
 impl Default for Preprocessor {
+    // The constants as `transformers` spells them (OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
+    #[allow(clippy::excessive_precision)]
     fn default() -> Self {
         Self {
             shortest_edge: 224,
             crop: (224, 224),
             rescale_factor: 1.0 / 255.0,
-            image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_1],
+            image_mean: [0.48145466, 0.4578275, 0.40821073],
+            image_std: [0.26862954, 0.26130258, 0.27577711],
         }
     }
 }
