@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod diagnostics;
 pub mod error;
+pub mod eval;
 pub mod merge;
 pub mod model;
 pub mod task_vector;

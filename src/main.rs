@@ -8,13 +8,22 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use adamerge::checkpoint::{Checkpoint, Replacement, save_merged};
+use adamerge::checkpoint::{Checkpoint, Replacement, load_weights, save_merged};
+use adamerge::config::{TextConfig, VisionConfig};
+use adamerge::data::Preprocessor;
 use adamerge::device::{Backend, init_threads};
 use adamerge::diagnostics::TaskVectorReport;
+use adamerge::eval::{HeadSource, accuracy, prepare_task};
 use adamerge::merge::{Aggregate, FixedKind, MethodSpec, TrimScope};
+use adamerge::model::ClipTokenizer;
 use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
 use adamerge::weights::tensor_to_vec;
 use adamerge::{Error, Result};
+
+// Merges allocate and free large buffers at a high rate; glibc returns them to the kernel and
+// faults them in again (over half the time of a TIES merge), mimalloc keeps them for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Merge fine-tuned CLIP models into one multi-task model.
 #[derive(Parser)]
@@ -36,6 +45,53 @@ enum Command {
     Merge(MergeArgs),
     /// List a checkpoint's tensors, or diagnose the task vectors of fine-tuned checkpoints.
     Inspect(InspectArgs),
+    /// Top-1 accuracy of a CLIP model on ImageFolder tasks, with zero-shot or given heads.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The CLIP model to score (Hugging Face directory).
+    #[arg(long)]
+    model: PathBuf,
+    /// A task as NAME,data=DIR[,head=FILE] (repeat). Paper task names (sun397, cars, resisc45,
+    /// eurosat, svhn, gtsrb, mnist, dtd) use their class names, templates and folder order.
+    #[arg(long = "task", value_parser = parse_task, required = true)]
+    tasks: Vec<TaskArg>,
+    /// Build zero-shot heads with this CLIPModel's text tower (default: the model's own).
+    #[arg(long)]
+    heads_from: Option<PathBuf>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Score at most N images per task (spread over the classes).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Clone)]
+struct TaskArg {
+    name: String,
+    data: PathBuf,
+    head: Option<PathBuf>,
+}
+
+fn parse_task(s: &str) -> std::result::Result<TaskArg, String> {
+    let mut parts = s.split(',');
+    let name = parts.next().unwrap_or_default().to_string();
+    let (mut data, mut head) = (None, None);
+    for p in parts {
+        match p.split_once('=') {
+            Some(("data", v)) => data = Some(PathBuf::from(v)),
+            Some(("head", v)) => head = Some(PathBuf::from(v)),
+            _ => return Err(format!("`{p}`: expected data=DIR or head=FILE")),
+        }
+    }
+    if name.is_empty() {
+        return Err(format!("`{s}`: expected NAME,data=DIR[,head=FILE]"));
+    }
+    let data = data.ok_or_else(|| format!("`{s}`: data=DIR is required"))?;
+    Ok(TaskArg { name, data, head })
 }
 
 #[derive(Args)]
@@ -133,6 +189,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Merge(args) => merge(args, cli.device),
         Command::Inspect(args) => inspect(args, cli.device),
+        Command::Eval(args) => eval(args, cli.device),
     }
 }
 
@@ -273,5 +330,95 @@ fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
         ckpt.num_params(),
         dtypes.join(", ")
     );
+    Ok(())
+}
+
+fn eval(args: EvalArgs, backend: Backend) -> Result<()> {
+    let device = backend.device()?;
+    let model = Checkpoint::open(&args.model)?;
+    let cfg_path = args.model.join("config.json");
+    let config = model.config().ok_or_else(|| Error::Checkpoint {
+        path: args.model.clone(),
+        reason: "no config.json here".into(),
+    })?;
+    let vision = VisionConfig::locate(config, &cfg_path)?
+        .ok_or_else(|| Error::Config {
+            path: cfg_path.clone(),
+            key: "vision_config".into(),
+            reason: "no CLIP vision config".into(),
+        })?
+        .config;
+    let weights = load_weights(&model, &device, |n| {
+        n.starts_with("vision_model.") || n == "visual_projection.weight"
+    })?;
+    let pre = Preprocessor::from_dir(&args.model, vision.image_size)?;
+
+    // The text tower is loaded only when some task needs a zero-shot head.
+    let heads_dir = args
+        .heads_from
+        .clone()
+        .unwrap_or_else(|| args.model.clone());
+    let text = if args.tasks.iter().any(|t| t.head.is_none()) {
+        let ckpt = Checkpoint::open(&heads_dir)?;
+        let path = heads_dir.join("config.json");
+        let cfg = ckpt
+            .config()
+            .map(|c| TextConfig::locate(c, &path))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| Error::Config {
+                path: path.clone(),
+                key: "text_config".into(),
+                reason: "zero-shot heads need a CLIPModel with a text tower (or give head=FILE)"
+                    .into(),
+            })?;
+        let w = load_weights(&ckpt, &device, |n| {
+            n.starts_with("text_model.") || n == "text_projection.weight" || n == "logit_scale"
+        })?;
+        let tok = ClipTokenizer::from_dir(&heads_dir, cfg.max_position_embeddings)?;
+        Some((cfg, w, tok))
+    } else {
+        None
+    };
+    let mut tasks = Vec::new();
+    for t in &args.tasks {
+        let head = match (&t.head, &text) {
+            (Some(file), _) => HeadSource::File(file),
+            (None, Some((cfg, weights, tokenizer))) => HeadSource::ZeroShot {
+                cfg,
+                weights,
+                tokenizer,
+            },
+            (None, None) => unreachable!("the text tower is loaded whenever a head is missing"),
+        };
+        tasks.push(prepare_task(&t.name, &t.data, head, args.limit, &device)?);
+    }
+    let total: usize = tasks.iter().map(|t| t.data.items.len()).sum();
+    let bar = ProgressBar::new(total as u64).with_message("evaluating");
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::new();
+    for task in &tasks {
+        bar.set_message(task.name.clone());
+        let acc = accuracy(
+            &vision,
+            &weights,
+            &pre,
+            task,
+            args.batch_size,
+            &device,
+            &bar,
+        )?;
+        rows.push((task.name.clone(), task.data.items.len(), acc));
+    }
+    bar.finish_and_clear();
+    println!("| task | images | top-1 accuracy (%) |\n|---|--:|--:|");
+    for (name, n, acc) in &rows {
+        println!("| {name} | {n} | {:.2} |", 100.0 * acc);
+    }
+    let avg = rows.iter().map(|r| r.2).sum::<f64>() / rows.len().max(1) as f64;
+    println!("| **average** | {total} | **{:.2}** |", 100.0 * avg);
     Ok(())
 }

@@ -1,0 +1,143 @@
+//! Evaluation: top-1 accuracy of a task head over the merged (or any) vision tower.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+
+use crate::config::VisionConfig;
+use crate::data::{ImageFolder, Preprocessor, decode};
+use crate::error::{Error, Result};
+use crate::model::{logits, vision_forward};
+use crate::weights::Weights;
+
+/// A task to score: its head and its labelled images.
+pub struct EvalTask {
+    /// Task name.
+    pub name: String,
+    /// Head [classes, projection] (already scaled).
+    pub head: Tensor<2>,
+    /// Labelled test images.
+    pub data: ImageFolder,
+}
+
+/// Decodes and preprocesses images in parallel into a batch [B, 3, H, W].
+pub fn load_batch(
+    paths: &[&std::path::Path],
+    pre: &Preprocessor,
+    device: &Device,
+) -> Result<Tensor<4>> {
+    let pixels = paths
+        .par_iter()
+        .map(|p| decode(p).map(|img| pre.pixels(&img)))
+        .collect::<Result<Vec<_>>>()?;
+    let (h, w) = pre.crop;
+    let flat: Vec<f32> = pixels.into_iter().flatten().collect();
+    Ok(Tensor::from_data(
+        TensorData::new(flat, [paths.len(), 3, h, w]),
+        device,
+    ))
+}
+
+/// Top-1 accuracy of `task.head` on `task.data` with the vision tower `w`.
+pub fn accuracy(
+    cfg: &VisionConfig,
+    w: &Weights,
+    pre: &Preprocessor,
+    task: &EvalTask,
+    batch_size: usize,
+    device: &Device,
+    progress: &ProgressBar,
+) -> Result<f64> {
+    let classes = task.head.dims()[0];
+    if classes != task.data.classes.len() {
+        return Err(Error::invalid(
+            format!("task `{}`", task.name),
+            format!(
+                "the head has {classes} classes but {} has {} class folders",
+                task.data.root.display(),
+                task.data.classes.len()
+            ),
+        ));
+    }
+    let mut correct = 0usize;
+    for chunk in task.data.items.chunks(batch_size.max(1)) {
+        let paths: Vec<&std::path::Path> = chunk.iter().map(|(p, _)| p.as_path()).collect();
+        let pixels = load_batch(&paths, pre, device)?;
+        let embeds = vision_forward(cfg, w, pixels)?
+            .image_embeds
+            .ok_or_else(|| Error::Tensor {
+                tensor: "visual_projection.weight".into(),
+                reason: "missing: scoring with a head needs the visual projection".into(),
+            })?;
+        let predicted: Vec<i64> = logits(embeds, task.head.clone())
+            .argmax(1)
+            .reshape([chunk.len()])
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap_or_default();
+        correct += predicted
+            .iter()
+            .zip(chunk)
+            .filter(|(p, (_, label))| **p == *label as i64)
+            .count();
+        progress.inc(chunk.len() as u64);
+    }
+    Ok(correct as f64 / task.data.items.len().max(1) as f64)
+}
+
+/// Where a task's head comes from.
+pub enum HeadSource<'a> {
+    /// A safetensors file with `weight` [C, P].
+    File(&'a std::path::Path),
+    /// Zero-shot from a CLIP text tower.
+    ZeroShot {
+        /// Text config.
+        cfg: &'a crate::config::TextConfig,
+        /// Text tower weights (with `text_projection.weight` and `logit_scale`).
+        weights: &'a Weights,
+        /// The tokenizer.
+        tokenizer: &'a crate::model::ClipTokenizer,
+    },
+}
+
+/// Builds a task: reads its ImageFolder (classes in the built-in task's folder order when the
+/// name is a paper task, sorted otherwise), optionally thinned to `limit` images, and its head.
+pub fn prepare_task(
+    name: &str,
+    data: &std::path::Path,
+    head: HeadSource<'_>,
+    limit: Option<usize>,
+    device: &Device,
+) -> Result<EvalTask> {
+    let spec = crate::data::TaskSpec::builtin(name)?;
+    let folders = spec.as_ref().and_then(|s| s.folders.clone());
+    let mut folder = ImageFolder::open(data, folders.as_deref())?;
+    if let Some(n) = limit {
+        folder.limit(n);
+    }
+    let head = match head {
+        HeadSource::File(path) => crate::model::read_head(path, device)?,
+        HeadSource::ZeroShot {
+            cfg,
+            weights,
+            tokenizer,
+        } => {
+            let spec =
+                spec.unwrap_or_else(|| crate::data::TaskSpec::from_folders(name, &folder.classes));
+            crate::model::zero_shot_head(
+                cfg,
+                weights,
+                tokenizer,
+                &spec.classnames,
+                &spec.templates,
+                device,
+            )?
+        }
+    };
+    Ok(EvalTask {
+        name: name.to_string(),
+        head,
+        data: folder,
+    })
+}

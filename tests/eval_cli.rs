@@ -1,0 +1,125 @@
+//! `adamerge eval` end to end on a tiny CLIP model and an ImageFolder made of the fixture
+//! images, checked against the library computing the same accuracy.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use adamerge::checkpoint::{Checkpoint, load_weights};
+use adamerge::config::{TextConfig, VisionConfig};
+use adamerge::data::{ImageFolder, Preprocessor};
+use adamerge::eval::{HeadSource, accuracy, prepare_task};
+use adamerge::model::ClipTokenizer;
+use burn::tensor::Device;
+use common::*;
+use indicatif::ProgressBar;
+
+/// ROOT/{circle,square,triangle}/*.png from the fixture images.
+fn make_folder(root: &Path) {
+    let images = fixture("clip/images");
+    let files = [
+        "rgb_37x23.png",
+        "rgb_23x37.png",
+        "rgb_50x50.png",
+        "rgb_19x64.png",
+        "rgb_64x19.png",
+        "gray_40x29.png",
+    ];
+    for (i, f) in files.iter().enumerate() {
+        let class = ["circle", "square", "triangle"][i % 3];
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        std::fs::copy(images.join(f), root.join(class).join(f)).unwrap();
+    }
+}
+
+#[test]
+fn eval_prints_the_accuracy_the_library_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    make_folder(&data);
+    let model = fixture("clip/quick_gelu");
+
+    let device = Device::flex();
+    let ckpt = Checkpoint::open(&model).unwrap();
+    let config = ckpt.config().unwrap();
+    let vision = VisionConfig::locate(config, &model)
+        .unwrap()
+        .unwrap()
+        .config;
+    let text = TextConfig::locate(config, &model).unwrap().unwrap();
+    let w = load_weights(&ckpt, &device, |_| true).unwrap();
+    let tok = ClipTokenizer::from_dir(&model, text.max_position_embeddings).unwrap();
+    let task = prepare_task(
+        "shapes",
+        &data,
+        HeadSource::ZeroShot {
+            cfg: &text,
+            weights: &w,
+            tokenizer: &tok,
+        },
+        None,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(task.data.classes, vec!["circle", "square", "triangle"]);
+    let pre = Preprocessor::from_dir(&model, vision.image_size).unwrap();
+    let acc = accuracy(&vision, &w, &pre, &task, 4, &device, &ProgressBar::hidden()).unwrap();
+    // Batch size does not change the answer.
+    let acc1 = accuracy(&vision, &w, &pre, &task, 1, &device, &ProgressBar::hidden()).unwrap();
+    assert_eq!(acc, acc1);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_adamerge"))
+        .args(["--threads", "1", "eval", "--model"])
+        .arg(&model)
+        .arg("--task")
+        .arg(format!("shapes,data={}", data.display()))
+        .arg("--batch-size")
+        .arg("4")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("| shapes | 6 | {:.2} |", 100.0 * acc)),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn empty_classes_and_missing_folders_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::create_dir_all(root.join("b")).unwrap();
+    std::fs::write(root.join("a/x.png"), b"").unwrap();
+    let err = ImageFolder::open(&root, None).unwrap_err().to_string();
+    assert!(err.contains("data/b") && err.contains("no .png"), "{err}");
+    let err = ImageFolder::open(&root, Some(&["a".into(), "c".into()]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data/c") && err.contains("missing"), "{err}");
+    let err = ImageFolder::open(&tmp.path().join("nowhere"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nowhere"), "{err}");
+
+    // The CLI says which folder and exits 1 without a panic.
+    let out = Command::new(env!("CARGO_BIN_EXE_adamerge"))
+        .args(["eval", "--model"])
+        .arg(fixture("clip/quick_gelu"))
+        .arg("--task")
+        .arg(format!("t,data={}", root.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("data/b") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
