@@ -48,7 +48,16 @@ pub fn accuracy(
     device: &Device,
     progress: &ProgressBar,
 ) -> Result<f64> {
-    let classes = task.head.dims()[0];
+    let [classes, width] = task.head.dims();
+    if width != cfg.projection_dim {
+        return Err(Error::invalid(
+            format!("task `{}`", task.name),
+            format!(
+                "the head has width {width} but the model projects to {}",
+                cfg.projection_dim
+            ),
+        ));
+    }
     if classes != task.data.classes.len() {
         return Err(Error::invalid(
             format!("task `{}`", task.name),

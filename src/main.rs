@@ -389,7 +389,12 @@ fn eval(args: EvalArgs, backend: Backend) -> Result<()> {
                 weights,
                 tokenizer,
             },
-            (None, None) => unreachable!("the text tower is loaded whenever a head is missing"),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "--task",
+                    format!("`{}` has no head", t.name),
+                ));
+            }
         };
         tasks.push(prepare_task(&t.name, &t.data, head, args.limit, &device)?);
     }
