@@ -99,8 +99,11 @@ pub fn accuracy(
 pub enum HeadSource<'a> {
     /// A safetensors file with `weight` [C, P].
     File(&'a std::path::Path),
-    /// Zero-shot from a CLIP text tower.
+    /// Zero-shot from a CLIP text tower; cached under `cache` (a directory) when given,
+    /// keyed by `model_key`, the class names and the templates.
     ZeroShot {
+        /// Directory for cached heads, and the key of the text tower's checkpoint.
+        cache: Option<(&'a std::path::Path, u64)>,
         /// Text config.
         cfg: &'a crate::config::TextConfig,
         /// Text tower weights (with `text_projection.weight` and `logit_scale`).
@@ -128,20 +131,37 @@ pub fn prepare_task(
     let head = match head {
         HeadSource::File(path) => crate::model::read_head(path, device)?,
         HeadSource::ZeroShot {
+            cache,
             cfg,
             weights,
             tokenizer,
         } => {
             let spec =
                 spec.unwrap_or_else(|| crate::data::TaskSpec::from_folders(name, &folder.classes));
-            crate::model::zero_shot_head(
-                cfg,
-                weights,
-                tokenizer,
-                &spec.classnames,
-                &spec.templates,
-                device,
-            )?
+            let build = || {
+                crate::model::zero_shot_head(
+                    cfg,
+                    weights,
+                    tokenizer,
+                    &spec.classnames,
+                    &spec.templates,
+                    device,
+                )
+            };
+            match cache {
+                None => build()?,
+                Some((dir, key)) => {
+                    let key = crate::cache::mix(key, &(&spec.classnames, &spec.templates));
+                    let file = dir.join(format!("{key:016x}.safetensors"));
+                    if file.is_file() {
+                        crate::model::read_head(&file, device)?
+                    } else {
+                        let head = build()?;
+                        save_head(&file, &head)?;
+                        head
+                    }
+                }
+            }
         }
     };
     Ok(EvalTask {
@@ -149,4 +169,23 @@ pub fn prepare_task(
         head,
         data: folder,
     })
+}
+
+/// Writes a head as safetensors `weight` [C, P] (temporary file, then rename).
+pub fn save_head(path: &std::path::Path, head: &Tensor<2>) -> Result<()> {
+    use std::borrow::Cow;
+
+    use crate::checkpoint::{PendingTensor, StoredDtype, write_safetensors};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let [c, p] = head.dims();
+    let values = crate::weights::tensor_to_vec(head.clone().reshape([c * p]));
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tensor = PendingTensor {
+        dtype: StoredDtype::F32,
+        shape: vec![c, p],
+        bytes: Box::new(move || Cow::Owned(bytes.clone())),
+    };
+    write_safetensors(path, &[("weight".to_string(), tensor)])
 }

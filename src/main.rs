@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use adamerge::cache::{cache_dir, model_key};
 use adamerge::checkpoint::{Checkpoint, Replacement, load_weights, save_merged};
 use adamerge::config::{TextConfig, VisionConfig};
 use adamerge::data::Preprocessor;
@@ -376,15 +377,18 @@ fn eval(args: EvalArgs, backend: Backend) -> Result<()> {
             n.starts_with("text_model.") || n == "text_projection.weight" || n == "logit_scale"
         })?;
         let tok = ClipTokenizer::from_dir(&heads_dir, cfg.max_position_embeddings)?;
-        Some((cfg, w, tok))
+        let key = model_key(&heads_dir)?;
+        Some((cfg, w, tok, key))
     } else {
         None
     };
+    let heads_cache = cache_dir().join("heads");
     let mut tasks = Vec::new();
     for t in &args.tasks {
         let head = match (&t.head, &text) {
             (Some(file), _) => HeadSource::File(file),
-            (None, Some((cfg, weights, tokenizer))) => HeadSource::ZeroShot {
+            (None, Some((cfg, weights, tokenizer, key))) => HeadSource::ZeroShot {
+                cache: Some((heads_cache.as_path(), *key)),
                 cfg,
                 weights,
                 tokenizer,

@@ -15,6 +15,10 @@ use burn::tensor::Device;
 use common::*;
 use indicatif::ProgressBar;
 
+fn flat(t: burn::tensor::Tensor<2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
 /// ROOT/{circle,square,triangle}/*.png from the fixture images.
 fn make_folder(root: &Path) {
     let images = fixture("clip/images");
@@ -54,6 +58,7 @@ fn eval_prints_the_accuracy_the_library_computes() {
         "shapes",
         &data,
         HeadSource::ZeroShot {
+            cache: None,
             cfg: &text,
             weights: &w,
             tokenizer: &tok,
@@ -69,25 +74,38 @@ fn eval_prints_the_accuracy_the_library_computes() {
     let acc1 = accuracy(&vision, &w, &pre, &task, 1, &device, &ProgressBar::hidden()).unwrap();
     assert_eq!(acc, acc1);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_adamerge"))
-        .args(["--threads", "1", "eval", "--model"])
-        .arg(&model)
-        .arg("--task")
-        .arg(format!("shapes,data={}", data.display()))
-        .arg("--batch-size")
-        .arg("4")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("| shapes | 6 | {:.2} |", 100.0 * acc)),
-        "{stdout}"
-    );
+    // The CLI caches the heads it builds: a second run reads them back and agrees.
+    let cache = tmp.path().join("cache");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_adamerge"))
+            .env("ADAMERGE_CACHE", &cache)
+            .args(["--threads", "1", "eval", "--model"])
+            .arg(&model)
+            .arg("--task")
+            .arg(format!("shapes,data={}", data.display()))
+            .arg("--batch-size")
+            .arg("4")
+            .output()
+            .unwrap()
+    };
+    for round in 0..2 {
+        let out = run();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("| shapes | 6 | {:.2} |", 100.0 * acc)),
+            "round {round}: {stdout}"
+        );
+        let cached: Vec<_> = std::fs::read_dir(cache.join("heads")).unwrap().collect();
+        assert_eq!(cached.len(), 1, "one head cached after round {round}");
+        let file = cached[0].as_ref().unwrap().path();
+        let head = adamerge::model::read_head(&file, &device).unwrap();
+        assert_close(&flat(head), &flat(task.head.clone()), 1e-6);
+    }
 }
 
 #[test]
