@@ -102,6 +102,36 @@ pub(crate) struct EncoderShape {
     pub act: Activation,
 }
 
+impl EncoderShape {
+    /// Validates a tower's sizes and activation; `key` prefixes config keys in errors
+    /// (`text_config.` for the text tower).
+    pub fn new(
+        key: &str,
+        width: usize,
+        heads: usize,
+        mlp: usize,
+        layers: usize,
+        eps: f64,
+        act: &str,
+    ) -> Result<Self> {
+        if heads == 0 || !width.is_multiple_of(heads) {
+            return Err(Error::Tensor {
+                tensor: format!("{key}num_attention_heads"),
+                reason: format!("hidden_size {width} is not divisible by {heads} heads"),
+            });
+        }
+        let act = Activation::parse(act, &format!("{key}hidden_act"))?;
+        Ok(Self {
+            width,
+            heads,
+            mlp,
+            layers,
+            eps,
+            act,
+        })
+    }
+}
+
 /// The pre-LN encoder of `transformers`' `CLIPEncoder`: attention and MLP blocks with residuals.
 /// `mask` ([B, 1, T, T], true = masked) carries the text tower's causal and padding masks.
 pub(crate) fn encoder(

@@ -3,7 +3,7 @@
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use super::layers::{Activation, EncoderShape, encoder, hf_layer_norm, hf_linear, param};
+use super::layers::{EncoderShape, encoder, hf_layer_norm, hf_linear, param};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -58,16 +58,15 @@ pub fn text_forward(
             ),
         });
     }
-    if cfg.num_attention_heads == 0 || !width.is_multiple_of(cfg.num_attention_heads) {
-        return Err(Error::Tensor {
-            tensor: "text_config.num_attention_heads".into(),
-            reason: format!(
-                "hidden_size {width} is not divisible by {} heads",
-                cfg.num_attention_heads
-            ),
-        });
-    }
-    let act = Activation::parse(&cfg.hidden_act, "text_config.hidden_act")?;
+    let shape = EncoderShape::new(
+        "text_config.",
+        width,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+        cfg.num_hidden_layers,
+        cfg.layer_norm_eps,
+        &cfg.hidden_act,
+    )?;
 
     let flat_ids: Vec<i64> = ids.iter().flatten().copied().collect();
     let id_tensor = Tensor::<2, Int>::from_data(TensorData::new(flat_ids, [b, t]), device);
@@ -94,14 +93,6 @@ pub fn text_forward(
     }
     let mask = Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, t]), device)
         .expand([b, cfg.num_attention_heads, t, t]);
-    let shape = EncoderShape {
-        width,
-        heads: cfg.num_attention_heads,
-        mlp: cfg.intermediate_size,
-        layers: cfg.num_hidden_layers,
-        eps: cfg.layer_norm_eps,
-        act,
-    };
     let x = encoder(w, "text_model.encoder", x, shape, Some(mask))?;
     let last_hidden_state = hf_layer_norm(
         w,

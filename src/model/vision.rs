@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use super::layers::{Activation, EncoderShape, encoder, hf_layer_norm, hf_linear, param};
+use super::layers::{EncoderShape, encoder, hf_layer_norm, hf_linear, param};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -35,16 +35,16 @@ pub fn vision_forward(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Res
             ),
         });
     }
-    if cfg.num_attention_heads == 0 || !width.is_multiple_of(cfg.num_attention_heads) {
-        return Err(Error::Tensor {
-            tensor: "num_attention_heads".into(),
-            reason: format!(
-                "hidden_size {width} is not divisible by {} heads",
-                cfg.num_attention_heads
-            ),
-        });
-    }
-    let act = Activation::parse(&cfg.hidden_act, "hidden_act")?;
+    let eps = cfg.layer_norm_eps;
+    let shape = EncoderShape::new(
+        "",
+        width,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+        cfg.num_hidden_layers,
+        eps,
+        &cfg.hidden_act,
+    )?;
     let g = h / p;
     let n = g * g;
     // Patch embedding as one matmul: [B, C, g, p, g, p] -> [B, g, g, C, p, p] -> [B, n, C·p·p].
@@ -71,16 +71,7 @@ pub fn vision_forward(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Res
         [n + 1, width],
     )?;
     let x = Tensor::cat(vec![cls, x], 1) + pos.unsqueeze::<3>();
-    let eps = cfg.layer_norm_eps;
     let x = hf_layer_norm(w, "vision_model.pre_layrnorm", x, width, eps)?;
-    let shape = EncoderShape {
-        width,
-        heads: cfg.num_attention_heads,
-        mlp: cfg.intermediate_size,
-        layers: cfg.num_hidden_layers,
-        eps,
-        act,
-    };
     let last_hidden_state = encoder(w, "vision_model.encoder", x, shape, None)?;
     let cls_out = last_hidden_state
         .clone()
