@@ -78,6 +78,21 @@ pub(crate) fn hf_linear<const D: usize>(
     Ok(linear(x, weight.transpose(), b))
 }
 
+/// A CLIP projection (`prefix.weight`, no bias) applied when the weights have it; vision-only
+/// and text-less checkpoints may lack theirs.
+pub(crate) fn optional_projection(
+    w: &Weights,
+    prefix: &str,
+    x: Tensor<2>,
+    d_in: usize,
+    d_out: usize,
+) -> Result<Option<Tensor<2>>> {
+    if w.get(&format!("{prefix}.weight")).is_none() {
+        return Ok(None);
+    }
+    hf_linear(w, prefix, x, d_in, d_out, false).map(Some)
+}
+
 /// Layer norm `prefix.weight`, `prefix.bias` over the last dimension.
 pub(crate) fn hf_layer_norm<const D: usize>(
     w: &Weights,

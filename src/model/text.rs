@@ -3,7 +3,7 @@
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use super::layers::{EncoderShape, encoder, hf_layer_norm, hf_linear, param};
+use super::layers::{EncoderShape, encoder, hf_layer_norm, optional_projection, param};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -112,18 +112,13 @@ pub fn text_forward(
         .clone()
         .reshape([b * t, width])
         .select(0, rows);
-    let text_embeds = if w.get("text_projection.weight").is_some() {
-        Some(hf_linear(
-            w,
-            "text_projection",
-            pooled.clone(),
-            width,
-            cfg.projection_dim,
-            false,
-        )?)
-    } else {
-        None
-    };
+    let text_embeds = optional_projection(
+        w,
+        "text_projection",
+        pooled.clone(),
+        width,
+        cfg.projection_dim,
+    )?;
     Ok(TextOutput {
         last_hidden_state,
         pooled,

@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use super::layers::{EncoderShape, encoder, hf_layer_norm, hf_linear, param};
+use super::layers::{EncoderShape, encoder, hf_layer_norm, optional_projection, param};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -78,18 +78,13 @@ pub fn vision_forward(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Res
         .narrow(1, 0, 1)
         .reshape([b, width]);
     let pooled = hf_layer_norm(w, "vision_model.post_layernorm", cls_out, width, eps)?;
-    let image_embeds = if w.get("visual_projection.weight").is_some() {
-        Some(hf_linear(
-            w,
-            "visual_projection",
-            pooled.clone(),
-            width,
-            cfg.projection_dim,
-            false,
-        )?)
-    } else {
-        None
-    };
+    let image_embeds = optional_projection(
+        w,
+        "visual_projection",
+        pooled.clone(),
+        width,
+        cfg.projection_dim,
+    )?;
     Ok(VisionOutput {
         last_hidden_state,
         pooled,
