@@ -119,6 +119,24 @@ pub struct LocatedVisionConfig {
 }
 
 impl VisionConfig {
+    /// The vision config of a checkpoint directory's `config.json`, or an error naming it.
+    pub fn of_checkpoint(ckpt: &crate::checkpoint::Checkpoint) -> Result<Self> {
+        let dir = ckpt.path();
+        let dir = if dir.is_dir() { dir } else { dir.parent().unwrap_or(dir) };
+        let path = dir.join("config.json");
+        let value = ckpt.config().ok_or_else(|| Error::Checkpoint {
+            path: path.clone(),
+            reason: "missing: the vision tower's config.json is needed".into(),
+        })?;
+        Self::locate(value, &path)?
+            .map(|l| l.config)
+            .ok_or_else(|| Error::Config {
+                path,
+                key: "vision_config".into(),
+                reason: "no CLIP vision config".into(),
+            })
+    }
+
     /// Extracts the vision config from a parsed `config.json` of any CLIP layout.
     ///
     /// Returns `None` when the file describes no CLIP vision tower.

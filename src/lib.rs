@@ -4,6 +4,7 @@
 //! Data flows one way: checkpoint files → [`weights::Weights`] → [`task_vector::TaskVectors`]
 //! → [`merge::MergeMethod`] → merged weights → [`checkpoint::save_merged`].
 
+pub mod adamerging;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;

@@ -349,18 +349,7 @@ fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
 fn eval(args: EvalArgs, backend: Backend) -> Result<()> {
     let device = backend.device()?;
     let model = Checkpoint::open(&args.model)?;
-    let cfg_path = args.model.join("config.json");
-    let config = model.config().ok_or_else(|| Error::Checkpoint {
-        path: args.model.clone(),
-        reason: "no config.json here".into(),
-    })?;
-    let vision = VisionConfig::locate(config, &cfg_path)?
-        .ok_or_else(|| Error::Config {
-            path: cfg_path.clone(),
-            key: "vision_config".into(),
-            reason: "no CLIP vision config".into(),
-        })?
-        .config;
+    let vision = VisionConfig::of_checkpoint(&model)?;
     let weights = load_weights(&model, &device, |n| {
         n.starts_with("vision_model.") || n == "visual_projection.weight"
     })?;

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
 
 use crate::checkpoint::Checkpoint;
@@ -196,6 +196,20 @@ impl TaskVectors {
         &self.vectors
     }
 
+    /// Replaces task `k`'s vector for tensor `name` by `data` (same number of entries).
+    pub(crate) fn replace_vector(&mut self, k: usize, name: &str, data: Tensor<1>) -> Result<()> {
+        let old = self.vectors[k].require(name)?;
+        if old.numel() != data.dims()[0] {
+            return Err(Error::invalid(
+                "task vectors",
+                format!("replacement for `{name}` has {} entries, expected {}", data.dims()[0], old.numel()),
+            ));
+        }
+        let t = old.with_data(data);
+        self.vectors[k].insert(name, t);
+        Ok(())
+    }
+
     /// Replaces the task vectors (same names and shapes), e.g. by TIES-processed ones.
     pub fn with_vectors(&self, vectors: Vec<Weights>) -> Result<Self> {
         Self::new(self.tasks.clone(), self.base.clone(), vectors)
@@ -296,7 +310,8 @@ fn plan(base: &Checkpoint, fts: &[Checkpoint], scope: &MergeScope) -> Result<Loa
 }
 
 /// How tensors are grouped into coefficient units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LayeringKind {
     /// The paper's units: one per open_clip parameter tensor, i.e. one per Hugging Face tensor
     /// with the q/k/v projection weights grouped, and their biases grouped (152 for ViT-B/32).
@@ -323,8 +338,18 @@ impl std::str::FromStr for LayeringKind {
     }
 }
 
+impl std::fmt::Display for LayeringKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Paper => "paper",
+            Self::PerTensor => "per-tensor",
+            Self::PerBlock => "per-block",
+        })
+    }
+}
+
 /// One coefficient unit: a name and the tensors it covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Unit {
     /// Unit name (a tensor name, a fused name such as `...self_attn.in_proj.weight`, or a block).
     pub name: String,
@@ -363,6 +388,30 @@ impl Layering {
             }
         }
         Self { units }
+    }
+
+    /// One unit covering every tensor (task-wise coefficients).
+    pub fn single<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            units: vec![Unit {
+                name: "all".into(),
+                tensors: names.into_iter().map(str::to_string).collect(),
+            }],
+        }
+    }
+
+    /// Units given explicitly (as saved with learned coefficients).
+    pub fn from_units(units: Vec<Unit>) -> Self {
+        Self { units }
+    }
+
+    /// The unit index of every tensor, by name.
+    pub fn unit_index(&self) -> std::collections::HashMap<&str, usize> {
+        self.units
+            .iter()
+            .enumerate()
+            .flat_map(|(u, unit)| unit.tensors.iter().map(move |t| (t.as_str(), u)))
+            .collect()
     }
 
     /// The units, in order.

@@ -53,6 +53,16 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, PendingTensor<'_>)]) -
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = sibling(path, ".tmp");
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 /// An output directory under construction: files go into a hidden staging directory beside the
 /// target, which [`OutputDir::commit`] renames into place; dropped uncommitted, it is removed.
 pub struct OutputDir {

@@ -7,6 +7,13 @@ use crate::error::{Error, Result};
 /// Image file extensions read (case-insensitive).
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
+/// Whether a path has an image extension read here.
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// A labelled image set read from `root/<class>/*.{png,jpg,jpeg}`.
 #[derive(Debug, Clone)]
 pub struct ImageFolder {
@@ -56,12 +63,7 @@ impl ImageFolder {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .map_err(|e| Error::io(&dir, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && p.extension()
-                            .and_then(|e| e.to_str())
-                            .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-                })
+                .filter(|p| p.is_file() && is_image(p))
                 .collect();
             if files.is_empty() {
                 return Err(Error::Checkpoint {

@@ -7,6 +7,7 @@ mod dare;
 mod spec;
 mod task_arithmetic;
 mod ties;
+mod weighted;
 
 use std::ops::Range;
 
@@ -17,6 +18,7 @@ pub use dare::{Dare, DareBase, DareMasks, Dropped, seeded_mask};
 pub use spec::{FixedKind, MethodSpec};
 pub use task_arithmetic::TaskArithmetic;
 pub use ties::{Aggregate, Ties, TiesMerge, TrimScope, kth_smallest_magnitude};
+pub use weighted::WeightedSum;
 
 use crate::error::{Error, Result};
 use crate::task_vector::TaskVectors;

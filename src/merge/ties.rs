@@ -10,7 +10,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::task_vector::TaskVectors;
-use crate::weights::{int_sum, tensor_to_vec};
+use crate::weights::{Weights, int_sum, tensor_to_vec};
 
 /// How the sign-agreeing entries are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -109,6 +109,71 @@ pub struct TiesMerge<S> {
     votes: Vec<i64>,
 }
 
+impl<S: VectorSource> TiesMerge<S> {
+    /// The elected sign γ over `range` of tensor `index`, with exactly-zero sums given the
+    /// majority sign, and every task's trimmed vector there.
+    fn elect(&self, index: usize, name: &str, range: Range<usize>) -> Result<ElectedChunk> {
+        let hats = trimmed(&self.src, &self.thresholds, index, name, range)?;
+        let gamma = sum(&hats).sign();
+        let majority = self.votes[index].signum() as f32;
+        let gamma = gamma.clone().mask_fill(gamma.equal_elem(0.0), majority);
+        Ok(ElectedChunk { hats, gamma })
+    }
+}
+
+impl TiesMerge<TaskVectors> {
+    /// AdaMerging++'s task vectors: per task, the trimmed entries that agree with the elected
+    /// sign, kept apart rather than merged. Each original tensor is released as soon as its
+    /// processed replacement exists, so memory stays at K + 1 checkpoints plus one tensor.
+    pub fn into_task_vectors(mut self) -> Result<TaskVectors> {
+        let names: Vec<String> = self.src.base().names().map(str::to_string).collect();
+        for (i, name) in names.iter().enumerate() {
+            let n = self.src.base().require(name)?.numel();
+            let mut per_task: Vec<Vec<Tensor<1>>> = vec![Vec::new(); self.src.num_tasks()];
+            for r in chunks(n) {
+                let ElectedChunk { hats, gamma } = self.elect(i, name, r)?;
+                for (k, h) in hats.into_iter().enumerate() {
+                    let aligned = h * gamma.clone();
+                    per_task[k].push(aligned.clamp_min(0.0) * gamma.clone());
+                }
+            }
+            for (k, mut parts) in per_task.into_iter().enumerate() {
+                let data = match parts.len() {
+                    1 => parts.remove(0),
+                    _ => Tensor::cat(parts, 0),
+                };
+                self.src.replace_vector(k, name, data)?;
+            }
+        }
+        Ok(self.src)
+    }
+}
+
+/// The per-task TIES vectors (trimmed, sign-agreeing, not merged) as a source, computed chunk
+/// by chunk on demand: AdaMerging++ over a streamed merge.
+impl<S: VectorSource> VectorSource for TiesMerge<S> {
+    fn num_tasks(&self) -> usize {
+        self.src.num_tasks()
+    }
+    fn base(&self) -> &Weights {
+        self.src.base()
+    }
+    fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
+        let i = self.src.base().index_of(name).ok_or_else(|| {
+            crate::error::Error::invalid("tensor", format!("`{name}` is not merged"))
+        })?;
+        let ElectedChunk { mut hats, gamma } = self.elect(i, name, range)?;
+        let aligned = hats.swap_remove(k) * gamma.clone();
+        Ok(aligned.clamp_min(0.0) * gamma)
+    }
+}
+
+/// One chunk's trimmed task vectors and elected sign.
+struct ElectedChunk {
+    hats: Vec<Tensor<1>>,
+    gamma: Tensor<1>,
+}
+
 impl<S: VectorSource> TensorMerge for TiesMerge<S> {
     fn tensor(&self, name: &str) -> Result<Tensor<1>> {
         let base = self.src.base();
@@ -116,11 +181,8 @@ impl<S: VectorSource> TensorMerge for TiesMerge<S> {
             crate::error::Error::invalid("tensor", format!("`{name}` is not merged"))
         })?;
         let t0 = &base.require(name)?.data;
-        let majority = self.votes[i].signum() as f32;
         by_chunks(t0.dims()[0], |r| {
-            let hats = trimmed(&self.src, &self.thresholds, i, name, r.clone())?;
-            let gamma = sum(&hats).sign();
-            let gamma = gamma.clone().mask_fill(gamma.equal_elem(0.0), majority);
+            let ElectedChunk { hats, gamma } = self.elect(i, name, r.clone())?;
             // τ̂·γ > 0 exactly where τ̂ is non-zero and agrees with γ, so Σ relu(τ̂·γ)·γ is the
             // sum of the agreeing entries (γ is ±1, or 0 where nothing may be kept).
             let mut agreeing = gamma.zeros_like();

@@ -1,0 +1,186 @@
+//! Unlabeled batches for learning. A [`BatchSource`] yields pixels only, so the learner cannot
+//! read a label: the types carry none.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+
+use crate::data::{ImageFolder, Preprocessor};
+use crate::error::{Error, Result};
+use crate::eval::load_batch;
+
+/// Where the learner's unlabeled batches come from.
+pub trait BatchSource {
+    /// Number of tasks.
+    fn num_tasks(&self) -> usize;
+    /// Batches read per task per step.
+    fn batches_per_task(&self) -> usize;
+    /// The `b`-th batch [B, C, H, W] of task `task` at step `step` (0-based). A function of its
+    /// arguments alone, so that a resumed run reads what an uninterrupted one would have.
+    fn batch(&self, task: usize, step: usize, b: usize) -> Result<Tensor<4>>;
+}
+
+/// Image files of one task without their labels.
+#[derive(Debug, Clone)]
+pub struct UnlabeledImages {
+    paths: Vec<PathBuf>,
+}
+
+impl UnlabeledImages {
+    /// The images of a labelled folder, labels dropped.
+    pub fn from_folder(folder: &ImageFolder) -> Self {
+        Self {
+            paths: folder.items.iter().map(|(p, _)| p.clone()).collect(),
+        }
+    }
+
+    /// Every image under `root`, at any depth (class folders or none), sorted by path.
+    pub fn scan(root: &Path) -> Result<Self> {
+        let mut paths = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+                let path = entry.map_err(|e| Error::io(&dir, e))?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if crate::data::is_image(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+        if paths.is_empty() {
+            return Err(Error::Checkpoint {
+                path: root.to_path_buf(),
+                reason: "no .png/.jpg/.jpeg image here to adapt on".into(),
+            });
+        }
+        paths.sort();
+        Ok(Self { paths })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Whether there is no image.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+}
+
+/// Splits a labelled test set into an unlabeled adaptation part (a seeded `fraction` of it) and
+/// the labelled rest for scoring, so that learned coefficients can be scored inductively.
+pub fn split_for_adaptation(
+    folder: &ImageFolder,
+    fraction: f64,
+    seed: u64,
+) -> Result<(UnlabeledImages, ImageFolder)> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::invalid(
+            "adaptation fraction",
+            format!("{fraction} is not in (0, 1)"),
+        ));
+    }
+    let n = folder.items.len();
+    let take = ((n as f64 * fraction).round() as usize).clamp(1, n.saturating_sub(1).max(1));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut order = rand::seq::index::sample(&mut rng, n, n).into_vec();
+    let rest = order.split_off(take);
+    order.sort_unstable();
+    let adapt = UnlabeledImages {
+        paths: order.iter().map(|&i| folder.items[i].0.clone()).collect(),
+    };
+    let mut scored = folder.clone();
+    let mut rest = rest;
+    rest.sort_unstable();
+    scored.items = rest.iter().map(|&i| folder.items[i].clone()).collect();
+    Ok((adapt, scored))
+}
+
+/// Seeded sampling of unlabeled images: at every step each task draws `batch_size ×
+/// batches_per_task` distinct images (all of them, reshuffled, when it has fewer), like a
+/// freshly shuffled data loader.
+pub struct ImageSampler<'a> {
+    sets: Vec<UnlabeledImages>,
+    pre: &'a Preprocessor,
+    batch_size: usize,
+    batches_per_task: usize,
+    seed: u64,
+    device: Device,
+}
+
+impl<'a> ImageSampler<'a> {
+    /// A sampler over one image set per task.
+    pub fn new(
+        sets: Vec<UnlabeledImages>,
+        pre: &'a Preprocessor,
+        batch_size: usize,
+        batches_per_task: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        if batch_size == 0 || batches_per_task == 0 {
+            return Err(Error::invalid(
+                "batch size",
+                "the batch size and the batches per task must be at least 1",
+            ));
+        }
+        if let Some(i) = sets.iter().position(UnlabeledImages::is_empty) {
+            return Err(Error::invalid(
+                "adaptation data",
+                format!("task {i} has no image to adapt on"),
+            ));
+        }
+        Ok(Self {
+            sets,
+            pre,
+            batch_size,
+            batches_per_task,
+            seed,
+            device: device.clone(),
+        })
+    }
+
+    /// The image indices task `task` reads at step `step`, in batch order.
+    pub fn indices(&self, task: usize, step: usize) -> Vec<usize> {
+        let n = self.sets[task].len();
+        let want = self.batch_size * self.batches_per_task;
+        let key = splitmix(splitmix(self.seed ^ splitmix(task as u64)) ^ step as u64);
+        let mut rng = ChaCha8Rng::seed_from_u64(key);
+        let mut out = Vec::with_capacity(want);
+        while out.len() < want {
+            let take = (want - out.len()).min(n);
+            out.extend(rand::seq::index::sample(&mut rng, n, take));
+        }
+        out
+    }
+}
+
+impl BatchSource for ImageSampler<'_> {
+    fn num_tasks(&self) -> usize {
+        self.sets.len()
+    }
+    fn batches_per_task(&self) -> usize {
+        self.batches_per_task
+    }
+    fn batch(&self, task: usize, step: usize, b: usize) -> Result<Tensor<4>> {
+        let idx = self.indices(task, step);
+        let set = &self.sets[task];
+        let paths: Vec<&Path> = idx[b * self.batch_size..(b + 1) * self.batch_size]
+            .iter()
+            .map(|&i| set.paths[i].as_path())
+            .collect();
+        load_batch(&paths, self.pre, &self.device)
+    }
+}
+
+/// SplitMix64: a fixed, platform-independent mix of seeds (std's hasher may change).
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,352 @@
+//! One AdaMerging learner: λ, burn's Adam, and the gradient of the entropy objective.
+
+use std::time::Instant;
+
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Bytes, Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::batches::BatchSource;
+use super::coefficients::{Coefficients, Granularity, effective};
+use super::objective::mean_entropy;
+use crate::config::VisionConfig;
+use crate::error::{Error, Result};
+use crate::merge::{TensorMerge, WeightedSum};
+use crate::model::{logits, vision_forward};
+use crate::task_vector::{Layering, LayeringKind, TaskVectors};
+use crate::weights::{Weights, scalar, tensor_to_vec};
+
+/// What is learned and how (DESIGN.md §3 defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnConfig {
+    /// One λ per task, or per task and unit.
+    pub granularity: Granularity,
+    /// How tensors group into units (layer granularity).
+    pub layering: LayeringKind,
+    /// Adam steps.
+    pub steps: usize,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// Initial λ.
+    pub init: f64,
+    /// Clamp λ to [0, 1] in the forward.
+    pub clamp: bool,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Batches read per task per step (the official code reads 2).
+    pub batches_per_task: usize,
+    /// Seed of the batch sampling.
+    pub seed: u64,
+    /// AdaMerging++: learn over TIES-processed task vectors trimmed to this fraction.
+    pub ties_k: Option<f64>,
+}
+
+impl Default for LearnConfig {
+    fn default() -> Self {
+        Self {
+            granularity: Granularity::Layer,
+            layering: LayeringKind::Paper,
+            steps: 500,
+            lr: 1e-3,
+            init: 0.3,
+            clamp: true,
+            batch_size: 16,
+            batches_per_task: 1,
+            seed: 0,
+            ties_k: None,
+        }
+    }
+}
+
+impl LearnConfig {
+    /// Checks every value, naming the offending option.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("steps", self.steps),
+            ("batch-size", self.batch_size),
+            ("batches-per-task", self.batches_per_task),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::invalid(*key, "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid("lr", format!("{} is not a positive number", self.lr)));
+        }
+        if !self.init.is_finite() {
+            return Err(Error::invalid("init", "must be finite"));
+        }
+        if let Some(k) = self.ties_k
+            && !(k > 0.0 && k <= 1.0)
+        {
+            return Err(Error::invalid("ties-k", format!("{k} is not in (0, 1]")));
+        }
+        Ok(())
+    }
+
+    /// The method's name in tables: `adamerging[++](task|layer)`.
+    pub fn label(&self) -> String {
+        let pp = if self.ties_k.is_some() { "++" } else { "" };
+        format!("adamerging{pp}({})", self.granularity)
+    }
+
+    /// The units λ's columns stand for, over the merged tensors `names`.
+    pub fn layering<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Layering {
+        match self.granularity {
+            Granularity::Task => Layering::single(names),
+            Granularity::Layer => Layering::new(self.layering, names),
+        }
+    }
+}
+
+/// One step's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Steps done after this one (1-based).
+    pub step: usize,
+    /// The objective before the update: Σ over tasks and batches of the batch-mean entropy.
+    pub loss: f64,
+    /// Each task's share of the loss.
+    pub entropy: Vec<f64>,
+    /// Wall time of the step.
+    pub seconds: f64,
+}
+
+/// λ, its optimiser and what the objective needs: the vision config, the (possibly
+/// TIES-processed) task vectors and one head per task.
+pub struct Learner<'a> {
+    cfg: &'a VisionConfig,
+    tv: &'a TaskVectors,
+    heads: &'a [Tensor<2>],
+    config: LearnConfig,
+    layering: Layering,
+    coefficients: Coefficients,
+    optimizer: ModuleOptimizer,
+    ad_device: Device,
+    step: usize,
+}
+
+impl<'a> Learner<'a> {
+    /// A learner at step 0 with λ = `config.init` everywhere.
+    pub fn new(
+        cfg: &'a VisionConfig,
+        tv: &'a TaskVectors,
+        heads: &'a [Tensor<2>],
+        config: LearnConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        if heads.len() != tv.num_tasks() {
+            return Err(Error::invalid(
+                "heads",
+                format!("{} heads for {} tasks", heads.len(), tv.num_tasks()),
+            ));
+        }
+        for (task, head) in tv.tasks().iter().zip(heads) {
+            let [_, width] = head.dims();
+            if width != cfg.projection_dim {
+                return Err(Error::invalid(
+                    format!("task `{task}`"),
+                    format!(
+                        "the head has width {width} but the model projects to {}",
+                        cfg.projection_dim
+                    ),
+                ));
+            }
+        }
+        let layering = config.layering(tv.base().names());
+        let (k, l) = (tv.num_tasks(), layering.len());
+        let ad_device = device.clone().autodiff();
+        let coefficients = Coefficients::new(vec![config.init as f32; k * l], k, l, &ad_device);
+        Ok(Self {
+            cfg,
+            tv,
+            heads,
+            config,
+            layering,
+            coefficients,
+            optimizer: adam(),
+            ad_device,
+            step: 0,
+        })
+    }
+
+    /// Replaces λ (row-major [K, L]); for a given start or a restored run.
+    pub fn set_lambda(&mut self, values: Vec<f32>) -> Result<()> {
+        let (k, l) = self.shape();
+        if values.len() != k * l || values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::invalid(
+                "lambda",
+                format!("expected {} finite values ({k} tasks × {l} units)", k * l),
+            ));
+        }
+        self.coefficients = Coefficients::new(values, k, l, &self.ad_device);
+        Ok(())
+    }
+
+    /// (K, L).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.tv.num_tasks(), self.layering.len())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LearnConfig {
+        &self.config
+    }
+
+    /// The units of λ's columns.
+    pub fn layering(&self) -> &Layering {
+        &self.layering
+    }
+
+    /// The task vectors λ weights.
+    pub fn task_vectors(&self) -> &TaskVectors {
+        self.tv
+    }
+
+    /// Steps done.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// Raw λ, row-major [K, L].
+    pub fn lambda(&self) -> Vec<f32> {
+        self.coefficients.values()
+    }
+
+    /// λ as the forward uses it (clamped when configured).
+    pub fn effective_lambda(&self) -> Vec<f32> {
+        effective(&self.lambda(), self.config.clamp)
+    }
+
+    /// The merge at the current λ, tensor by tensor.
+    pub fn merger(&self) -> Result<WeightedSum<'_, &TaskVectors>> {
+        WeightedSum::new(self.tv, &self.layering, self.effective_lambda())
+    }
+
+    /// The merged tensors at the current λ.
+    pub fn merged(&self) -> Result<Weights> {
+        let merger = self.merger()?;
+        self.tv.base().try_map(|name, _| merger.tensor(name))
+    }
+
+    /// The objective at the current λ on step `step`'s batches, and its gradient ∂loss/∂λ
+    /// (row-major [K, L]).
+    pub fn gradient(&self, source: &dyn BatchSource) -> Result<(Vec<f32>, StepRecord)> {
+        let start = Instant::now();
+        let (k_tasks, l_units) = self.shape();
+        if source.num_tasks() != k_tasks {
+            return Err(Error::invalid(
+                "batches",
+                format!("{} tasks of data for {k_tasks} tasks", source.num_tasks()),
+            ));
+        }
+        // The merged weights become the leaves of each task's graph; θ₀ and τ never enter it.
+        let leaves = self.merged()?.map(|_, t| t.autodiff().require_grad());
+        let mut grad_w: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
+        let mut entropy = vec![0.0; k_tasks];
+        for (task, head) in self.heads.iter().enumerate() {
+            for b in 0..source.batches_per_task() {
+                let pixels = source.batch(task, self.step, b)?;
+                let embeds = vision_forward(self.cfg, &leaves, pixels)?
+                    .image_embeds
+                    .ok_or_else(|| Error::Tensor {
+                        tensor: "visual_projection.weight".into(),
+                        reason: "missing: entropy of a head needs the visual projection".into(),
+                    })?;
+                let loss = mean_entropy(logits(embeds, head.clone()));
+                entropy[task] += scalar(loss.clone().inner());
+                let grads = loss.backward();
+                for (slot, (_, leaf)) in grad_w.iter_mut().zip(leaves.iter()) {
+                    if let Some(g) = leaf.data.grad(&grads) {
+                        *slot = Some(match slot.take() {
+                            Some(acc) => acc + g,
+                            None => g,
+                        });
+                    }
+                }
+            }
+        }
+        drop(leaves);
+        // ⟨∂loss/∂W_t, τ_{k,t}⟩ for every tensor t and task k, read back in one transfer.
+        let unit_index = self.layering.unit_index();
+        let mut dots = Vec::new();
+        let mut slots = Vec::new();
+        for ((name, _), g) in self.tv.base().iter().zip(&grad_w) {
+            let Some(g) = g else { continue };
+            let u = unit_index[name];
+            for k in 0..k_tasks {
+                let tau = &self.tv.vector(k).require(name)?.data;
+                dots.push((g.clone() * tau.clone()).sum());
+                slots.push(k * l_units + u);
+            }
+        }
+        let mut grad = vec![0f64; k_tasks * l_units];
+        if !dots.is_empty() {
+            for (slot, v) in slots.iter().zip(tensor_to_vec(Tensor::cat(dots, 0))) {
+                grad[*slot] += v as f64;
+            }
+        }
+        if self.config.clamp {
+            // torch.clamp's gradient: 1 inside [0, 1], bounds included, 0 outside.
+            for (g, l) in grad.iter_mut().zip(self.lambda()) {
+                if !(0.0..=1.0).contains(&l) {
+                    *g = 0.0;
+                }
+            }
+        }
+        let record = StepRecord {
+            step: self.step + 1,
+            loss: entropy.iter().sum(),
+            entropy,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        Ok((grad.into_iter().map(|g| g as f32).collect(), record))
+    }
+
+    /// One Adam step on step `steps_done()`'s batches.
+    pub fn step(&mut self, source: &dyn BatchSource) -> Result<StepRecord> {
+        let start = Instant::now();
+        let (grad, mut record) = self.gradient(source)?;
+        let (k, l) = self.shape();
+        let grad = Tensor::<2>::from_data(TensorData::new(grad, [k, l]), &self.ad_device).inner();
+        let mut grads = GradientsParams::new();
+        grads.register(self.coefficients.id(), grad);
+        let module = std::mem::replace(
+            &mut self.coefficients,
+            Coefficients::new(vec![0.0; k * l], k, l, &self.ad_device),
+        );
+        self.coefficients = self.optimizer.step(self.config.lr, module, grads);
+        self.step += 1;
+        record.seconds = start.elapsed().as_secs_f64();
+        Ok(record)
+    }
+
+    /// Adam's state, serialised (burn's record format).
+    pub fn optimizer_state(&self) -> Result<Vec<u8>> {
+        let bytes = self
+            .optimizer
+            .into_bytes()
+            .map_err(|e| Error::invalid("optimizer state", e.to_string()))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Restores a saved run: λ, Adam's state and the number of steps done.
+    pub fn restore(&mut self, lambda: Vec<f32>, optimizer: Vec<u8>, steps_done: usize) -> Result<()> {
+        self.set_lambda(lambda)?;
+        self.optimizer = adam()
+            .from_bytes(Bytes::from_bytes_vec(optimizer))
+            .map_err(|e| Error::invalid("optimizer state", e.to_string()))?;
+        self.step = steps_done;
+        Ok(())
+    }
+}
+
+/// Adam with PyTorch's defaults (burn's default epsilon is 1e-5, which shifts every step).
+fn adam() -> ModuleOptimizer {
+    AdamConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .init()
+}

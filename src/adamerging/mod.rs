@@ -1,0 +1,20 @@
+//! AdaMerging (Yang et al., ICLR 2024): learn the merge coefficients λ by minimising the entropy
+//! of the merged model's predictions on unlabeled test batches (DESIGN.md §3–§4).
+//!
+//! θ₀ and the task vectors stay constants. Each step merges once, back-propagates each task's
+//! entropy on its own to the merged weights W, and forms ∂loss/∂λ_{k,l} = ⟨∂loss/∂W_l, τ_{k,l}⟩,
+//! so only one task's graph is alive at a time and memory does not grow with K.
+
+mod batches;
+mod coefficients;
+mod learner;
+mod objective;
+mod outputs;
+mod session;
+
+pub use batches::{BatchSource, ImageSampler, UnlabeledImages, split_for_adaptation};
+pub use coefficients::{Coefficients, Granularity};
+pub use learner::{LearnConfig, Learner, StepRecord};
+pub use objective::mean_entropy;
+pub use outputs::{LearnedLambda, RunLog};
+pub use session::{EvalSet, Outcome, Session};

@@ -1,0 +1,235 @@
+//! What a learning run leaves on disk: the learned λ (JSON with unit names, and safetensors),
+//! the resume checkpoint, and the JSON-lines log. Every file is written whole or not at all.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use super::learner::{LearnConfig, Learner};
+use crate::checkpoint::write_atomic;
+use crate::error::{Error, Result};
+use crate::task_vector::{Layering, Unit};
+
+/// Learned coefficients with everything needed to apply them again to the same checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LearnedLambda {
+    /// The method's label (`adamerging(layer)`, `adamerging++(task)`).
+    pub method: String,
+    /// The configuration that learned them.
+    pub config: LearnConfig,
+    /// Task names, one row of λ each.
+    pub tasks: Vec<String>,
+    /// The units, one column of λ each, with the tensors they cover.
+    pub units: Vec<Unit>,
+    /// Steps done.
+    pub steps_done: usize,
+    /// Raw λ [K][L].
+    pub lambda: Vec<Vec<f32>>,
+    /// λ as applied (clamped when the run clamps) [K][L].
+    pub effective: Vec<Vec<f32>>,
+}
+
+impl LearnedLambda {
+    /// The learner's current coefficients.
+    pub fn from_learner(learner: &Learner<'_>) -> Self {
+        let (_, l) = learner.shape();
+        let rows = |v: Vec<f32>| v.chunks(l.max(1)).map(<[f32]>::to_vec).collect();
+        Self {
+            method: learner.config().label(),
+            config: learner.config().clone(),
+            tasks: learner.task_vectors().tasks().to_vec(),
+            units: learner.layering().units().to_vec(),
+            steps_done: learner.steps_done(),
+            lambda: rows(learner.lambda()),
+            effective: rows(learner.effective_lambda()),
+        }
+    }
+
+    /// Writes `<stem>.json` and `<stem>.safetensors` (`lambda` and `effective`, [K, L]) in `dir`.
+    pub fn save(&self, dir: &Path, stem: &str) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::invalid("lambda", e.to_string()))?;
+        write_atomic(&dir.join(format!("{stem}.json")), &json)?;
+        let (k, l) = (self.tasks.len(), self.units.len());
+        let raw = f32_bytes(self.lambda.iter().flatten());
+        let eff = f32_bytes(self.effective.iter().flatten());
+        let views = [
+            ("lambda", TensorView::new(Dtype::F32, vec![k, l], &raw)),
+            ("effective", TensorView::new(Dtype::F32, vec![k, l], &eff)),
+        ];
+        let mut meta = HashMap::new();
+        meta.insert("tasks".to_string(), self.tasks.join(","));
+        meta.insert("method".to_string(), self.method.clone());
+        let views = views
+            .into_iter()
+            .map(|(n, v)| v.map(|v| (n, v)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::invalid("lambda", e.to_string()))?;
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::invalid("lambda", e.to_string()))?;
+        write_atomic(&dir.join(format!("{stem}.safetensors")), &bytes)
+    }
+
+    /// Reads a `lambda.json` written by [`LearnedLambda::save`], checking its shape.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let this: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            key: "lambda".into(),
+            reason: e.to_string(),
+        })?;
+        let (k, l) = (this.tasks.len(), this.units.len());
+        let bad = |key: &str, reason: String| Error::Config {
+            path: path.to_path_buf(),
+            key: key.into(),
+            reason,
+        };
+        for (key, m) in [("lambda", &this.lambda), ("effective", &this.effective)] {
+            if m.len() != k || m.iter().any(|r| r.len() != l) {
+                return Err(bad(key, format!("expected {k} rows of {l} values")));
+            }
+            if m.iter().flatten().any(|v| !v.is_finite()) {
+                return Err(bad(key, "holds a non-finite value".into()));
+            }
+        }
+        if k == 0 || l == 0 {
+            return Err(bad("tasks", "no task or no unit".into()));
+        }
+        Ok(this)
+    }
+
+    /// The layering of λ's columns.
+    pub fn layering(&self) -> Layering {
+        Layering::from_units(self.units.clone())
+    }
+
+    /// The applied coefficients, row-major [K, L].
+    pub fn applied(&self) -> Vec<f32> {
+        self.effective.iter().flatten().copied().collect()
+    }
+}
+
+fn f32_bytes<'a>(values: impl Iterator<Item = &'a f32>) -> Vec<u8> {
+    values.flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The resume checkpoint of a run: λ, Adam's state and the steps done, in one file written
+/// atomically, so that a run stopped at any moment resumes from a consistent state.
+pub struct ResumePoint {
+    /// Raw λ, row-major.
+    pub lambda: Vec<f32>,
+    /// Adam's state (burn's record bytes).
+    pub optimizer: Vec<u8>,
+    /// Steps done.
+    pub steps_done: usize,
+    /// What must match for a resume to continue the same run.
+    pub fingerprint: String,
+}
+
+impl ResumePoint {
+    /// Writes the checkpoint file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let lambda = f32_bytes(self.lambda.iter());
+        let wrap = |e: safetensors::SafeTensorError| Error::invalid("checkpoint", e.to_string());
+        let views = vec![
+            (
+                "lambda",
+                TensorView::new(Dtype::F32, vec![self.lambda.len()], &lambda).map_err(wrap)?,
+            ),
+            (
+                "optimizer",
+                TensorView::new(Dtype::U8, vec![self.optimizer.len()], &self.optimizer)
+                    .map_err(wrap)?,
+            ),
+        ];
+        let mut meta = HashMap::new();
+        meta.insert("steps_done".to_string(), self.steps_done.to_string());
+        meta.insert("fingerprint".to_string(), self.fingerprint.clone());
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(wrap)?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Reads a checkpoint file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |reason: String| Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let steps_done = meta
+            .get("steps_done")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no `steps_done` in the metadata".into()))?;
+        let fingerprint = meta.get("fingerprint").cloned().unwrap_or_default();
+        let lambda = st.tensor("lambda").map_err(|e| bad(e.to_string()))?;
+        let lambda = lambda
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let optimizer = st
+            .tensor("optimizer")
+            .map_err(|e| bad(e.to_string()))?
+            .data()
+            .to_vec();
+        Ok(Self {
+            lambda,
+            optimizer,
+            steps_done,
+            fingerprint,
+        })
+    }
+}
+
+/// A JSON-lines log, appended one flushed line per event.
+pub struct RunLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl RunLog {
+    /// Opens `path` for appending, first dropping every line whose `step` is beyond
+    /// `keep_through` (events of steps a resumed run will redo).
+    pub fn open(path: &Path, keep_through: usize) -> Result<Self> {
+        if path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let kept: String = text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                        .is_some_and(|s| s as usize <= keep_through)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write_atomic(path, kept.as_bytes())?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Appends one event.
+    pub fn write(&mut self, event: &serde_json::Value) -> Result<()> {
+        let mut line = event.to_string();
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}

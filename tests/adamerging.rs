@@ -1,0 +1,478 @@
+//! AdaMerging against an independent PyTorch implementation (`scripts/reference_adamerging.py`,
+//! fixture in `tests/fixtures/adamerging/`), finite differences, and resumption.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+
+use adamerge::adamerging::{
+    BatchSource, Granularity, LearnConfig, Learner, Outcome, Session, mean_entropy,
+};
+use adamerge::checkpoint::Checkpoint;
+use adamerge::config::VisionConfig;
+use adamerge::merge::{Aggregate, Ties, TrimScope};
+use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use burn::tensor::{Device, Tensor, TensorData};
+use common::fixture;
+use indicatif::ProgressBar;
+use serde_json::Value;
+
+/// The fixture's pixel batches [steps, batches, B, C, H, W] per task.
+struct FixedBatches {
+    tasks: Vec<Vec<f32>>,
+    dims: [usize; 6],
+    batches_per_task: usize,
+    device: Device,
+}
+
+impl FixedBatches {
+    fn load(tasks: &[String], batches_per_task: usize, device: &Device) -> Self {
+        let path = fixture("adamerging/batches.safetensors");
+        let ckpt = Checkpoint::open(&path).expect("batches");
+        let shape = ckpt.meta(&tasks[0]).expect("batch tensor").shape.clone();
+        let dims: [usize; 6] = shape.try_into().expect("rank 6");
+        Self {
+            tasks: tasks.iter().map(|t| ckpt.read_f32(t).expect("read")).collect(),
+            dims,
+            batches_per_task,
+            device: device.clone(),
+        }
+    }
+}
+
+impl BatchSource for FixedBatches {
+    fn num_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+    fn batches_per_task(&self) -> usize {
+        self.batches_per_task
+    }
+    fn batch(&self, task: usize, step: usize, b: usize) -> adamerge::Result<Tensor<4>> {
+        let [steps, per, n, c, h, w] = self.dims;
+        let size = n * c * h * w;
+        let at = ((step % steps) * per + b) * size;
+        let values = self.tasks[task][at..at + size].to_vec();
+        Ok(Tensor::from_data(
+            TensorData::new(values, [n, c, h, w]),
+            &self.device,
+        ))
+    }
+}
+
+struct Setup {
+    cfg: VisionConfig,
+    tv: TaskVectors,
+    heads: Vec<Tensor<2>>,
+    expected: Value,
+    device: Device,
+}
+
+fn setup() -> Setup {
+    let device = Device::flex();
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("adamerging/expected.json")).expect("expected.json"),
+    )
+    .expect("json");
+    let tasks: Vec<String> = expected["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t.as_str().expect("name").to_string())
+        .collect();
+    let pretrained = fixture("adamerging/pretrained");
+    let finetuned: Vec<Finetuned> = tasks
+        .iter()
+        .map(|t| Finetuned {
+            name: t.clone(),
+            path: fixture(&format!("adamerging/finetuned/{t}")),
+        })
+        .collect();
+    let (tv, _) = TaskVectors::load(
+        &pretrained,
+        &finetuned,
+        &MergeScope::default(),
+        &device,
+        &ProgressBar::hidden(),
+    )
+    .expect("task vectors");
+    let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(&pretrained).expect("open"))
+        .expect("config");
+    let heads_file = Checkpoint::open(fixture("adamerging/heads.safetensors")).expect("heads");
+    let heads = tasks
+        .iter()
+        .map(|t| {
+            let shape = heads_file.meta(t).expect("head").shape.clone();
+            Tensor::<1>::from_data(
+                TensorData::new(heads_file.read_f32(t).expect("read"), [shape[0] * shape[1]]),
+                &device,
+            )
+            .reshape([shape[0], shape[1]])
+        })
+        .collect();
+    Setup {
+        cfg,
+        tv,
+        heads,
+        expected,
+        device,
+    }
+}
+
+fn case<'e>(expected: &'e Value, name: &str) -> &'e Value {
+    expected["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name}"))
+}
+
+fn matrix(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_f64().expect("number"))
+                .collect()
+        })
+        .collect()
+}
+
+fn config_of(c: &Value) -> LearnConfig {
+    LearnConfig {
+        granularity: if c["granularity"] == "task" {
+            Granularity::Task
+        } else {
+            Granularity::Layer
+        },
+        steps: c["steps"].as_u64().expect("steps") as usize,
+        lr: c["lr"].as_f64().expect("lr"),
+        clamp: c["clamp"].as_bool().expect("clamp"),
+        batches_per_task: c["batches_per_task"].as_u64().expect("bpt") as usize,
+        ties_k: c["ties_k"].as_f64(),
+        batch_size: 4,
+        ..LearnConfig::default()
+    }
+}
+
+/// Reorders a [K][L] matrix given over the fixture's units into the learner's unit order.
+fn to_learner_order(learner: &Learner<'_>, units: &Value, m: &[Vec<f64>]) -> Vec<f32> {
+    let names: Vec<&str> = units
+        .as_array()
+        .expect("units")
+        .iter()
+        .map(|u| u["name"].as_str().expect("unit name"))
+        .collect();
+    let col: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut out = Vec::new();
+    for row in m {
+        if row.len() == 1 {
+            out.push(row[0] as f32);
+            continue;
+        }
+        for unit in learner.layering().units() {
+            out.push(row[col[unit.name.as_str()]] as f32);
+        }
+    }
+    out
+}
+
+fn processed(tv: &TaskVectors, ties_k: Option<f64>) -> TaskVectors {
+    match ties_k {
+        None => tv.clone(),
+        Some(k) => Ties::new(k, 1.0, Aggregate::Sum, TrimScope::Global)
+            .expect("ties")
+            .prepare_source(tv.clone())
+            .expect("prepare")
+            .into_task_vectors()
+            .expect("processed"),
+    }
+}
+
+fn run_case(s: &Setup, name: &str) {
+    let c = case(&s.expected, name);
+    let config = config_of(c);
+    let tv = processed(&s.tv, config.ties_k);
+    let mut learner =
+        Learner::new(&s.cfg, &tv, &s.heads, config.clone(), &s.device).expect("learner");
+    let init = to_learner_order(&learner, &c["units"], &matrix(&c["lambda_init"]));
+    learner.set_lambda(init).expect("init");
+    let batches = FixedBatches::load(tv.tasks(), config.batches_per_task, &s.device);
+    let losses: Vec<f64> = c["losses"]
+        .as_array()
+        .expect("losses")
+        .iter()
+        .map(|v| v.as_f64().expect("loss"))
+        .collect();
+    for (step, want) in losses.iter().enumerate() {
+        let record = learner.step(&batches).expect("step");
+        assert!(
+            (record.loss - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{name}: loss at step {step}: {} vs PyTorch {want}",
+            record.loss
+        );
+    }
+    let want = to_learner_order(&learner, &c["units"], &matrix(&c["lambda_final"]));
+    let got = learner.lambda();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let moved = got
+        .iter()
+        .zip(learner_init(&learner, c))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 0.05, "{name}: λ barely moved ({moved})");
+    assert!(
+        worst <= 1e-4,
+        "{name}: λ after {} steps differs from PyTorch's by {worst}",
+        losses.len()
+    );
+}
+
+fn learner_init(learner: &Learner<'_>, c: &Value) -> Vec<f32> {
+    to_learner_order(learner, &c["units"], &matrix(&c["lambda_init"]))
+}
+
+#[test]
+fn task_wise_matches_pytorch_after_20_steps() {
+    run_case(&setup(), "task_wise");
+}
+
+#[test]
+fn layer_wise_with_clamping_matches_pytorch_after_20_steps() {
+    run_case(&setup(), "layer_wise");
+}
+
+#[test]
+fn adamerging_plus_plus_matches_pytorch_after_20_steps() {
+    run_case(&setup(), "layer_wise_pp");
+}
+
+#[test]
+fn two_batches_per_task_without_clamp_matches_pytorch() {
+    run_case(&setup(), "layer_wise_two_batches_noclamp");
+}
+
+#[test]
+fn ties_processed_vectors_match_the_reference_digest() {
+    let s = setup();
+    let c = case(&s.expected, "layer_wise_pp");
+    let tv = processed(&s.tv, Some(0.2));
+    for (k, task) in tv.tasks().iter().enumerate() {
+        let (mut l1, mut nonzeros) = (0f64, 0usize);
+        for (_, t) in tv.vector(k).iter() {
+            for v in t.to_vec() {
+                l1 += v.abs() as f64;
+                nonzeros += usize::from(v != 0.0);
+            }
+        }
+        let want = &c["ties_checks"][task];
+        assert_eq!(nonzeros as u64, want["nonzeros"].as_u64().expect("nz"), "{task}");
+        let l1_want = want["l1"].as_f64().expect("l1");
+        assert!((l1 - l1_want).abs() <= 1e-5 * l1_want, "{task}: {l1} vs {l1_want}");
+    }
+}
+
+/// The loss at λ, on step 0's batches, through the plain merged forward (no gradient code).
+fn loss_at(s: &Setup, config: &LearnConfig, lambda: Vec<f32>) -> f64 {
+    let mut learner =
+        Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).expect("learner");
+    learner.set_lambda(lambda).expect("λ");
+    let merged = learner.merged().expect("merged");
+    let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
+    let mut total = 0.0;
+    for (k, head) in s.heads.iter().enumerate() {
+        let embeds = adamerge::model::vision_forward(&s.cfg, &merged, batches.batch(k, 0, 0).unwrap())
+            .expect("forward")
+            .image_embeds
+            .expect("projection");
+        let loss = mean_entropy(adamerge::model::logits(embeds, head.clone()));
+        total += adamerge::weights::scalar(loss);
+    }
+    total
+}
+
+/// Central differences with Richardson extrapolation (f32 forward, so h cannot be tiny).
+fn check_finite_differences(granularity: Granularity) {
+    let s = setup();
+    let config = LearnConfig {
+        granularity,
+        batch_size: 4,
+        ..LearnConfig::default()
+    };
+    let learner = Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).expect("l");
+    let (k, l) = learner.shape();
+    // Interior values, away from the clamp bounds by more than the largest step (0.08).
+    let lambda: Vec<f32> = (0..k * l)
+        .map(|i| 0.25 + 0.5 * ((i * 37 % 101) as f32 / 101.0))
+        .collect();
+    let mut learner = learner;
+    learner.set_lambda(lambda.clone()).expect("λ");
+    let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
+    let (grad, _) = learner.gradient(&batches).expect("gradient");
+    let central = |i: usize, h: f32| {
+        let mut plus = lambda.clone();
+        plus[i] += h;
+        let mut minus = lambda.clone();
+        minus[i] -= h;
+        (loss_at(&s, &config, plus) - loss_at(&s, &config, minus)) / (2.0 * h as f64)
+    };
+    // Layer-wise: a spread of entries over every task; task-wise: all.
+    let picks: Vec<usize> = if l == 1 {
+        (0..k).collect()
+    } else {
+        (0..k * l).step_by(7).collect()
+    };
+    let (mut err2, mut norm2) = (0.0f64, 0.0f64);
+    for &i in &picks {
+        let fd = (4.0 * central(i, 0.04) - central(i, 0.08)) / 3.0;
+        err2 += (grad[i] as f64 - fd).powi(2);
+        norm2 += fd * fd;
+    }
+    let rel = (err2 / norm2).sqrt();
+    eprintln!("{granularity}: finite-difference relative error {rel:.2e}");
+    assert!(norm2 > 1e-6, "gradient too small to check");
+    assert!(rel <= 1e-3, "{granularity}: relative error {rel}");
+}
+
+#[test]
+fn task_wise_gradient_matches_finite_differences() {
+    check_finite_differences(Granularity::Task);
+}
+
+#[test]
+fn layer_wise_gradient_matches_finite_differences() {
+    check_finite_differences(Granularity::Layer);
+}
+
+#[test]
+fn gradient_matches_pytorch_float64_autograd() {
+    let s = setup();
+    let g = &s.expected["gradient_check"];
+    let c = case(&s.expected, "layer_wise");
+    let config = LearnConfig {
+        batch_size: 4,
+        ..config_of(c)
+    };
+    let mut learner = Learner::new(&s.cfg, &s.tv, &s.heads, config, &s.device).expect("learner");
+    learner
+        .set_lambda(to_learner_order(&learner, &c["units"], &matrix(&g["lambda"])))
+        .expect("λ");
+    let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
+    let (grad, record) = learner.gradient(&batches).expect("gradient");
+    let want = to_learner_order(&learner, &c["units"], &matrix(&g["grad"]));
+    let loss = g["loss"].as_f64().expect("loss");
+    assert!((record.loss - loss).abs() < 1e-5, "{} vs {loss}", record.loss);
+    let err: f64 = grad.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    let rel = (err / norm).sqrt();
+    eprintln!("relative error against float64 autograd {rel:.2e}");
+    assert!(rel <= 1e-4, "relative error {rel}");
+}
+
+#[test]
+fn no_gradient_reaches_theta0_or_task_vectors() {
+    let s = setup();
+    let config = LearnConfig {
+        batch_size: 4,
+        steps: 2,
+        ..LearnConfig::default()
+    };
+    let mut learner = Learner::new(&s.cfg, &s.tv, &s.heads, config, &s.device).expect("learner");
+    let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
+    learner.step(&batches).expect("step");
+    for (name, t) in s.tv.base().iter() {
+        assert!(!t.data.is_autodiff() && !t.data.is_require_grad(), "θ₀ {name}");
+    }
+    for k in 0..s.tv.num_tasks() {
+        for (name, t) in s.tv.vector(k).iter() {
+            assert!(!t.data.is_autodiff() && !t.data.is_require_grad(), "τ_{k} {name}");
+        }
+    }
+    for (name, t) in learner.merged().expect("merged").iter() {
+        assert!(!t.data.is_require_grad(), "merged {name}");
+    }
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_same_lambda() {
+    let s = setup();
+    let config = LearnConfig {
+        batch_size: 4,
+        steps: 6,
+        lr: 1e-2,
+        ..LearnConfig::default()
+    };
+    let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
+    let never = AtomicBool::new(false);
+
+    let straight_dir = tempfile::tempdir().expect("tmp");
+    let mut straight = Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).unwrap();
+    let outcome = Session::new(&mut straight, straight_dir.path())
+        .unwrap()
+        .run(&batches, None, &ProgressBar::hidden(), &never)
+        .unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+
+    // Stop after 3 steps (as Ctrl-C would), then resume in a fresh learner.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut first = Learner::new(
+        &s.cfg,
+        &s.tv,
+        &s.heads,
+        LearnConfig {
+            steps: 3,
+            ..config.clone()
+        },
+        &s.device,
+    )
+    .unwrap();
+    Session::new(&mut first, dir.path())
+        .unwrap()
+        .run(&batches, None, &ProgressBar::hidden(), &never)
+        .unwrap();
+    let stop = AtomicBool::new(true);
+    let mut second = Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).unwrap();
+    let mut session = Session::new(&mut second, dir.path()).unwrap();
+    assert_eq!(session.resume().unwrap(), 3);
+    assert_eq!(
+        session
+            .run(&batches, None, &ProgressBar::hidden(), &stop)
+            .unwrap(),
+        Outcome::Interrupted(3)
+    );
+    let mut session = Session::new(&mut second, dir.path()).unwrap();
+    session.resume().unwrap();
+    session
+        .run(&batches, None, &ProgressBar::hidden(), &never)
+        .unwrap();
+    assert_eq!(second.steps_done(), 6);
+    assert_eq!(second.lambda(), straight.lambda());
+
+    // The log holds each step once, in order.
+    let log = std::fs::read_to_string(dir.path().join("log.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+
+    // Other settings cannot resume this run.
+    let mut other = Learner::new(
+        &s.cfg,
+        &s.tv,
+        &s.heads,
+        LearnConfig { seed: 9, ..config },
+        &s.device,
+    )
+    .unwrap();
+    let err = Session::new(&mut other, dir.path()).unwrap().resume().unwrap_err();
+    assert!(err.to_string().contains("checkpoint"), "{err}");
+}
