@@ -122,7 +122,11 @@ impl VisionConfig {
     /// The vision config of a checkpoint directory's `config.json`, or an error naming it.
     pub fn of_checkpoint(ckpt: &crate::checkpoint::Checkpoint) -> Result<Self> {
         let dir = ckpt.path();
-        let dir = if dir.is_dir() { dir } else { dir.parent().unwrap_or(dir) };
+        let dir = if dir.is_dir() {
+            dir
+        } else {
+            dir.parent().unwrap_or(dir)
+        };
         let path = dir.join("config.json");
         let value = ckpt.config().ok_or_else(|| Error::Checkpoint {
             path: path.clone(),

@@ -189,3 +189,56 @@ pub fn save_head(path: &std::path::Path, head: &Tensor<2>) -> Result<()> {
     };
     write_safetensors(path, &[("weight".to_string(), tensor)])
 }
+
+/// A CLIP text tower loaded to build zero-shot heads.
+pub struct TextTower {
+    /// Its config.
+    pub cfg: crate::config::TextConfig,
+    /// `text_model.*`, `text_projection.weight`, `logit_scale`.
+    pub weights: Weights,
+    /// The directory's tokenizer.
+    pub tokenizer: crate::model::ClipTokenizer,
+    /// The cache key of the directory's files.
+    pub key: u64,
+}
+
+impl TextTower {
+    /// Loads the text tower of the `CLIPModel` in `dir`, or fails naming what is missing.
+    pub fn load(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        use crate::checkpoint::{Checkpoint, load_weights};
+        let ckpt = Checkpoint::open(dir)?;
+        let path = dir.join("config.json");
+        let cfg = ckpt
+            .config()
+            .map(|c| crate::config::TextConfig::locate(c, &path))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| Error::Config {
+                path: path.clone(),
+                key: "text_config".into(),
+                reason: "zero-shot heads need a CLIPModel with a text tower (or give head=FILE)"
+                    .into(),
+            })?;
+        let weights = load_weights(&ckpt, device, |n| {
+            n.starts_with("text_model.") || n == "text_projection.weight" || n == "logit_scale"
+        })?;
+        let tokenizer = crate::model::ClipTokenizer::from_dir(dir, cfg.max_position_embeddings)?;
+        let key = crate::cache::model_key(dir)?;
+        Ok(Self {
+            cfg,
+            weights,
+            tokenizer,
+            key,
+        })
+    }
+
+    /// Zero-shot heads from this tower, cached under `cache`.
+    pub fn heads<'a>(&'a self, cache: &'a std::path::Path) -> HeadSource<'a> {
+        HeadSource::ZeroShot {
+            cache: Some((cache, self.key)),
+            cfg: &self.cfg,
+            weights: &self.weights,
+            tokenizer: &self.tokenizer,
+        }
+    }
+}

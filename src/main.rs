@@ -8,16 +8,21 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use adamerge::cache::{cache_dir, model_key};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use adamerge::adamerging::{
+    Adaptation, Granularity, Job, JobTask, LearnConfig, LearnedLambda, Outcome, report_markdown,
+    run_job,
+};
+use adamerge::cache::cache_dir;
 use adamerge::checkpoint::{Checkpoint, Replacement, load_weights, save_merged};
-use adamerge::config::{TextConfig, VisionConfig};
+use adamerge::config::VisionConfig;
 use adamerge::data::Preprocessor;
 use adamerge::device::{Backend, init_threads};
 use adamerge::diagnostics::TaskVectorReport;
-use adamerge::eval::{HeadSource, accuracy, prepare_task};
-use adamerge::merge::{Aggregate, FixedKind, MethodSpec, TrimScope};
-use adamerge::model::ClipTokenizer;
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use adamerge::eval::{HeadSource, TextTower, accuracy, prepare_task};
+use adamerge::merge::{Aggregate, FixedKind, MergeMethod, MethodSpec, TrimScope};
+use adamerge::task_vector::{Finetuned, LayeringKind, MergeScope, TaskVectors};
 use adamerge::weights::tensor_to_vec;
 use adamerge::{Error, Result};
 
@@ -59,6 +64,101 @@ enum Command {
     Inspect(InspectArgs),
     /// Top-1 accuracy of a CLIP model on ImageFolder tasks, with zero-shot or given heads.
     Eval(EvalArgs),
+    /// Learn merge coefficients by entropy minimisation (AdaMerging, AdaMerging++).
+    Learn(LearnArgs),
+}
+
+#[derive(Args)]
+struct LearnArgs {
+    /// task (one λ per task) or layer (one per task and unit).
+    #[arg(long, default_value = "layer")]
+    granularity: Granularity,
+    /// Units for layer granularity: paper (open_clip tensors, q/k/v fused), tensor or block.
+    #[arg(long, default_value = "paper")]
+    layering: LayeringKind,
+    /// AdaMerging++: learn over TIES-processed task vectors keeping this fraction (e.g. 0.2).
+    #[arg(long)]
+    ties_k: Option<f64>,
+    /// Pretrained checkpoint (Hugging Face CLIP directory).
+    #[arg(long)]
+    pretrained: PathBuf,
+    /// A task as NAME,checkpoint=DIR,data=DIR[,head=FILE][,adapt=DIR] (repeat). data= is the
+    /// labelled test set (ImageFolder); adapt= an unlabeled folder to learn on instead.
+    #[arg(long = "task", value_parser = parse_learn_task, required = true)]
+    tasks: Vec<JobTask>,
+    /// Build zero-shot heads with this CLIPModel's text tower (default: the pretrained one).
+    #[arg(long)]
+    heads_from: Option<PathBuf>,
+    /// Adam steps.
+    #[arg(long, default_value_t = 500)]
+    steps: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Initial λ.
+    #[arg(long, default_value_t = 0.3)]
+    init: f64,
+    /// Do not clamp λ to [0, 1] in the forward.
+    #[arg(long)]
+    no_clamp: bool,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Batches per task per step (the official code reads 2).
+    #[arg(long, default_value_t = 1)]
+    batches_per_task: usize,
+    /// Seed of the batch sampling (and of the adaptation split).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Learn on this fraction of each test set and score on the rest (default: learn on the
+    /// test images themselves, as the paper does).
+    #[arg(long)]
+    adapt_fraction: Option<f64>,
+    /// Score every N steps besides the start and the end.
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Score at most N images per task.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// Run directory (λ, log, checkpoint, merged model).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Do not write the merged checkpoint.
+    #[arg(long)]
+    no_merged: bool,
+}
+
+fn parse_learn_task(s: &str) -> std::result::Result<JobTask, String> {
+    let mut parts = s.split(',');
+    let name = parts.next().unwrap_or_default().to_string();
+    let (mut checkpoint, mut data, mut head, mut adapt) = (None, None, None, None);
+    for p in parts {
+        match p.split_once('=') {
+            Some(("checkpoint", v)) => checkpoint = Some(PathBuf::from(v)),
+            Some(("data", v)) => data = Some(PathBuf::from(v)),
+            Some(("head", v)) => head = Some(PathBuf::from(v)),
+            Some(("adapt", v)) => adapt = Some(PathBuf::from(v)),
+            _ => {
+                return Err(format!(
+                    "`{p}`: expected checkpoint=DIR, data=DIR, head=FILE or adapt=DIR"
+                ));
+            }
+        }
+    }
+    let usage = "NAME,checkpoint=DIR,data=DIR[,head=FILE][,adapt=DIR]";
+    if name.is_empty() {
+        return Err(format!("`{s}`: expected {usage}"));
+    }
+    Ok(JobTask {
+        name,
+        checkpoint: checkpoint.ok_or_else(|| format!("`{s}`: checkpoint=DIR is required"))?,
+        data: data.ok_or_else(|| format!("`{s}`: data=DIR is required"))?,
+        head,
+        adapt,
+    })
 }
 
 #[derive(Args)]
@@ -118,9 +218,12 @@ struct Models {
 
 #[derive(Args)]
 struct MergeArgs {
-    /// weight-average, task-arithmetic, ties or dare.
+    /// weight-average, task-arithmetic, ties, dare, or adamerging (with --lambda-file).
     #[arg(long)]
-    method: FixedKind,
+    method: MethodArg,
+    /// adamerging: the `lambda.json` a `learn` run wrote.
+    #[arg(long)]
+    lambda_file: Option<PathBuf>,
     #[command(flatten)]
     models: Models,
     /// Scale λ of the merged task vector (task-arithmetic 0.3; ties 1 with mean, 0.3 with sum).
@@ -167,6 +270,30 @@ struct InspectArgs {
     json: bool,
 }
 
+/// A fixed method, or learned coefficients applied from a file.
+#[derive(Clone, Copy)]
+enum MethodArg {
+    Fixed(FixedKind),
+    AdaMerging,
+}
+
+impl std::str::FromStr for MethodArg {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "adamerging" => Ok(Self::AdaMerging),
+            other => other.parse().map(Self::Fixed).map_err(|_| {
+                Error::invalid(
+                    "--method",
+                    format!(
+                        "`{other}` is not one of weight-average, task-arithmetic, ties, dare, adamerging"
+                    ),
+                )
+            }),
+        }
+    }
+}
+
 fn parse_finetuned(s: &str) -> std::result::Result<Finetuned, String> {
     let (name, path) = match s.split_once('=') {
         Some((n, p)) => (n.to_string(), PathBuf::from(p)),
@@ -203,6 +330,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge(args) => merge(args, cli.device),
         Command::Inspect(args) => inspect(args, cli.device),
         Command::Eval(args) => eval(args, cli.device),
+        Command::Learn(args) => learn(args, cli.device),
     }
 }
 
@@ -217,17 +345,36 @@ fn load_bar(tasks: usize) -> ProgressBar {
 }
 
 fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
-    let spec = MethodSpec {
-        kind: args.method,
-        lambda: args.lambda,
-        k: args.k,
-        p: args.p,
-        seed: args.seed,
-        aggregate: args.aggregate,
-        trim: args.trim,
-        dare_base: args.dare_base,
+    let method: Box<dyn MergeMethod> = match args.method {
+        MethodArg::Fixed(kind) => {
+            if args.lambda_file.is_some() {
+                return Err(Error::invalid(
+                    "--lambda-file",
+                    "only applies to --method adamerging",
+                ));
+            }
+            MethodSpec {
+                kind,
+                lambda: args.lambda,
+                k: args.k,
+                p: args.p,
+                seed: args.seed,
+                aggregate: args.aggregate,
+                trim: args.trim,
+                dare_base: args.dare_base,
+            }
+            .build()?
+        }
+        MethodArg::AdaMerging => {
+            let file = args.lambda_file.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    "--lambda-file",
+                    "--method adamerging needs the lambda.json of a learn run",
+                )
+            })?;
+            Box::new(LearnedLambda::load(file)?)
+        }
     };
-    let method = spec.build()?;
     let device = backend.device()?;
     let start = Instant::now();
     let bar = load_bar(args.models.finetuned.len());
@@ -272,6 +419,64 @@ fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+fn learn(args: LearnArgs, backend: Backend) -> Result<()> {
+    let device = backend.device()?;
+    let job = Job {
+        pretrained: args.pretrained,
+        tasks: args.tasks,
+        heads_from: args.heads_from,
+        config: LearnConfig {
+            granularity: args.granularity,
+            layering: args.layering,
+            steps: args.steps,
+            lr: args.lr,
+            init: args.init,
+            clamp: !args.no_clamp,
+            batch_size: args.batch_size,
+            batches_per_task: args.batches_per_task,
+            seed: args.seed,
+            ties_k: args.ties_k,
+        },
+        adaptation: match args.adapt_fraction {
+            Some(f) => Adaptation::Split(f),
+            None => Adaptation::Transductive,
+        },
+        eval_every: args.eval_every,
+        eval_limit: args.eval_limit,
+        out: args.out.clone(),
+        save_merged: !args.no_merged,
+    };
+    let stop = interrupt_flag();
+    let report = run_job(&job, &device, args.resume, stop)?;
+    println!("{}", report_markdown(&report));
+    match report.outcome {
+        Outcome::Finished => {
+            println!(
+                "learned {} in {:.1}s on {backend}; wrote {}",
+                report.lambda.method,
+                report.seconds,
+                args.out.display()
+            );
+            Ok(())
+        }
+        Outcome::Interrupted(done) => Err(Error::invalid(
+            "learn",
+            format!(
+                "interrupted after {done} steps; the checkpoint in {} resumes it with --resume",
+                args.out.display()
+            ),
+        )),
+    }
+}
+
+/// Set by Ctrl-C: long runs finish their current step, save, and stop.
+fn interrupt_flag() -> &'static AtomicBool {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    // A second handler cannot be installed (tests may call twice); the first one stays.
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    &STOP
 }
 
 fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
@@ -346,6 +551,23 @@ fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
     Ok(())
 }
 
+/// A task's head: its file when given, else zero-shot from the text tower.
+fn head_source<'a>(
+    task: &str,
+    file: Option<&'a std::path::Path>,
+    text: Option<&'a TextTower>,
+    cache: &'a std::path::Path,
+) -> Result<HeadSource<'a>> {
+    match (file, text) {
+        (Some(file), _) => Ok(HeadSource::File(file)),
+        (None, Some(tower)) => Ok(tower.heads(cache)),
+        (None, None) => Err(Error::invalid(
+            "--task",
+            format!("`{task}` has no head (give head=FILE, or --heads-from a CLIPModel)"),
+        )),
+    }
+}
+
 fn eval(args: EvalArgs, backend: Backend) -> Result<()> {
     let device = backend.device()?;
     let model = Checkpoint::open(&args.model)?;
@@ -361,46 +583,14 @@ fn eval(args: EvalArgs, backend: Backend) -> Result<()> {
         .clone()
         .unwrap_or_else(|| args.model.clone());
     let text = if args.tasks.iter().any(|t| t.head.is_none()) {
-        let ckpt = Checkpoint::open(&heads_dir)?;
-        let path = heads_dir.join("config.json");
-        let cfg = ckpt
-            .config()
-            .map(|c| TextConfig::locate(c, &path))
-            .transpose()?
-            .flatten()
-            .ok_or_else(|| Error::Config {
-                path: path.clone(),
-                key: "text_config".into(),
-                reason: "zero-shot heads need a CLIPModel with a text tower (or give head=FILE)"
-                    .into(),
-            })?;
-        let w = load_weights(&ckpt, &device, |n| {
-            n.starts_with("text_model.") || n == "text_projection.weight" || n == "logit_scale"
-        })?;
-        let tok = ClipTokenizer::from_dir(&heads_dir, cfg.max_position_embeddings)?;
-        let key = model_key(&heads_dir)?;
-        Some((cfg, w, tok, key))
+        Some(TextTower::load(&heads_dir, &device)?)
     } else {
         None
     };
     let heads_cache = cache_dir().join("heads");
     let mut tasks = Vec::new();
     for t in &args.tasks {
-        let head = match (&t.head, &text) {
-            (Some(file), _) => HeadSource::File(file),
-            (None, Some((cfg, weights, tokenizer, key))) => HeadSource::ZeroShot {
-                cache: Some((heads_cache.as_path(), *key)),
-                cfg,
-                weights,
-                tokenizer,
-            },
-            (None, None) => {
-                return Err(Error::invalid(
-                    "--task",
-                    format!("`{}` has no head", t.name),
-                ));
-            }
-        };
+        let head = head_source(&t.name, t.head.as_deref(), text.as_ref(), &heads_cache)?;
         tasks.push(prepare_task(&t.name, &t.data, head, args.limit, &device)?);
     }
     let total: usize = tasks.iter().map(|t| t.data.items.len()).sum();

@@ -202,7 +202,11 @@ impl TaskVectors {
         if old.numel() != data.dims()[0] {
             return Err(Error::invalid(
                 "task vectors",
-                format!("replacement for `{name}` has {} entries, expected {}", data.dims()[0], old.numel()),
+                format!(
+                    "replacement for `{name}` has {} entries, expected {}",
+                    data.dims()[0],
+                    old.numel()
+                ),
             ));
         }
         let t = old.with_data(data);

@@ -11,7 +11,6 @@ use adamerge::adamerging::{
 };
 use adamerge::checkpoint::Checkpoint;
 use adamerge::config::VisionConfig;
-use adamerge::merge::{Aggregate, Ties, TrimScope};
 use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
 use burn::tensor::{Device, Tensor, TensorData};
 use common::fixture;
@@ -33,7 +32,10 @@ impl FixedBatches {
         let shape = ckpt.meta(&tasks[0]).expect("batch tensor").shape.clone();
         let dims: [usize; 6] = shape.try_into().expect("rank 6");
         Self {
-            tasks: tasks.iter().map(|t| ckpt.read_f32(t).expect("read")).collect(),
+            tasks: tasks
+                .iter()
+                .map(|t| ckpt.read_f32(t).expect("read"))
+                .collect(),
             dims,
             batches_per_task,
             device: device.clone(),
@@ -96,8 +98,8 @@ fn setup() -> Setup {
         &ProgressBar::hidden(),
     )
     .expect("task vectors");
-    let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(&pretrained).expect("open"))
-        .expect("config");
+    let cfg =
+        VisionConfig::of_checkpoint(&Checkpoint::open(&pretrained).expect("open")).expect("config");
     let heads_file = Checkpoint::open(fixture("adamerging/heads.safetensors")).expect("heads");
     let heads = tasks
         .iter()
@@ -182,15 +184,12 @@ fn to_learner_order(learner: &Learner<'_>, units: &Value, m: &[Vec<f64>]) -> Vec
 }
 
 fn processed(tv: &TaskVectors, ties_k: Option<f64>) -> TaskVectors {
-    match ties_k {
-        None => tv.clone(),
-        Some(k) => Ties::new(k, 1.0, Aggregate::Sum, TrimScope::Global)
-            .expect("ties")
-            .prepare_source(tv.clone())
-            .expect("prepare")
-            .into_task_vectors()
-            .expect("processed"),
+    LearnConfig {
+        ties_k,
+        ..LearnConfig::default()
     }
+    .task_vectors(tv.clone())
+    .expect("processed")
 }
 
 fn run_case(s: &Setup, name: &str) {
@@ -274,9 +273,16 @@ fn ties_processed_vectors_match_the_reference_digest() {
             }
         }
         let want = &c["ties_checks"][task];
-        assert_eq!(nonzeros as u64, want["nonzeros"].as_u64().expect("nz"), "{task}");
+        assert_eq!(
+            nonzeros as u64,
+            want["nonzeros"].as_u64().expect("nz"),
+            "{task}"
+        );
         let l1_want = want["l1"].as_f64().expect("l1");
-        assert!((l1 - l1_want).abs() <= 1e-5 * l1_want, "{task}: {l1} vs {l1_want}");
+        assert!(
+            (l1 - l1_want).abs() <= 1e-5 * l1_want,
+            "{task}: {l1} vs {l1_want}"
+        );
     }
 }
 
@@ -289,10 +295,11 @@ fn loss_at(s: &Setup, config: &LearnConfig, lambda: Vec<f32>) -> f64 {
     let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
     let mut total = 0.0;
     for (k, head) in s.heads.iter().enumerate() {
-        let embeds = adamerge::model::vision_forward(&s.cfg, &merged, batches.batch(k, 0, 0).unwrap())
-            .expect("forward")
-            .image_embeds
-            .expect("projection");
+        let embeds =
+            adamerge::model::vision_forward(&s.cfg, &merged, batches.batch(k, 0, 0).unwrap())
+                .expect("forward")
+                .image_embeds
+                .expect("projection");
         let loss = mean_entropy(adamerge::model::logits(embeds, head.clone()));
         total += adamerge::weights::scalar(loss);
     }
@@ -363,14 +370,26 @@ fn gradient_matches_pytorch_float64_autograd() {
     };
     let mut learner = Learner::new(&s.cfg, &s.tv, &s.heads, config, &s.device).expect("learner");
     learner
-        .set_lambda(to_learner_order(&learner, &c["units"], &matrix(&g["lambda"])))
+        .set_lambda(to_learner_order(
+            &learner,
+            &c["units"],
+            &matrix(&g["lambda"]),
+        ))
         .expect("λ");
     let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
     let (grad, record) = learner.gradient(&batches).expect("gradient");
     let want = to_learner_order(&learner, &c["units"], &matrix(&g["grad"]));
     let loss = g["loss"].as_f64().expect("loss");
-    assert!((record.loss - loss).abs() < 1e-5, "{} vs {loss}", record.loss);
-    let err: f64 = grad.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    assert!(
+        (record.loss - loss).abs() < 1e-5,
+        "{} vs {loss}",
+        record.loss
+    );
+    let err: f64 = grad
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
     let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
     let rel = (err / norm).sqrt();
     eprintln!("relative error against float64 autograd {rel:.2e}");
@@ -389,11 +408,17 @@ fn no_gradient_reaches_theta0_or_task_vectors() {
     let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
     learner.step(&batches).expect("step");
     for (name, t) in s.tv.base().iter() {
-        assert!(!t.data.is_autodiff() && !t.data.is_require_grad(), "θ₀ {name}");
+        assert!(
+            !t.data.is_autodiff() && !t.data.is_require_grad(),
+            "θ₀ {name}"
+        );
     }
     for k in 0..s.tv.num_tasks() {
         for (name, t) in s.tv.vector(k).iter() {
-            assert!(!t.data.is_autodiff() && !t.data.is_require_grad(), "τ_{k} {name}");
+            assert!(
+                !t.data.is_autodiff() && !t.data.is_require_grad(),
+                "τ_{k} {name}"
+            );
         }
     }
     for (name, t) in learner.merged().expect("merged").iter() {
@@ -460,7 +485,11 @@ fn a_resumed_run_ends_with_the_same_lambda() {
     let log = std::fs::read_to_string(dir.path().join("log.jsonl")).unwrap();
     let steps: Vec<u64> = log
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
 
@@ -473,6 +502,9 @@ fn a_resumed_run_ends_with_the_same_lambda() {
         &s.device,
     )
     .unwrap();
-    let err = Session::new(&mut other, dir.path()).unwrap().resume().unwrap_err();
+    let err = Session::new(&mut other, dir.path())
+        .unwrap()
+        .resume()
+        .unwrap_err();
     assert!(err.to_string().contains("checkpoint"), "{err}");
 }

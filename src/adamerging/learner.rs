@@ -11,7 +11,7 @@ use super::coefficients::{Coefficients, Granularity, effective};
 use super::objective::mean_entropy;
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::merge::{TensorMerge, WeightedSum};
+use crate::merge::{Aggregate, TensorMerge, Ties, TrimScope, WeightedSum};
 use crate::model::{logits, vision_forward};
 use crate::task_vector::{Layering, LayeringKind, TaskVectors};
 use crate::weights::{Weights, scalar, tensor_to_vec};
@@ -71,7 +71,10 @@ impl LearnConfig {
             return Err(Error::invalid(*key, "must be at least 1"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::invalid("lr", format!("{} is not a positive number", self.lr)));
+            return Err(Error::invalid(
+                "lr",
+                format!("{} is not a positive number", self.lr),
+            ));
         }
         if !self.init.is_finite() {
             return Err(Error::invalid("init", "must be finite"));
@@ -88,6 +91,17 @@ impl LearnConfig {
     pub fn label(&self) -> String {
         let pp = if self.ties_k.is_some() { "++" } else { "" };
         format!("adamerging{pp}({})", self.granularity)
+    }
+
+    /// The task vectors λ weights: `tv` itself, or for AdaMerging++ its TIES-processed
+    /// per-task vectors (trimmed to `ties_k`, sign-agreeing, kept apart), built in place.
+    pub fn task_vectors(&self, tv: TaskVectors) -> Result<TaskVectors> {
+        match self.ties_k {
+            None => Ok(tv),
+            Some(k) => Ties::new(k, 1.0, Aggregate::Sum, TrimScope::Global)?
+                .prepare_source(tv)?
+                .into_task_vectors(),
+        }
     }
 
     /// The units λ's columns stand for, over the merged tensors `names`.
@@ -220,7 +234,7 @@ impl<'a> Learner<'a> {
     }
 
     /// The merge at the current λ, tensor by tensor.
-    pub fn merger(&self) -> Result<WeightedSum<'_, &TaskVectors>> {
+    pub fn merger(&self) -> Result<WeightedSum<&TaskVectors>> {
         WeightedSum::new(self.tv, &self.layering, self.effective_lambda())
     }
 
@@ -332,7 +346,12 @@ impl<'a> Learner<'a> {
     }
 
     /// Restores a saved run: λ, Adam's state and the number of steps done.
-    pub fn restore(&mut self, lambda: Vec<f32>, optimizer: Vec<u8>, steps_done: usize) -> Result<()> {
+    pub fn restore(
+        &mut self,
+        lambda: Vec<f32>,
+        optimizer: Vec<u8>,
+        steps_done: usize,
+    ) -> Result<()> {
         self.set_lambda(lambda)?;
         self.optimizer = adam()
             .from_bytes(Bytes::from_bytes_vec(optimizer))

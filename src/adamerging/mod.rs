@@ -7,6 +7,7 @@
 
 mod batches;
 mod coefficients;
+mod job;
 mod learner;
 mod objective;
 mod outputs;
@@ -14,6 +15,9 @@ mod session;
 
 pub use batches::{BatchSource, ImageSampler, UnlabeledImages, split_for_adaptation};
 pub use coefficients::{Coefficients, Granularity};
+pub use job::{
+    Adaptation, Job, JobReport, JobTask, learn_with, report_markdown, run_job, write_merged,
+};
 pub use learner::{LearnConfig, Learner, StepRecord};
 pub use objective::mean_entropy;
 pub use outputs::{LearnedLambda, RunLog};

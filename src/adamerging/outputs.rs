@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::learner::{LearnConfig, Learner};
 use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
-use crate::task_vector::{Layering, Unit};
+use crate::merge::{Aggregate, MergeMethod, TensorMerge, Ties, TrimScope, WeightedSum};
+use crate::task_vector::{Layering, TaskVectors, Unit};
 
 /// Learned coefficients with everything needed to apply them again to the same checkpoints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,8 +52,8 @@ impl LearnedLambda {
     /// Writes `<stem>.json` and `<stem>.safetensors` (`lambda` and `effective`, [K, L]) in `dir`.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::invalid("lambda", e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::invalid("lambda", e.to_string()))?;
         write_atomic(&dir.join(format!("{stem}.json")), &json)?;
         let (k, l) = (self.tasks.len(), self.units.len());
         let raw = f32_bytes(self.lambda.iter().flatten());
@@ -107,9 +108,62 @@ impl LearnedLambda {
         Layering::from_units(self.units.clone())
     }
 
-    /// The applied coefficients, row-major [K, L].
-    pub fn applied(&self) -> Vec<f32> {
-        self.effective.iter().flatten().copied().collect()
+    /// The applied coefficients, row-major [K, L], with rows in the order of `tasks`.
+    pub fn applied(&self, tasks: &[String]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(tasks.len() * self.units.len());
+        for task in tasks {
+            let row = self.tasks.iter().position(|t| t == task).ok_or_else(|| {
+                Error::invalid(
+                    "lambda file",
+                    format!(
+                        "learned for tasks [{}], which do not include `{task}`",
+                        self.tasks.join(", ")
+                    ),
+                )
+            })?;
+            out.extend_from_slice(&self.effective[row]);
+        }
+        if tasks.len() != self.tasks.len() {
+            return Err(Error::invalid(
+                "lambda file",
+                format!(
+                    "learned for {} tasks [{}], given {}",
+                    self.tasks.len(),
+                    self.tasks.join(", "),
+                    tasks.len()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Learned coefficients applied as a merge: θ₀ + Σ_k λ_{k,u} τ_k (over TIES-processed vectors
+/// for AdaMerging++), so that λ learned once can rebuild the model or be shared.
+impl MergeMethod for LearnedLambda {
+    fn name(&self) -> &'static str {
+        "adamerging"
+    }
+    fn reference(&self) -> &'static str {
+        "Yang et al., AdaMerging: Adaptive model merging for multi-task learning, ICLR 2024"
+    }
+    fn label(&self) -> String {
+        self.method.clone()
+    }
+    fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>> {
+        let applied = self.applied(tv.tasks())?;
+        let layering = self.layering();
+        Ok(match self.config.ties_k {
+            None => Box::new(WeightedSum::new(tv, &layering, applied)?),
+            Some(k) => {
+                let ties = Ties::new(k, 1.0, Aggregate::Sum, TrimScope::Global)?;
+                Box::new(WeightedSum::new(
+                    ties.prepare_source(tv)?,
+                    &layering,
+                    applied,
+                )?)
+            }
+        })
     }
 }
 

@@ -45,10 +45,11 @@ pub enum Outcome {
 pub struct Session<'l, 'a> {
     learner: &'l mut Learner<'a>,
     dir: PathBuf,
+    last_eval: Vec<f64>,
 }
 
 /// The file holding the resume checkpoint, in the run directory.
-const CHECKPOINT: &str = "checkpoint.safetensors";
+pub(crate) const CHECKPOINT: &str = "checkpoint.safetensors";
 /// The JSON-lines log, in the run directory.
 pub(crate) const LOG: &str = "log.jsonl";
 
@@ -59,6 +60,7 @@ impl<'l, 'a> Session<'l, 'a> {
         Ok(Self {
             learner,
             dir: dir.to_path_buf(),
+            last_eval: Vec::new(),
         })
     }
 
@@ -118,11 +120,6 @@ impl<'l, 'a> Session<'l, 'a> {
         let mut log = RunLog::open(&self.dir.join(LOG), self.learner.steps_done())?;
         progress.set_length(total as u64);
         progress.set_position(self.learner.steps_done() as u64);
-        if self.learner.steps_done() == 0
-            && let Some(eval) = eval
-        {
-            self.evaluate(eval, &mut log)?;
-        }
         while self.learner.steps_done() < total {
             if stop.load(Ordering::SeqCst) {
                 return Ok(Outcome::Interrupted(self.learner.steps_done()));
@@ -136,7 +133,7 @@ impl<'l, 'a> Session<'l, 'a> {
             if let Some(eval) = eval
                 && (done == total || (eval.every > 0 && done.is_multiple_of(eval.every)))
             {
-                self.evaluate(eval, &mut log)?;
+                self.evaluate_into(eval, &mut log)?;
             }
         }
         Ok(Outcome::Finished)
@@ -158,8 +155,18 @@ impl<'l, 'a> Session<'l, 'a> {
         })
     }
 
+    /// The accuracies of the latest evaluation (empty before the first).
+    pub fn last_eval(&self) -> &[f64] {
+        &self.last_eval
+    }
+
     /// Scores the merged model at the current λ on every evaluation task and logs it.
-    fn evaluate(&self, eval: &EvalSet<'_>, log: &mut RunLog) -> Result<Vec<f64>> {
+    pub fn evaluate(&mut self, eval: &EvalSet<'_>) -> Result<Vec<f64>> {
+        let mut log = RunLog::open(&self.dir.join(LOG), self.learner.steps_done())?;
+        self.evaluate_into(eval, &mut log)
+    }
+
+    fn evaluate_into(&mut self, eval: &EvalSet<'_>, log: &mut RunLog) -> Result<Vec<f64>> {
         let merged = self.learner.merged()?;
         let mut acc = Vec::with_capacity(eval.tasks.len());
         for task in eval.tasks {
@@ -186,6 +193,7 @@ impl<'l, 'a> Session<'l, 'a> {
             "accuracy": per_task,
             "average": average,
         }))?;
+        self.last_eval.clone_from(&acc);
         Ok(acc)
     }
 }

@@ -10,30 +10,31 @@ use crate::error::{Error, Result};
 use crate::task_vector::Layering;
 
 /// A merge with per-(task, unit) coefficients over any vector source.
-pub struct WeightedSum<'l, S> {
+pub struct WeightedSum<S> {
     src: S,
-    unit_of: HashMap<&'l str, usize>,
+    unit_of: HashMap<String, usize>,
     /// Row-major [K, L].
     coefficients: Vec<f32>,
     units: usize,
 }
 
-impl<'l, S: VectorSource> WeightedSum<'l, S> {
+impl<S: VectorSource> WeightedSum<S> {
     /// `coefficients` is row-major [K, L] for the K tasks of `src` and the L units of `layering`,
     /// which must cover every tensor of the source.
-    pub fn new(src: S, layering: &'l Layering, coefficients: Vec<f32>) -> Result<Self> {
+    pub fn new(src: S, layering: &Layering, coefficients: Vec<f32>) -> Result<Self> {
         let (k, l) = (src.num_tasks(), layering.len());
         if coefficients.len() != k * l {
             return Err(Error::invalid(
                 "coefficients",
-                format!(
-                    "{} values for {k} tasks × {l} units",
-                    coefficients.len()
-                ),
+                format!("{} values for {k} tasks × {l} units", coefficients.len()),
             ));
         }
-        let unit_of = layering.unit_index();
-        if let Some(missing) = src.base().names().find(|n| !unit_of.contains_key(n)) {
+        let unit_of: HashMap<String, usize> = layering
+            .unit_index()
+            .into_iter()
+            .map(|(n, u)| (n.to_string(), u))
+            .collect();
+        if let Some(missing) = src.base().names().find(|n| !unit_of.contains_key(*n)) {
             return Err(Error::invalid(
                 "coefficients",
                 format!("merged tensor `{missing}` belongs to no coefficient unit"),
@@ -48,7 +49,7 @@ impl<'l, S: VectorSource> WeightedSum<'l, S> {
     }
 }
 
-impl<S: VectorSource> TensorMerge for WeightedSum<'_, S> {
+impl<S: VectorSource> TensorMerge for WeightedSum<S> {
     fn tensor(&self, name: &str) -> Result<Tensor<1>> {
         let t0 = self.src.base().require(name)?;
         let u = self.unit_of.get(name).copied().ok_or_else(|| {

@@ -1,0 +1,338 @@
+//! A whole learning job from paths: load θ₀, the fine-tuned checkpoints, heads and data; learn
+//! in a run directory; write λ, the merged checkpoint and the log. The CLI's `learn` and the
+//! experiment runner both end here.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::batches::{ImageSampler, UnlabeledImages, split_for_adaptation};
+use super::learner::{LearnConfig, Learner};
+use super::outputs::LearnedLambda;
+use super::session::{EvalSet, Outcome, Session};
+use crate::checkpoint::{Checkpoint, Replacement, save_merged};
+use crate::config::VisionConfig;
+use crate::data::Preprocessor;
+use crate::error::{Error, Result};
+use crate::eval::{EvalTask, HeadSource, TextTower, accuracy, prepare_task};
+use crate::merge::TensorMerge;
+use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
+use crate::weights::tensor_to_vec;
+
+/// One task of a learning job.
+#[derive(Debug, Clone)]
+pub struct JobTask {
+    /// Task name.
+    pub name: String,
+    /// Its fine-tuned checkpoint.
+    pub checkpoint: PathBuf,
+    /// Its labelled test set (ImageFolder).
+    pub data: PathBuf,
+    /// Its head file; zero-shot from the text tower when absent.
+    pub head: Option<PathBuf>,
+    /// A separate unlabeled folder to adapt on (instead of the test set).
+    pub adapt: Option<PathBuf>,
+}
+
+/// Where the learner's unlabeled images come from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Adaptation {
+    /// The test images themselves, as the paper does (transductive); or each task's `adapt`
+    /// folder where one is given.
+    Transductive,
+    /// A seeded fraction of each test set; accuracy is scored on the rest (inductive).
+    Split(f64),
+}
+
+/// Everything a learning job needs.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Pretrained checkpoint.
+    pub pretrained: PathBuf,
+    /// The tasks, in order.
+    pub tasks: Vec<JobTask>,
+    /// A CLIPModel whose text tower builds zero-shot heads (default: the pretrained one).
+    pub heads_from: Option<PathBuf>,
+    /// What to learn.
+    pub config: LearnConfig,
+    /// Adaptation data.
+    pub adaptation: Adaptation,
+    /// Score every this many steps (besides start and end).
+    pub eval_every: usize,
+    /// Score at most this many images per task.
+    pub eval_limit: Option<usize>,
+    /// The run directory.
+    pub out: PathBuf,
+    /// Write the merged checkpoint (Hugging Face layout) to `out/merged`.
+    pub save_merged: bool,
+}
+
+/// What a finished (or stopped) job reports.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Task names.
+    pub tasks: Vec<String>,
+    /// Accuracy per task at the initial λ, and at the learned one.
+    pub before: Vec<f64>,
+    /// Accuracy per task at the learned λ (empty when stopped early).
+    pub after: Vec<f64>,
+    /// Images scored per task.
+    pub scored: Vec<usize>,
+    /// The learned coefficients.
+    pub lambda: LearnedLambda,
+    /// Wall time of the learning steps.
+    pub seconds: f64,
+}
+
+fn bar(len: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Runs `job` on `device`, resuming from its directory's checkpoint when `resume`. `stop` is
+/// polled between steps (set it from a Ctrl-C handler).
+pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> Result<JobReport> {
+    job.config.validate()?;
+    if job.tasks.is_empty() {
+        return Err(Error::invalid("--task", "at least one task is needed"));
+    }
+    prepare_dir(&job.out, resume)?;
+    let finetuned: Vec<Finetuned> = job
+        .tasks
+        .iter()
+        .map(|t| Finetuned {
+            name: t.name.clone(),
+            path: t.checkpoint.clone(),
+        })
+        .collect();
+    let loading = bar(0, "loading checkpoints [{bar:30}] {percent}% {elapsed}");
+    let (tv, _) = TaskVectors::load(
+        &job.pretrained,
+        &finetuned,
+        &MergeScope::default(),
+        device,
+        &loading,
+    )?;
+    loading.finish_and_clear();
+    let tv = job.config.task_vectors(tv)?;
+    let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(&job.pretrained)?)?;
+    let pre = Preprocessor::from_dir(&job.pretrained, cfg.image_size)?;
+
+    let text = if job.tasks.iter().any(|t| t.head.is_none()) {
+        Some(TextTower::load(
+            job.heads_from.as_deref().unwrap_or(&job.pretrained),
+            device,
+        )?)
+    } else {
+        None
+    };
+    let cache = crate::cache::cache_dir().join("heads");
+    let mut eval_tasks = Vec::new();
+    let mut adapt_sets = Vec::new();
+    for t in &job.tasks {
+        let head = match (&t.head, &text) {
+            (Some(file), _) => HeadSource::File(file),
+            (None, Some(tower)) => tower.heads(&cache),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "--task",
+                    format!("`{}` has no head", t.name),
+                ));
+            }
+        };
+        let mut task = prepare_task(&t.name, &t.data, head, None, device)?;
+        let adapt = match (job.adaptation, &t.adapt) {
+            (_, Some(dir)) => UnlabeledImages::scan(dir)?,
+            (Adaptation::Transductive, None) => UnlabeledImages::from_folder(&task.data),
+            (Adaptation::Split(f), None) => {
+                let (adapt, scored) = split_for_adaptation(&task.data, f, job.config.seed)?;
+                task.data = scored;
+                adapt
+            }
+        };
+        if let Some(n) = job.eval_limit {
+            task.data.limit(n);
+        }
+        eval_tasks.push(task);
+        adapt_sets.push(adapt);
+    }
+    let heads: Vec<Tensor<2>> = eval_tasks.iter().map(|t| t.head.clone()).collect();
+    let sampler = ImageSampler::new(
+        adapt_sets,
+        &pre,
+        job.config.batch_size,
+        job.config.batches_per_task,
+        job.config.seed,
+        device,
+    )?;
+    learn_with(
+        job,
+        &cfg,
+        &tv,
+        &heads,
+        &eval_tasks,
+        &pre,
+        &sampler,
+        device,
+        resume,
+        stop,
+    )
+}
+
+/// Learns over loaded task vectors, heads and data (the experiment runner's entry point),
+/// writing the run files into `job.out`.
+#[allow(clippy::too_many_arguments)]
+pub fn learn_with(
+    job: &Job,
+    cfg: &VisionConfig,
+    tv: &TaskVectors,
+    heads: &[Tensor<2>],
+    eval_tasks: &[EvalTask],
+    pre: &Preprocessor,
+    sampler: &ImageSampler<'_>,
+    device: &Device,
+    resume: bool,
+    stop: &AtomicBool,
+) -> Result<JobReport> {
+    let mut learner = Learner::new(cfg, tv, heads, job.config.clone(), device)?;
+    let eval = EvalSet {
+        cfg,
+        tasks: eval_tasks,
+        pre,
+        every: job.eval_every,
+        batch_size: 64,
+        device,
+    };
+    let initial = learner.merged()?;
+    let mut session = Session::new(&mut learner, &job.out)?;
+    let done = if resume { session.resume()? } else { 0 };
+    // The start is scored (and logged) once; a resumed run scores it again without logging.
+    let before = if done == 0 {
+        session.evaluate(&eval)?
+    } else {
+        score(&initial, &eval)?
+    };
+    drop(initial);
+    let progress = bar(
+        0,
+        "learning λ [{bar:30}] {pos}/{len} steps {msg} {elapsed}<{eta}",
+    );
+    let start = Instant::now();
+    let outcome = session.run(sampler, Some(&eval), &progress, stop)?;
+    let last = session.last_eval().to_vec();
+    progress.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let lambda = LearnedLambda::from_learner(&learner);
+    lambda.save(&job.out, "lambda")?;
+    let after = if outcome == Outcome::Finished {
+        if job.save_merged {
+            let merger = learner.merger()?;
+            write_merged(&job.pretrained, tv, &merger, &job.out.join("merged"))?;
+        }
+        last
+    } else {
+        Vec::new()
+    };
+    Ok(JobReport {
+        outcome,
+        tasks: tv.tasks().to_vec(),
+        before,
+        after,
+        scored: eval_tasks.iter().map(|t| t.data.items.len()).collect(),
+        lambda,
+        seconds,
+    })
+}
+
+fn score(merged: &crate::weights::Weights, eval: &EvalSet<'_>) -> Result<Vec<f64>> {
+    eval.tasks
+        .iter()
+        .map(|t| {
+            accuracy(
+                eval.cfg,
+                merged,
+                eval.pre,
+                t,
+                eval.batch_size,
+                eval.device,
+                &ProgressBar::hidden(),
+            )
+        })
+        .collect()
+}
+
+/// Streams a merge into a Hugging Face checkpoint directory (replacing an earlier one).
+pub fn write_merged(
+    pretrained: &Path,
+    tv: &TaskVectors,
+    merger: &dyn TensorMerge,
+    out: &Path,
+) -> Result<PathBuf> {
+    let shapes = tv
+        .base()
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.shape.clone()))
+        .collect();
+    let replacement = Replacement::new(shapes, |name| Ok(tensor_to_vec(merger.tensor(name)?)));
+    save_merged(pretrained, &replacement, out, true)
+}
+
+/// A fresh run needs an empty (or new) directory; a resumed one needs its checkpoint.
+fn prepare_dir(out: &Path, resume: bool) -> Result<()> {
+    let has_files = std::fs::read_dir(out).is_ok_and(|mut e| e.next().is_some());
+    let has_checkpoint = out.join(super::session::CHECKPOINT).exists();
+    if resume && !has_checkpoint {
+        return Err(Error::Checkpoint {
+            path: out.to_path_buf(),
+            reason: "nothing to resume: no checkpoint.safetensors here".into(),
+        });
+    }
+    if !resume && has_files {
+        return Err(Error::Checkpoint {
+            path: out.to_path_buf(),
+            reason: "output directory exists and is not empty (pass --resume to continue its \
+                     run, or choose a new directory)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Accuracy rows as a Markdown table: task, images, before, after.
+pub fn report_markdown(r: &JobReport) -> String {
+    let mut s = format!(
+        "| task | images | {} init (%) | {} (%) |\n|---|--:|--:|--:|\n",
+        r.lambda.method, r.lambda.method
+    );
+    for (i, task) in r.tasks.iter().enumerate() {
+        let after = r
+            .after
+            .get(i)
+            .map_or("–".into(), |a| format!("{:.2}", 100.0 * a));
+        s += &format!(
+            "| {task} | {} | {:.2} | {after} |\n",
+            r.scored[i],
+            100.0 * r.before[i]
+        );
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let after = if r.after.is_empty() {
+        "–".into()
+    } else {
+        format!("**{:.2}**", 100.0 * mean(&r.after))
+    };
+    s += &format!(
+        "| **average** | {} | {:.2} | {after} |\n",
+        r.scored.iter().sum::<usize>(),
+        100.0 * mean(&r.before)
+    );
+    s
+}

@@ -1,0 +1,201 @@
+//! `adamerge learn` and `adamerge merge --method adamerging` end to end on the tiny AdaMerging
+//! fixture models, with ImageFolders of generated PNGs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use adamerge::checkpoint::Checkpoint;
+use adamerge::eval::save_head;
+use burn::tensor::{Device, Tensor, TensorData};
+use common::{fixture, read_all};
+use serde_json::Value;
+
+const TASKS: [&str; 3] = ["alpha", "beta", "gamma"];
+
+/// Per task: ROOT/<task>/<class>/*.png with as many classes as its head, and the head file.
+fn make_data(root: &Path) -> Vec<(String, PathBuf, PathBuf)> {
+    let heads = Checkpoint::open(fixture("adamerging/heads.safetensors")).unwrap();
+    let device = Device::flex();
+    let mut out = Vec::new();
+    for (t, task) in TASKS.iter().enumerate() {
+        let shape = heads.meta(task).unwrap().shape.clone();
+        let head = Tensor::<1>::from_data(
+            TensorData::new(heads.read_f32(task).unwrap(), [shape[0] * shape[1]]),
+            &device,
+        )
+        .reshape([shape[0], shape[1]]);
+        let head_file = root.join(format!("{task}.safetensors"));
+        save_head(&head_file, &head).unwrap();
+        let data = root.join(task);
+        for class in 0..shape[0] {
+            let dir = data.join(format!("class{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..4u32 {
+                let (w, h) = (10 + i, 12 - i);
+                let img = image::RgbImage::from_fn(w, h, |x, y| {
+                    let v = (x * 31 + y * 17 + i * 53 + class as u32 * 89 + t as u32 * 7) % 256;
+                    image::Rgb([v as u8, (255 - v) as u8, ((v * 3) % 256) as u8])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        out.push((task.to_string(), data, head_file));
+    }
+    out
+}
+
+fn adamerge(args: &[String]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_adamerge"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn learn_args(data: &[(String, PathBuf, PathBuf)], out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "learn".to_string(),
+        "--pretrained".into(),
+        fixture("adamerging/pretrained").display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--batch-size".into(),
+        "4".into(),
+        "--lr".into(),
+        "0.01".into(),
+    ];
+    for (task, dir, head) in data {
+        args.push("--task".into());
+        args.push(format!(
+            "{task},checkpoint={},data={},head={}",
+            fixture(&format!("adamerging/finetuned/{task}")).display(),
+            dir.display(),
+            head.display()
+        ));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn merge_args(lambda: &Path, out: &Path) -> Vec<String> {
+    let mut args = vec![
+        "merge".to_string(),
+        "--method".into(),
+        "adamerging".into(),
+        "--lambda-file".into(),
+        lambda.display().to_string(),
+        "--pretrained".into(),
+        fixture("adamerging/pretrained").display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    // Another order than the learn run's: rows are matched by task name.
+    for task in TASKS.iter().rev() {
+        args.push("--finetuned".into());
+        args.push(format!(
+            "{task}={}",
+            fixture(&format!("adamerging/finetuned/{task}")).display()
+        ));
+    }
+    args
+}
+
+fn check_run(run: &Path, steps: u64, units: usize) {
+    let lambda: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("lambda.json")).unwrap()).unwrap();
+    assert_eq!(lambda["steps_done"], steps);
+    let rows = lambda["lambda"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.as_array().unwrap().len() == units));
+    assert!(run.join("lambda.safetensors").is_file());
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let events: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps_logged: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps_logged, (1..=steps).collect::<Vec<_>>());
+    let evals: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "eval")
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(evals.first(), Some(&0), "scored at the start");
+    assert_eq!(evals.last(), Some(&steps), "scored at the end");
+    for e in events.iter().filter(|e| e["event"] == "step") {
+        for task in TASKS {
+            assert!(e["entropy"][task].as_f64().unwrap() > 0.0);
+        }
+    }
+}
+
+#[test]
+fn learn_writes_lambda_log_and_a_merged_model_that_merge_rebuilds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = make_data(tmp.path());
+    for (name, extra, units) in [
+        ("layer", vec!["--steps", "3"], 32),
+        (
+            "task-pp",
+            vec!["--steps", "2", "--granularity", "task", "--ties-k", "0.2"],
+            1,
+        ),
+    ] {
+        let run = tmp.path().join(name);
+        let (ok, text) = adamerge(&learn_args(&data, &run, &extra));
+        assert!(ok, "{text}");
+        assert!(text.contains("| **average** |"), "{text}");
+        let steps = extra[1].parse().unwrap();
+        check_run(&run, steps, units);
+
+        let rebuilt = tmp.path().join(format!("{name}-rebuilt"));
+        let (ok, text) = adamerge(&merge_args(&run.join("lambda.json"), &rebuilt));
+        assert!(ok, "{text}");
+        let a = read_all(&run.join("merged"));
+        let b = read_all(&rebuilt);
+        assert_eq!(a.len(), b.len());
+        for (n, v) in &a {
+            let w = &b[n];
+            let worst = v
+                .iter()
+                .zip(w)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "{name}: {n} differs by {worst}");
+        }
+    }
+
+    // A finished run is not overwritten, and an extended one continues from its checkpoint.
+    let run = tmp.path().join("layer");
+    let (ok, text) = adamerge(&learn_args(&data, &run, &["--steps", "3"]));
+    assert!(!ok && text.contains("--resume"), "{text}");
+    let (ok, text) = adamerge(&learn_args(&data, &run, &["--steps", "4", "--resume"]));
+    assert!(ok, "{text}");
+    check_run(&run, 4, 32);
+}
+
+#[test]
+fn bad_learn_input_names_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = make_data(tmp.path());
+    let run = tmp.path().join("run");
+    let (ok, text) = adamerge(&learn_args(&data, &run, &["--ties-k", "1.5"]));
+    assert!(!ok && text.contains("ties-k"), "{text}");
+    let (ok, text) = adamerge(&learn_args(&data, &run, &["--resume"]));
+    assert!(!ok && text.contains("nothing to resume"), "{text}");
+    let (ok, text) = adamerge(&learn_args(&data, &run, &["--adapt-fraction", "1.0"]));
+    assert!(!ok && text.contains("adaptation fraction"), "{text}");
+    let (ok, text) = adamerge(&merge_args(&tmp.path().join("missing.json"), &run));
+    assert!(!ok && text.contains("missing.json"), "{text}");
+}
