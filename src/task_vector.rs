@@ -196,6 +196,15 @@ impl TaskVectors {
         &self.vectors
     }
 
+    /// A copy on `device` (e.g. loaded on the CPU, learned on a GPU).
+    pub fn to_device(&self, device: &Device) -> Self {
+        Self {
+            tasks: self.tasks.clone(),
+            base: self.base.to_device(device),
+            vectors: self.vectors.iter().map(|v| v.to_device(device)).collect(),
+        }
+    }
+
     /// Replaces task `k`'s vector for tensor `name` by `data` (same number of entries).
     pub(crate) fn replace_vector(&mut self, k: usize, name: &str, data: Tensor<1>) -> Result<()> {
         let old = self.vectors[k].require(name)?;

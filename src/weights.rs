@@ -140,6 +140,11 @@ impl Weights {
         Self { map }
     }
 
+    /// A copy on `device`.
+    pub fn to_device(&self, device: &Device) -> Self {
+        self.map(|_, t| t.to_device(device))
+    }
+
     /// Builds a set with the same names and shapes as `self` from a per-name function.
     pub fn try_map(
         &self,

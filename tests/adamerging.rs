@@ -508,3 +508,39 @@ fn a_resumed_run_ends_with_the_same_lambda() {
         .unwrap_err();
     assert!(err.to_string().contains("checkpoint"), "{err}");
 }
+
+/// The wgpu backend (a GPU, or Mesa's software Vulkan without one) learns the λ the CPU does.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_lambda_agrees_with_the_cpu_backend() {
+    let cpu = setup();
+    let gpu_device = Device::wgpu(Default::default());
+    let config = LearnConfig {
+        batch_size: 4,
+        lr: 1e-2,
+        ..LearnConfig::default()
+    };
+    let lambda_on = |s: &Setup, device: &Device| {
+        let tv = s.tv.to_device(device);
+        let heads: Vec<Tensor<2>> = s
+            .heads
+            .iter()
+            .map(|h| h.clone().to_device(device))
+            .collect();
+        let mut learner = Learner::new(&s.cfg, &tv, &heads, config.clone(), device).unwrap();
+        let batches = FixedBatches::load(tv.tasks(), 1, device);
+        for _ in 0..3 {
+            learner.step(&batches).unwrap();
+        }
+        learner.lambda()
+    };
+    let a = lambda_on(&cpu, &cpu.device);
+    let b = lambda_on(&cpu, &gpu_device);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    eprintln!("wgpu vs cpu: max |Δλ| after 3 steps = {worst:.2e}");
+    assert!(worst <= 1e-4, "wgpu λ differs from the CPU's by {worst}");
+}
