@@ -183,6 +183,12 @@ fn learn_writes_lambda_log_and_a_merged_model_that_merge_rebuilds() {
     let (ok, text) = adamerge(&learn_args(&data, &run, &["--steps", "4", "--resume"]));
     assert!(ok, "{text}");
     check_run(&run, 4, 32);
+    let (ok, text) = adamerge(&learn_args(
+        &data,
+        &run,
+        &["--steps", "5", "--resume", "--adapt-fraction", "0.5"],
+    ));
+    assert!(!ok && text.contains("job.json"), "{text}");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
 use crate::weights::tensor_to_vec;
 
 /// One task of a learning job.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobTask {
     /// Task name.
     pub name: String,
@@ -38,7 +38,8 @@ pub struct JobTask {
 }
 
 /// Where the learner's unlabeled images come from.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Adaptation {
     /// The test images themselves, as the paper does (transductive); or each task's `adapt`
     /// folder where one is given.
@@ -105,6 +106,7 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
         return Err(Error::invalid("--task", "at least one task is needed"));
     }
     prepare_dir(&job.out, resume)?;
+    record_inputs(job, resume)?;
     let finetuned: Vec<Finetuned> = job
         .tasks
         .iter()
@@ -137,7 +139,7 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
     let cache = crate::cache::cache_dir().join("heads");
     let mut eval_tasks = Vec::new();
     let mut adapt_sets = Vec::new();
-    for t in &job.tasks {
+    for (i, t) in job.tasks.iter().enumerate() {
         let head = match (&t.head, &text) {
             (Some(file), _) => HeadSource::File(file),
             (None, Some(tower)) => tower.heads(&cache),
@@ -153,7 +155,9 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
             (_, Some(dir)) => UnlabeledImages::scan(dir)?,
             (Adaptation::Transductive, None) => UnlabeledImages::from_folder(&task.data),
             (Adaptation::Split(f), None) => {
-                let (adapt, scored) = split_for_adaptation(&task.data, f, job.config.seed)?;
+                // A different permutation per task, all from the run's seed.
+                let seed = job.config.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let (adapt, scored) = split_for_adaptation(&task.data, f, seed)?;
                 task.data = scored;
                 adapt
             }
@@ -283,6 +287,43 @@ pub fn write_merged(
         .collect();
     let replacement = Replacement::new(shapes, |name| Ok(tensor_to_vec(merger.tensor(name)?)));
     save_merged(pretrained, &replacement, out, true)
+}
+
+/// What a run learned from (`job.json`): written when it starts, and compared on resume so that
+/// a run never continues on other checkpoints, data or adaptation settings.
+fn record_inputs(job: &Job, resume: bool) -> Result<()> {
+    let mut config = job.config.clone();
+    config.steps = 0;
+    let inputs = serde_json::json!({
+        "pretrained": job.pretrained,
+        "tasks": job.tasks,
+        "heads_from": job.heads_from,
+        "adaptation": job.adaptation,
+        "eval_limit": job.eval_limit,
+        "config": config,
+    });
+    let path = job.out.join("job.json");
+    if resume && path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.clone(),
+            key: "job".into(),
+            reason: e.to_string(),
+        })?;
+        if saved != inputs {
+            return Err(Error::Checkpoint {
+                path,
+                reason: "this run learned from other checkpoints, data or settings; resume \
+                         with the same options (only --steps may change)"
+                    .into(),
+            });
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
+    let text =
+        serde_json::to_vec_pretty(&inputs).map_err(|e| Error::invalid("job", e.to_string()))?;
+    crate::checkpoint::write_atomic(&path, &text)
 }
 
 /// A fresh run needs an empty (or new) directory; a resumed one needs its checkpoint.
