@@ -315,12 +315,23 @@ fn parse_finetuned(s: &str) -> std::result::Result<Finetuned, String> {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
+    pin_default_device(cli.device);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// burn creates some state on its default device (an optimiser's restored moments, before they
+/// move to the parameter's device), and in a wgpu build that default is the GPU even for a CPU
+/// run, which fails where no Vulkan driver exists. Pin it to the backend the user chose.
+fn pin_default_device(backend: Backend) {
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: called first thing in `main`, before any thread exists.
+        unsafe { std::env::set_var("BURN_DEVICE", backend.to_string()) };
     }
 }
 
