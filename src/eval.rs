@@ -38,6 +38,21 @@ pub fn load_batch(
     ))
 }
 
+/// Fails, naming the task, when a head's width is not the model's projection width.
+pub fn check_head_width(cfg: &VisionConfig, task: &str, head: &Tensor<2>) -> Result<()> {
+    let [_, width] = head.dims();
+    if width != cfg.projection_dim {
+        return Err(Error::invalid(
+            format!("task `{task}`"),
+            format!(
+                "the head has width {width} but the model projects to {}",
+                cfg.projection_dim
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Top-1 accuracy of `task.head` on `task.data` with the vision tower `w`.
 pub fn accuracy(
     cfg: &VisionConfig,
@@ -48,16 +63,8 @@ pub fn accuracy(
     device: &Device,
     progress: &ProgressBar,
 ) -> Result<f64> {
-    let [classes, width] = task.head.dims();
-    if width != cfg.projection_dim {
-        return Err(Error::invalid(
-            format!("task `{}`", task.name),
-            format!(
-                "the head has width {width} but the model projects to {}",
-                cfg.projection_dim
-            ),
-        ));
-    }
+    check_head_width(cfg, &task.name, &task.head)?;
+    let [classes, _] = task.head.dims();
     if classes != task.data.classes.len() {
         return Err(Error::invalid(
             format!("task `{}`", task.name),
@@ -111,6 +118,25 @@ pub enum HeadSource<'a> {
         /// The tokenizer.
         tokenizer: &'a crate::model::ClipTokenizer,
     },
+}
+
+impl<'a> HeadSource<'a> {
+    /// A task's head: its file when given, else zero-shot from the text tower.
+    pub fn for_task(
+        task: &str,
+        file: Option<&'a std::path::Path>,
+        text: Option<&'a TextTower>,
+        cache: &'a std::path::Path,
+    ) -> Result<Self> {
+        match (file, text) {
+            (Some(file), _) => Ok(HeadSource::File(file)),
+            (None, Some(tower)) => Ok(tower.heads(cache)),
+            (None, None) => Err(Error::invalid(
+                "--task",
+                format!("`{task}` has no head (give head=FILE, or --heads-from a CLIPModel)"),
+            )),
+        }
+    }
 }
 
 /// Builds a task: reads its ImageFolder (classes in the built-in task's folder order when the

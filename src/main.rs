@@ -562,23 +562,6 @@ fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
     Ok(())
 }
 
-/// A task's head: its file when given, else zero-shot from the text tower.
-fn head_source<'a>(
-    task: &str,
-    file: Option<&'a std::path::Path>,
-    text: Option<&'a TextTower>,
-    cache: &'a std::path::Path,
-) -> Result<HeadSource<'a>> {
-    match (file, text) {
-        (Some(file), _) => Ok(HeadSource::File(file)),
-        (None, Some(tower)) => Ok(tower.heads(cache)),
-        (None, None) => Err(Error::invalid(
-            "--task",
-            format!("`{task}` has no head (give head=FILE, or --heads-from a CLIPModel)"),
-        )),
-    }
-}
-
 fn eval(args: EvalArgs, backend: Backend) -> Result<()> {
     let device = backend.device()?;
     let model = Checkpoint::open(&args.model)?;
@@ -601,7 +584,7 @@ fn eval(args: EvalArgs, backend: Backend) -> Result<()> {
     let heads_cache = cache_dir().join("heads");
     let mut tasks = Vec::new();
     for t in &args.tasks {
-        let head = head_source(&t.name, t.head.as_deref(), text.as_ref(), &heads_cache)?;
+        let head = HeadSource::for_task(&t.name, t.head.as_deref(), text.as_ref(), &heads_cache)?;
         tasks.push(prepare_task(&t.name, &t.data, head, args.limit, &device)?);
     }
     let total: usize = tasks.iter().map(|t| t.data.items.len()).sum();

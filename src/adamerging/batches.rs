@@ -88,14 +88,13 @@ pub fn split_for_adaptation(
     let take = ((n as f64 * fraction).round() as usize).clamp(1, n.saturating_sub(1).max(1));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order = rand::seq::index::sample(&mut rng, n, n).into_vec();
-    let rest = order.split_off(take);
+    let mut rest = order.split_off(take);
     order.sort_unstable();
+    rest.sort_unstable();
     let adapt = UnlabeledImages {
         paths: order.iter().map(|&i| folder.items[i].0.clone()).collect(),
     };
     let mut scored = folder.clone();
-    let mut rest = rest;
-    rest.sort_unstable();
     scored.items = rest.iter().map(|&i| folder.items[i].clone()).collect();
     Ok((adapt, scored))
 }

@@ -17,7 +17,7 @@ use crate::checkpoint::{Checkpoint, Replacement, save_merged};
 use crate::config::VisionConfig;
 use crate::data::Preprocessor;
 use crate::error::{Error, Result};
-use crate::eval::{EvalTask, HeadSource, TextTower, accuracy, prepare_task};
+use crate::eval::{EvalTask, HeadSource, TextTower, prepare_task};
 use crate::merge::TensorMerge;
 use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
 use crate::weights::tensor_to_vec;
@@ -140,16 +140,7 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
     let mut eval_tasks = Vec::new();
     let mut adapt_sets = Vec::new();
     for (i, t) in job.tasks.iter().enumerate() {
-        let head = match (&t.head, &text) {
-            (Some(file), _) => HeadSource::File(file),
-            (None, Some(tower)) => tower.heads(&cache),
-            (None, None) => {
-                return Err(Error::invalid(
-                    "--task",
-                    format!("`{}` has no head", t.name),
-                ));
-            }
-        };
+        let head = HeadSource::for_task(&t.name, t.head.as_deref(), text.as_ref(), &cache)?;
         let mut task = prepare_task(&t.name, &t.data, head, None, device)?;
         let adapt = match (job.adaptation, &t.adapt) {
             (_, Some(dir)) => UnlabeledImages::scan(dir)?,
@@ -222,7 +213,7 @@ pub fn learn_with(
     let before = if done == 0 {
         session.evaluate(&eval)?
     } else {
-        score(&initial, &eval)?
+        eval.score(&initial)?
     };
     drop(initial);
     let progress = bar(
@@ -254,23 +245,6 @@ pub fn learn_with(
         lambda,
         seconds,
     })
-}
-
-fn score(merged: &crate::weights::Weights, eval: &EvalSet<'_>) -> Result<Vec<f64>> {
-    eval.tasks
-        .iter()
-        .map(|t| {
-            accuracy(
-                eval.cfg,
-                merged,
-                eval.pre,
-                t,
-                eval.batch_size,
-                eval.device,
-                &ProgressBar::hidden(),
-            )
-        })
-        .collect()
 }
 
 /// Streams a merge into a Hugging Face checkpoint directory (replacing an earlier one).

@@ -11,7 +11,8 @@ use super::coefficients::{Coefficients, Granularity, effective};
 use super::objective::mean_entropy;
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::merge::{Aggregate, TensorMerge, Ties, TrimScope, WeightedSum};
+use crate::eval::check_head_width;
+use crate::merge::{Aggregate, Ties, TrimScope, WeightedSum, merge_all};
 use crate::model::{logits, vision_forward};
 use crate::task_vector::{Layering, LayeringKind, TaskVectors};
 use crate::weights::{Weights, scalar, tensor_to_vec};
@@ -96,12 +97,18 @@ impl LearnConfig {
     /// The task vectors λ weights: `tv` itself, or for AdaMerging++ its TIES-processed
     /// per-task vectors (trimmed to `ties_k`, sign-agreeing, kept apart), built in place.
     pub fn task_vectors(&self, tv: TaskVectors) -> Result<TaskVectors> {
-        match self.ties_k {
+        match self.ties()? {
             None => Ok(tv),
-            Some(k) => Ties::new(k, 1.0, Aggregate::Sum, TrimScope::Global)?
-                .prepare_source(tv)?
-                .into_task_vectors(),
+            Some(ties) => ties.prepare_source(tv)?.into_task_vectors(),
         }
+    }
+
+    /// AdaMerging++'s TIES processing (global top-k trim, sign election), if any. λ and
+    /// aggregation are not used: the per-task vectors are weighted by the learned λ.
+    pub fn ties(&self) -> Result<Option<Ties>> {
+        self.ties_k
+            .map(|k| Ties::new(k, 1.0, Aggregate::Sum, TrimScope::Global))
+            .transpose()
     }
 
     /// The units λ's columns stand for, over the merged tensors `names`.
@@ -157,16 +164,7 @@ impl<'a> Learner<'a> {
             ));
         }
         for (task, head) in tv.tasks().iter().zip(heads) {
-            let [_, width] = head.dims();
-            if width != cfg.projection_dim {
-                return Err(Error::invalid(
-                    format!("task `{task}`"),
-                    format!(
-                        "the head has width {width} but the model projects to {}",
-                        cfg.projection_dim
-                    ),
-                ));
-            }
+            check_head_width(cfg, task, head)?;
         }
         let layering = config.layering(tv.base().names());
         let (k, l) = (tv.num_tasks(), layering.len());
@@ -235,13 +233,16 @@ impl<'a> Learner<'a> {
 
     /// The merge at the current λ, tensor by tensor.
     pub fn merger(&self) -> Result<WeightedSum<&TaskVectors>> {
-        WeightedSum::new(self.tv, &self.layering, self.effective_lambda())
+        self.merger_at(&self.lambda())
+    }
+
+    fn merger_at(&self, raw: &[f32]) -> Result<WeightedSum<&TaskVectors>> {
+        WeightedSum::new(self.tv, &self.layering, effective(raw, self.config.clamp))
     }
 
     /// The merged tensors at the current λ.
     pub fn merged(&self) -> Result<Weights> {
-        let merger = self.merger()?;
-        self.tv.base().try_map(|name, _| merger.tensor(name))
+        merge_all(self.tv.base(), &self.merger()?)
     }
 
     /// The objective at the current λ on step `step`'s batches, and its gradient ∂loss/∂λ
@@ -255,8 +256,10 @@ impl<'a> Learner<'a> {
                 format!("{} tasks of data for {k_tasks} tasks", source.num_tasks()),
             ));
         }
+        let raw = self.lambda();
         // The merged weights become the leaves of each task's graph; θ₀ and τ never enter it.
-        let leaves = self.merged()?.map(|_, t| t.autodiff().require_grad());
+        let leaves = merge_all(self.tv.base(), &self.merger_at(&raw)?)?
+            .map(|_, t| t.autodiff().require_grad());
         let mut grad_w: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
         let mut entropy = vec![0.0; k_tasks];
         for (task, head) in self.heads.iter().enumerate() {
@@ -303,7 +306,7 @@ impl<'a> Learner<'a> {
         }
         if self.config.clamp {
             // torch.clamp's gradient: 1 inside [0, 1], bounds included, 0 outside.
-            for (g, l) in grad.iter_mut().zip(self.lambda()) {
+            for (g, l) in grad.iter_mut().zip(raw) {
                 if !(0.0..=1.0).contains(&l) {
                     *g = 0.0;
                 }
@@ -326,11 +329,9 @@ impl<'a> Learner<'a> {
         let grad = Tensor::<2>::from_data(TensorData::new(grad, [k, l]), &self.ad_device).inner();
         let mut grads = GradientsParams::new();
         grads.register(self.coefficients.id(), grad);
-        let module = std::mem::replace(
-            &mut self.coefficients,
-            Coefficients::new(vec![0.0; k * l], k, l, &self.ad_device),
-        );
-        self.coefficients = self.optimizer.step(self.config.lr, module, grads);
+        self.coefficients = self
+            .optimizer
+            .step(self.config.lr, self.coefficients.clone(), grads);
         self.step += 1;
         record.seconds = start.elapsed().as_secs_f64();
         Ok(record)

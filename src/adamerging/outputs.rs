@@ -9,9 +9,9 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::learner::{LearnConfig, Learner};
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{StoredDtype, decode_f32, encode_f32, write_atomic};
 use crate::error::{Error, Result};
-use crate::merge::{Aggregate, MergeMethod, TensorMerge, Ties, TrimScope, WeightedSum};
+use crate::merge::{MergeMethod, TensorMerge, WeightedSum};
 use crate::task_vector::{Layering, TaskVectors, Unit};
 
 /// Learned coefficients with everything needed to apply them again to the same checkpoints.
@@ -153,22 +153,20 @@ impl MergeMethod for LearnedLambda {
     fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>> {
         let applied = self.applied(tv.tasks())?;
         let layering = self.layering();
-        Ok(match self.config.ties_k {
+        Ok(match self.config.ties()? {
             None => Box::new(WeightedSum::new(tv, &layering, applied)?),
-            Some(k) => {
-                let ties = Ties::new(k, 1.0, Aggregate::Sum, TrimScope::Global)?;
-                Box::new(WeightedSum::new(
-                    ties.prepare_source(tv)?,
-                    &layering,
-                    applied,
-                )?)
-            }
+            Some(ties) => Box::new(WeightedSum::new(
+                ties.prepare_source(tv)?,
+                &layering,
+                applied,
+            )?),
         })
     }
 }
 
 fn f32_bytes<'a>(values: impl Iterator<Item = &'a f32>) -> Vec<u8> {
-    values.flat_map(|v| v.to_le_bytes()).collect()
+    let values: Vec<f32> = values.copied().collect();
+    encode_f32(StoredDtype::F32, &values).unwrap_or_default()
 }
 
 /// The resume checkpoint of a run: λ, Adam's state and the steps done, in one file written
@@ -223,11 +221,8 @@ impl ResumePoint {
             .ok_or_else(|| bad("no `steps_done` in the metadata".into()))?;
         let fingerprint = meta.get("fingerprint").cloned().unwrap_or_default();
         let lambda = st.tensor("lambda").map_err(|e| bad(e.to_string()))?;
-        let lambda = lambda
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let lambda = decode_f32(StoredDtype::F32, lambda.data())
+            .ok_or_else(|| bad("`lambda` is not a whole number of f32 values".into()))?;
         let optimizer = st
             .tensor("optimizer")
             .map_err(|e| bad(e.to_string()))?

@@ -32,6 +32,26 @@ pub struct EvalSet<'a> {
     pub device: &'a Device,
 }
 
+impl EvalSet<'_> {
+    /// Top-1 accuracy of every task with the vision tower `w`.
+    pub fn score(&self, w: &crate::weights::Weights) -> Result<Vec<f64>> {
+        self.tasks
+            .iter()
+            .map(|t| {
+                accuracy(
+                    self.cfg,
+                    w,
+                    self.pre,
+                    t,
+                    self.batch_size,
+                    self.device,
+                    &ProgressBar::hidden(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -167,19 +187,7 @@ impl<'l, 'a> Session<'l, 'a> {
     }
 
     fn evaluate_into(&mut self, eval: &EvalSet<'_>, log: &mut RunLog) -> Result<Vec<f64>> {
-        let merged = self.learner.merged()?;
-        let mut acc = Vec::with_capacity(eval.tasks.len());
-        for task in eval.tasks {
-            acc.push(accuracy(
-                eval.cfg,
-                &merged,
-                eval.pre,
-                task,
-                eval.batch_size,
-                eval.device,
-                &ProgressBar::hidden(),
-            )?);
-        }
+        let acc = eval.score(&self.learner.merged()?)?;
         let per_task: serde_json::Map<String, serde_json::Value> = eval
             .tasks
             .iter()

@@ -38,9 +38,13 @@ pub trait MergeMethod {
     fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>>;
     /// The merged weights over the merged tensors.
     fn merge(&self, tv: &TaskVectors) -> Result<Weights> {
-        let merger = self.prepare(tv)?;
-        tv.base().try_map(|name, _| merger.tensor(name))
+        merge_all(tv.base(), &*self.prepare(tv)?)
     }
+}
+
+/// Every tensor of `base` merged by `merger`, in memory.
+pub fn merge_all(base: &Weights, merger: &dyn TensorMerge) -> Result<Weights> {
+    base.try_map(|name, _| merger.tensor(name))
 }
 
 /// A prepared merge: one merged tensor at a time.
