@@ -54,6 +54,7 @@ BG = np.array(
 )
 SIZES = [4.0, 5.0, 6.0, 7.0, 8.0]  # shape "radius" in pixels
 CENTRES = [8.0, 16.0, 24.0]  # 3x3 grid of shape centres
+POS_JIT = 1.0
 STRIPE_ANGLES = [0, 30, 60, 90, 120, 150]  # degrees
 COUNTS = [1, 2, 3, 4, 5]  # number of dots (not a task by default: too hard for the tiny ViT)
 PERIODS = [3.0, 4.0, 5.25, 7.0, 9.5]  # stripe period in pixels (task "frequency")
@@ -63,12 +64,27 @@ DOT_COLOURS = np.array(
 
 CONTRASTS = [0.1, 0.3, 0.5, 0.7, 0.9]  # stripe amplitude (task "contrast")
 LIGHTNESS = [0.3, 0.475, 0.65, 0.825, 1.0]  # multiplier of the shape colour (task "lightness")
+# colour of a 2-px frame around the image (task "frame"; replaces the unlearnable "position" task)
+FRAME = np.array(
+    [
+        [0.85, 0.85, 0.85],
+        [0.10, 0.10, 0.10],
+        [0.80, 0.45, 0.10],
+        [0.10, 0.55, 0.55],
+        [0.55, 0.15, 0.55],
+        [0.55, 0.75, 0.20],
+    ],
+    dtype=np.float32,
+)
+FRAME_W = 2
+DATA_VERSION = "v4frame"  # cache key: bump whenever the generator changes
 GRAIN = [0.03]  # std of the per-pixel Gaussian noise (a task "grain" with [0, .04, .08, .12, .16] was tried: worse)
 
 # task name -> (factor, number of classes)
-TASKS = [
+# generative factors that are tasks or pretraining targets: (factor, number of values)
+GEN_FACTORS = [
     ("colour", len(HUES)),
-    ("position", 9),
+    ("frame", len(FRAME)),
     ("stripes", len(STRIPE_ANGLES)),
     ("frequency", len(PERIODS)),
     ("background", len(BG)),
@@ -76,12 +92,36 @@ TASKS = [
     ("contrast", len(CONTRASTS)),
     ("lightness", len(LIGHTNESS)),
 ]
-# factors drawn at random in every image but not asked about (too hard for the tiny ViT at this budget)
-NUISANCE = [("shape", len(SHAPES)), ("size", len(SIZES)), ("count", len(COUNTS)), ("grain", len(GRAIN))]
-FACTORS = [t for t, _ in TASKS]
-NCLS = dict(TASKS)
+# task name -> (factor it reads, number of classes, class of each factor value).  The *pair tasks re-group a
+# factor crosswise (value v -> class v % m), so they conflict with the task that reads the factor in full.
+TASK_DEFS = {f: (f, c, list(range(c))) for f, c in GEN_FACTORS}
+TASK_DEFS["huepair"] = ("colour", 4, [v % 4 for v in range(len(HUES))])  # complementary hues: red+cyan, ...
+TASK_DEFS["stripepair"] = ("stripes", 3, [v % 3 for v in range(len(STRIPE_ANGLES))])  # orthogonal orientations
+TASK_DEFS["dotpair"] = ("dotcolour", 3, [v % 3 for v in range(len(DOT_COLOURS))])
+TASK_DEFS["bgpair"] = ("background", 3, [v % 3 for v in range(len(BG))])
+DEFAULT_TASKS = "colour,frame,stripes,frequency,background,bgpair,huepair,stripepair"
+# (session-1 task set: "colour,position,stripes,frequency,background,dotcolour,contrast,lightness")
+TASKS: list = []  # [(task name, number of classes)], set by set_tasks()
+
+
+def set_tasks(spec: str):
+    TASKS[:] = [(t, TASK_DEFS[t][1]) for t in spec.split(",")]
+
+
+def task_labels(t: str, lab: dict) -> np.ndarray:
+    f, _, m = TASK_DEFS[t]
+    return np.asarray(m)[lab[f]]
+
+
+set_tasks(DEFAULT_TASKS)
+# factors drawn at random in every image but not asked about (position/shape/size/count: not learnable by the
+# tiny patch-8 ViT at this budget; grain: a single noise level)
+NUISANCE = [("position", len(CENTRES) ** 2), ("shape", len(SHAPES)), ("size", len(SIZES)), ("count", len(COUNTS)), ("grain", len(GRAIN))]
 
 _YY, _XX = np.meshgrid(np.arange(32, dtype=np.float32) + 0.5, np.arange(32, dtype=np.float32) + 0.5, indexing="ij")
+
+
+_FRAME_MASK = (np.minimum(_XX, 32 - _XX) < FRAME_W) | (np.minimum(_YY, 32 - _YY) < FRAME_W)
 
 
 def shape_mask(kind: int, cx: float, cy: float, r: float) -> np.ndarray:
@@ -105,7 +145,7 @@ def shape_mask(kind: int, cx: float, cy: float, r: float) -> np.ndarray:
 
 def generate(rng: np.random.Generator, n: int):
     """n images [n, 3, 32, 32] float32 in [0, 1] and all factor labels {factor: int64[n]}."""
-    lab = {f: rng.integers(0, c, size=n) for f, c in TASKS + NUISANCE}
+    lab = {f: rng.integers(0, c, size=n) for f, c in GEN_FACTORS + NUISANCE}
     imgs = np.empty((n, 32, 32, 3), dtype=np.float32)
     for i in range(n):
         # background: tint x oriented stripes, random phase and period
@@ -116,10 +156,13 @@ def generate(rng: np.random.Generator, n: int):
         bg = BG[lab["background"][i]] * rng.uniform(0.85, 1.15, size=3).astype(np.float32)
         amp = CONTRASTS[lab["contrast"][i]]
         img = bg[None, None, :] * (1.0 - amp + 2.0 * amp * stripe[..., None])
+        # frame
+        if FRAME_W > 0:
+            img[_FRAME_MASK] = FRAME[lab["frame"][i]]
         # main shape
         pos = lab["position"][i]
-        cx = CENTRES[pos % 3] + rng.uniform(-1.0, 1.0)
-        cy = CENTRES[pos // 3] + rng.uniform(-1.0, 1.0)
+        cx = CENTRES[pos % len(CENTRES)] + rng.uniform(-POS_JIT, POS_JIT)
+        cy = CENTRES[pos // len(CENTRES)] + rng.uniform(-POS_JIT, POS_JIT)
         r = SIZES[lab["size"][i]] * rng.uniform(0.95, 1.05)
         m = shape_mask(int(lab["shape"][i]), cx, cy, r)
         col = np.clip((HUES[lab["colour"][i]] + rng.uniform(-0.05, 0.05, size=3)) * LIGHTNESS[lab["lightness"][i]], 0, 1)
@@ -191,7 +234,7 @@ def pretrain(model, x, labs, a, log):
     """Joint multi-factor classification: one linear head per factor on normalized image embeds."""
     heads = torch.nn.ModuleDict()
     targets = {}
-    for f, c in TASKS:
+    for f, c in GEN_FACTORS:
         if a.pre_factors != "all" and f not in a.pre_factors.split(","):
             continue
         y, cc = coarse(torch.as_tensor(labs[f]), c, a.pre_labels)
@@ -364,16 +407,18 @@ def main(argv=None):
     ap.add_argument("--pre-factors", default="all")
     ap.add_argument("--head-scale", type=float, default=20.0)
     ap.add_argument("--ft-epochs", type=int, default=3)
-    ap.add_argument("--ft-lr", type=float, default=3e-4)
+    ap.add_argument("--ft-lr", type=float, default=5e-4)
     ap.add_argument("--ft-opt", default="adam", choices=["adam", "sgd"])
     ap.add_argument("--ft-cosine", type=int, default=1)
     ap.add_argument("--am-init", type=float, default=0.3)
     ap.add_argument("--am-bs", type=int, default=16)
-    ap.add_argument("--am", default="layer:500:1e-3,layer:200:1e-2,task:500:1e-3", help="GRAN:STEPS:LR,...")
+    ap.add_argument("--am", default="layer:500:1e-3,layer:100:1e-2,layer:200:1e-2,layer:300:1e-2,task:500:1e-3", help="GRAN:STEPS:LR,...")
     ap.add_argument("--json", default=None)
     ap.add_argument("--cache", default=None, help="directory to cache the pretrained model (experiments only)")
-    ap.add_argument("--head-shots", type=int, default=8, help="class means from this many train images per class (0: all)")
+    ap.add_argument("--head-shots", type=int, default=16, help="class means from this many train images per class (0: all)")
+    ap.add_argument("--tasks", default=DEFAULT_TASKS, help="comma list of task names (see TASK_DEFS)")
     a = ap.parse_args(argv)
+    set_tasks(a.tasks)
 
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
@@ -389,7 +434,7 @@ def main(argv=None):
     for f, c in TASKS:
         xtr, ltr = generate(rng, a.train)
         xte, lte = generate(rng, a.test)
-        data[f] = {"train": (torch.from_numpy(xtr), ltr[f]), "test": (torch.from_numpy(xte), lte[f]), "all_train": ltr}
+        data[f] = {"train": (torch.from_numpy(xtr), task_labels(f, ltr)), "test": (torch.from_numpy(xte), task_labels(f, lte)), "all_train": ltr}
     times["generate"] = time.time() - t
     log(f"generated {len(TASKS)} x ({a.train} train + {a.test} test) in {times['generate']:.1f}s")
 
@@ -398,9 +443,9 @@ def main(argv=None):
     nparam = sum(p.numel() for p in model.parameters())
     log(f"model: width {a.width} layers {a.layers} patch {a.patch} proj {a.proj}: {nparam} parameters")
     xall = torch.cat([data[f]["train"][0] for f, _ in TASKS])
-    labs = {g: np.concatenate([data[f]["all_train"][g] for f, _ in TASKS]) for g, _ in TASKS}
+    labs = {g: np.concatenate([data[f]["all_train"][g] for f, _ in TASKS]) for g, _ in GEN_FACTORS}
     t = time.time()
-    key = f"v2_s{a.seed}_w{a.width}_l{a.layers}_p{a.patch}_n{a.train}_e{a.pre_epochs}_lr{a.pre_lr}_{a.pre_labels}_{a.pre_factors}_sc{a.pre_scale}"
+    key = f"{DATA_VERSION}_s{a.seed}_w{a.width}_l{a.layers}_p{a.patch}_n{a.train}_e{a.pre_epochs}_lr{a.pre_lr}_{a.pre_labels}_{a.pre_factors}_sc{a.pre_scale}"
     if a.cache and os.path.exists(os.path.join(a.cache, key + ".pt")):
         model.load_state_dict(torch.load(os.path.join(a.cache, key + ".pt")))
         log("pretrained model loaded from cache")
@@ -442,6 +487,10 @@ def main(argv=None):
     times["fixed_merges"] = time.time() - t
     for m in ["weight_avg", "ta_0.3", "ties"]:
         log(f"{m}: {np.mean(res[m]):.1f}  {[round(v, 1) for v in res[m]]}")
+    ta_grid = {}  # diagnostic only (not a reported method)
+    for lam in [0.1, 0.2, 0.5, 0.7, 1.0]:
+        ta_grid[lam] = accuracy(model, {n: base[n] + lam * sum(tt[n] for tt in taus) for n in base}, heads, data)
+    log("TA lambda grid: " + ", ".join(f"{l}: {np.mean(v):.1f}" for l, v in ta_grid.items()))
     for spec in a.am.split(","):
         gran, steps, lr = spec.split(":")
         name = f"adamerging_{gran}_{steps}x{lr}"
@@ -455,7 +504,7 @@ def main(argv=None):
     log(f"times {times}")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"args": vars(a), "params": nparam, "tau_rel": rel, "acc": res, "times": times}, fh, indent=1)
+            json.dump({"args": vars(a), "tasks": [t for t, _ in TASKS], "params": nparam, "tau_rel": rel, "acc": res, "ta_grid": ta_grid, "times": times}, fh, indent=1)
 
 
 if __name__ == "__main__":

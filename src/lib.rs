@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod merge;
 pub mod model;
+pub mod suite;
 pub mod task_vector;
 pub mod weights;
 

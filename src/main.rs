@@ -21,6 +21,7 @@ use adamerge::data::Preprocessor;
 use adamerge::device::{Backend, init_threads};
 use adamerge::diagnostics::TaskVectorReport;
 use adamerge::eval::{HeadSource, TextTower, accuracy, prepare_task};
+use adamerge::suite::{Size, SuiteInfo, SuiteSpec, build as build_suite, suite_dir};
 use adamerge::merge::{Aggregate, FixedKind, MergeMethod, MethodSpec, TrimScope};
 use adamerge::task_vector::{Finetuned, LayeringKind, MergeScope, TaskVectors};
 use adamerge::weights::tensor_to_vec;
@@ -66,6 +67,39 @@ enum Command {
     Eval(EvalArgs),
     /// Learn merge coefficients by entropy minimisation (AdaMerging, AdaMerging++).
     Learn(LearnArgs),
+    /// The built-in small suite: 8 procedural tasks, a tiny CLIP and its fine-tunes.
+    #[command(subcommand)]
+    Suite(SuiteCommand),
+}
+
+#[derive(Subcommand)]
+enum SuiteCommand {
+    /// Generate the suite (images, pretraining, heads, fine-tuning) and measure its models.
+    Build(SuiteBuildArgs),
+    /// Print where the suite of a seed and size is cached (building nothing).
+    Path(SuiteIdArgs),
+}
+
+#[derive(Args)]
+struct SuiteIdArgs {
+    /// Seed of the images, initialisation and batch orders.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// full (the README's suite) or tiny (tests).
+    #[arg(long, default_value = "full")]
+    size: Size,
+}
+
+#[derive(Args)]
+struct SuiteBuildArgs {
+    #[command(flatten)]
+    id: SuiteIdArgs,
+    /// Where to write it (default: the cache, `adamerge suite path`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Rebuild even if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -342,7 +376,37 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => inspect(args, cli.device),
         Command::Eval(args) => eval(args, cli.device),
         Command::Learn(args) => learn(args, cli.device),
+        Command::Suite(SuiteCommand::Build(args)) => suite_build(args, cli.device),
+        Command::Suite(SuiteCommand::Path(args)) => {
+            println!("{}", suite_dir(&spec_of(&args)).display());
+            Ok(())
+        }
     }
+}
+
+fn spec_of(args: &SuiteIdArgs) -> SuiteSpec {
+    SuiteSpec {
+        seed: args.seed,
+        size: args.size,
+    }
+}
+
+fn suite_build(args: SuiteBuildArgs, backend: Backend) -> Result<()> {
+    let spec = spec_of(&args.id);
+    let out = args.out.unwrap_or_else(|| suite_dir(&spec));
+    if out.join("suite.json").is_file() && !args.force {
+        eprintln!(
+            "{} is already built (pass --force to rebuild it)",
+            out.display()
+        );
+    } else {
+        eprintln!("building the {} suite, seed {}, into {}", spec.size, spec.seed, out.display());
+        build_suite(&spec, &out, args.force, &backend.device()?, true)?;
+    }
+    let info = SuiteInfo::read(&out)?;
+    println!("{}", info.table());
+    println!("suite: {}", out.display());
+    Ok(())
 }
 
 fn load_bar(tasks: usize) -> ProgressBar {

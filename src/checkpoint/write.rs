@@ -102,6 +102,30 @@ impl OutputDir {
         })
     }
 
+    /// Removes staging directories that interrupted writers of `target` left behind (their
+    /// process no longer runs), so a killed build leaves no debris for long.
+    pub fn remove_stale(target: &Path) -> Result<()> {
+        let marker = sibling(target, ".partial-");
+        let (Some(parent), Some(prefix)) = (marker.parent(), marker.file_name()) else {
+            return Ok(());
+        };
+        let prefix = prefix.to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid != std::process::id() && !process_alive(pid) {
+                let path = entry.path();
+                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Where files are written until the commit.
     pub fn path(&self) -> &Path {
         &self.staging
@@ -133,6 +157,21 @@ impl Drop for OutputDir {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.staging);
         }
+    }
+}
+
+/// Whether a process with this id runs (on other platforms: assumed, so nothing is removed).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }
 

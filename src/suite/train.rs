@@ -1,0 +1,261 @@
+//! Training the suite's tower: the weights are a plain [`Weights`] set (the model stays a pure
+//! forward), made autodiff leaves for each step and updated with burn's Adam tensor by tensor.
+
+use burn::optim::{Adam, AdamConfig, AdamState, Optimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{RngExt, SeedableRng};
+use rand::rngs::ChaCha8Rng;
+
+use super::images::{Factor, SIDE, Sample, Task};
+use super::tiny_clip::{PIXEL_MEAN, PIXEL_STD};
+use crate::config::VisionConfig;
+use crate::error::{Error, Result};
+use crate::model::{normalize_rows, vision_forward};
+use crate::weights::{FlatTensor, Weights, scalar};
+
+/// Images in memory, bytes as they are saved to PNG, with every factor's class.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSet {
+    /// The samples, in order.
+    pub samples: Vec<Sample>,
+}
+
+impl ImageSet {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Preprocessed pixels [B, 3, 32, 32] of the images at `indices`, exactly as the suite's
+    /// `preprocessor_config.json` maps the saved PNGs.
+    pub fn pixels(&self, indices: &[usize], device: &Device) -> Tensor<4> {
+        let n = SIDE * SIDE;
+        let mut out = Vec::with_capacity(indices.len() * 3 * n);
+        for &i in indices {
+            let px = &self.samples[i].pixels;
+            for c in 0..3 {
+                out.extend(
+                    (0..n).map(|p| (px[p * 3 + c] as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD),
+                );
+            }
+        }
+        Tensor::from_data(
+            TensorData::new(out, [indices.len(), 3, SIDE, SIDE]),
+            device,
+        )
+    }
+
+    /// The classes (of `c`, given by `label`) of the images at `indices`, one-hot [B, C].
+    pub fn one_hot(
+        &self,
+        c: usize,
+        label: impl Fn(&Sample) -> usize,
+        indices: &[usize],
+        device: &Device,
+    ) -> Tensor<2> {
+        let mut out = vec![0f32; indices.len() * c];
+        for (row, &i) in indices.iter().enumerate() {
+            out[row * c + label(&self.samples[i])] = 1.0;
+        }
+        Tensor::from_data(TensorData::new(out, [indices.len(), c]), device)
+    }
+}
+
+/// Cross-entropy of logits [B, C] against one-hot targets, averaged over the batch.
+fn cross_entropy(logits: Tensor<2>, one_hot: Tensor<2>) -> Tensor<1> {
+    (log_softmax(logits, 1) * one_hot).sum_dim(1).mean().neg()
+}
+
+/// Learning rate of step `s` of `total` under cosine decay from `lr` to 0 (PyTorch's
+/// `CosineAnnealingLR` with `T_max = total`).
+pub fn cosine_lr(lr: f64, s: usize, total: usize) -> f64 {
+    lr * 0.5 * (1.0 + (std::f64::consts::PI * s as f64 / total.max(1) as f64).cos())
+}
+
+/// Adam over a named weight set, one state per tensor.
+pub struct WeightsAdam {
+    adam: Adam,
+    states: Vec<Option<AdamState<1>>>,
+}
+
+impl WeightsAdam {
+    /// PyTorch's Adam defaults (β 0.9/0.999, ε 1e-8), no weight decay.
+    pub fn new(num_tensors: usize) -> Self {
+        Self {
+            adam: AdamConfig::new()
+                .with_beta_1(0.9)
+                .with_beta_2(0.999)
+                .with_epsilon(1e-8)
+                .build(),
+            states: vec![None; num_tensors],
+        }
+    }
+
+    /// One step: `loss` is evaluated on `w` as autodiff leaves, back-propagated, and every
+    /// tensor of `w` updated in place. Returns the loss.
+    pub fn step(
+        &mut self,
+        w: &mut Weights,
+        lr: f64,
+        loss: impl FnOnce(&Weights) -> Result<Tensor<1>>,
+    ) -> Result<f64> {
+        let leaves = w.map(|_, t| t.autodiff().require_grad());
+        let loss = loss(&leaves)?;
+        let value = scalar(loss.clone().inner());
+        if !value.is_finite() {
+            return Err(Error::invalid("training", format!("the loss became {value}")));
+        }
+        let grads = loss.backward();
+        let names: Vec<String> = w.names().map(str::to_string).collect();
+        for (i, name) in names.iter().enumerate() {
+            let (Some(leaf), Some(current)) = (leaves.get(name), w.get(name)) else {
+                continue;
+            };
+            let Some(g) = leaf.data.grad(&grads) else {
+                continue;
+            };
+            let (updated, state) =
+                self.adam
+                    .step(lr, current.data.clone(), g, self.states[i].take());
+            self.states[i] = state;
+            let replaced = current.with_data(updated);
+            w.insert(name.clone(), replaced);
+        }
+        Ok(value)
+    }
+}
+
+/// A deterministic shuffled order of `n` items for epoch `epoch`.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9).wrapping_add(epoch as u64));
+    rand::seq::index::sample(&mut rng, n, n).into_vec()
+}
+
+/// The tower's image embeddings [B, P].
+pub fn embed(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Result<Tensor<2>> {
+    vision_forward(cfg, w, pixels)?
+        .image_embeds
+        .ok_or_else(|| Error::Tensor {
+            tensor: "visual_projection.weight".into(),
+            reason: "missing from the suite's model".into(),
+        })
+}
+
+/// Name of pretraining's linear probe for a factor (kept beside the tower, never saved).
+fn probe(factor: Factor, part: &str) -> String {
+    format!("probe.{}.{part}", factor.name())
+}
+
+/// Adds a linear probe per factor of `factors` to `w` (trained jointly with the tower during
+/// pretraining), initialised as PyTorch's `nn.Linear`: U(−1/√width, 1/√width).
+pub fn add_probes(w: &mut Weights, factors: &[Factor], width: usize, seed: u64, device: &Device) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9b0b_e5);
+    let bound = 1.0 / (width as f32).sqrt();
+    let mut draw = |n: usize| -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+    };
+    for &f in factors {
+        let c = f.num_classes();
+        w.insert(
+            probe(f, "weight"),
+            FlatTensor::from_vec(draw(c * width), vec![width, c], device),
+        );
+        w.insert(probe(f, "bias"), FlatTensor::from_vec(draw(c), vec![c], device));
+    }
+}
+
+/// Removes the probes, leaving the tower.
+pub fn strip_probes(w: &Weights) -> Weights {
+    let mut out = Weights::new();
+    for (name, t) in w.iter().filter(|(n, _)| !n.starts_with("probe.")) {
+        out.insert(name, t.clone());
+    }
+    out
+}
+
+/// Pretraining loss: the sum over `factors` of the cross-entropy of each factor's probe on
+/// `scale · normalize(image_embeds)`.
+pub fn pretraining_loss(
+    cfg: &VisionConfig,
+    w: &Weights,
+    set: &ImageSet,
+    batch: &[usize],
+    factors: &[Factor],
+    scale: f64,
+) -> Result<Tensor<1>> {
+    let device = w.require("visual_projection.weight")?.data.device();
+    let e = normalize_rows(embed(cfg, w, set.pixels(batch, &device))?).mul_scalar(scale);
+    let width = cfg.projection_dim;
+    let mut total: Option<Tensor<1>> = None;
+    for &f in factors {
+        let c = f.num_classes();
+        let weight = w.require(&probe(f, "weight"))?.data.clone().reshape([width, c]);
+        let bias = w.require(&probe(f, "bias"))?.data.clone();
+        let target = set.one_hot(c, |s| s.labels[f as usize], batch, &device);
+        let loss = cross_entropy(linear(e.clone(), weight, Some(bias)), target);
+        total = Some(match total {
+            Some(t) => t + loss,
+            None => loss,
+        });
+    }
+    total.ok_or_else(|| Error::invalid("pretraining", "no factor to learn"))
+}
+
+/// Fine-tuning loss: cross-entropy of the frozen head on the task's classes.
+pub fn head_loss(
+    cfg: &VisionConfig,
+    w: &Weights,
+    head: &Tensor<2>,
+    set: &ImageSet,
+    batch: &[usize],
+    task: &Task,
+) -> Result<Tensor<1>> {
+    let device = head.device();
+    let e = normalize_rows(embed(cfg, w, set.pixels(batch, &device))?);
+    Ok(cross_entropy(
+        e.matmul(head.clone().transpose()),
+        set.one_hot(task.classes, |s| task.label(s), batch, &device),
+    ))
+}
+
+/// A class-mean head [C, P]: per class, the mean normalised embedding of its first `shots`
+/// images in `set`, normalised and scaled — a stand-in for CLIP's zero-shot heads, fixed from
+/// the pretrained tower.
+pub fn class_mean_head(
+    cfg: &VisionConfig,
+    w: &Weights,
+    set: &ImageSet,
+    task: &Task,
+    shots: usize,
+    scale: f64,
+    device: &Device,
+) -> Result<Tensor<2>> {
+    let c = task.classes;
+    let mut picked: Vec<Vec<usize>> = vec![Vec::new(); c];
+    for (i, s) in set.samples.iter().enumerate() {
+        let class = task.label(s);
+        if picked[class].len() < shots {
+            picked[class].push(i);
+        }
+    }
+    let mut rows = Vec::with_capacity(c);
+    for (class, idx) in picked.iter().enumerate() {
+        if idx.is_empty() {
+            return Err(Error::invalid(
+                "suite",
+                format!("task `{}` has no training image of class {class}", task.name),
+            ));
+        }
+        let e = normalize_rows(embed(cfg, w, set.pixels(idx, device))?);
+        rows.push(e.mean_dim(0));
+    }
+    Ok(normalize_rows(Tensor::cat(rows, 0)).mul_scalar(scale))
+}
+
