@@ -258,6 +258,20 @@ impl TextTower {
         })
     }
 
+    /// The tower of `dir` when any task (`needs`) lacks a head file; `None` otherwise, so a
+    /// vision-only checkpoint serves tasks that all bring their heads.
+    pub fn load_if_needed(
+        mut needs: impl Iterator<Item = bool>,
+        dir: &std::path::Path,
+        device: &Device,
+    ) -> Result<Option<Self>> {
+        if needs.any(|n| n) {
+            Self::load(dir, device).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Zero-shot heads from this tower, cached under `cache`.
     pub fn heads<'a>(&'a self, cache: &'a std::path::Path) -> HeadSource<'a> {
         HeadSource::ZeroShot {

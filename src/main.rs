@@ -21,8 +21,14 @@ use adamerge::data::Preprocessor;
 use adamerge::device::{Backend, init_threads};
 use adamerge::diagnostics::TaskVectorReport;
 use adamerge::eval::{HeadSource, TextTower, accuracy, prepare_task};
-use adamerge::suite::{Size, SuiteInfo, SuiteSpec, build as build_suite, suite_dir};
+use adamerge::experiment::runner::{
+    RunEnd, RunOptions, resume as resume_experiment, run as run_file,
+};
+use adamerge::experiment::{Experiment, Results};
 use adamerge::merge::{Aggregate, FixedKind, MergeMethod, MethodSpec, TrimScope};
+use adamerge::report::table::{compare_runs, markdown};
+use adamerge::report::write_report;
+use adamerge::suite::{Size, SuiteInfo, SuiteSpec, build as build_suite, suite_dir};
 use adamerge::task_vector::{Finetuned, LayeringKind, MergeScope, TaskVectors};
 use adamerge::weights::tensor_to_vec;
 use adamerge::{Error, Result};
@@ -48,8 +54,9 @@ fn tune_allocator() {}
 #[command(name = "adamerge", version, about)]
 struct Cli {
     /// Compute backend: cpu (= flex), ndarray, or wgpu (GPU; needs the `wgpu` build feature).
-    #[arg(long, global = true, default_value = "cpu")]
-    device: Backend,
+    /// Default: cpu, or an experiment file's `device`.
+    #[arg(long, global = true)]
+    device: Option<Backend>,
     /// CPU threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -70,6 +77,35 @@ enum Command {
     /// The built-in small suite: 8 procedural tasks, a tiny CLIP and its fine-tunes.
     #[command(subcommand)]
     Suite(SuiteCommand),
+    /// Run an experiment file: every fixed and learned method side by side, with logs, tables
+    /// and plots in runs/<experiment>/<timestamp>/.
+    Run(RunArgs),
+    /// Rebuild the table and plots of a run from its files; two runs are compared side by side.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The experiment file (TOML), e.g. experiments/suite.toml.
+    #[arg(required_unless_present = "resume")]
+    file: Option<PathBuf>,
+    /// Check the file (keys, values, paths) without running anything.
+    #[arg(long, conflicts_with = "resume")]
+    check: bool,
+    /// Continue an interrupted run in its directory.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Where run directories go.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A run directory (holding results.json).
+    run: PathBuf,
+    /// A second run to compare with, column by column.
+    other: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -349,8 +385,15 @@ fn parse_finetuned(s: &str) -> std::result::Result<Finetuned, String> {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    pin_default_device(cli.device);
-    match run(cli) {
+    let backend = match chosen_backend(&cli) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    pin_default_device(backend);
+    match run(cli, backend) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -369,19 +412,95 @@ fn pin_default_device(backend: Backend) {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// `--device`, else an experiment file's `device`, else the CPU.
+fn chosen_backend(cli: &Cli) -> Result<Backend> {
+    if let Some(b) = cli.device {
+        return Ok(b);
+    }
+    match &cli.command {
+        Command::Run(RunArgs {
+            file: Some(file), ..
+        }) => match Experiment::load(file)?.device {
+            Some(d) => d.parse(),
+            None => Ok(Backend::default()),
+        },
+        _ => Ok(Backend::default()),
+    }
+}
+
+fn run(cli: Cli, backend: Backend) -> Result<()> {
     init_threads(cli.threads)?;
     match cli.command {
-        Command::Merge(args) => merge(args, cli.device),
-        Command::Inspect(args) => inspect(args, cli.device),
-        Command::Eval(args) => eval(args, cli.device),
-        Command::Learn(args) => learn(args, cli.device),
-        Command::Suite(SuiteCommand::Build(args)) => suite_build(args, cli.device),
+        Command::Merge(args) => merge(args, backend),
+        Command::Inspect(args) => inspect(args, backend),
+        Command::Eval(args) => eval(args, backend),
+        Command::Learn(args) => learn(args, backend),
+        Command::Suite(SuiteCommand::Build(args)) => suite_build(args, backend),
+        Command::Run(args) => run_experiment(args, backend),
+        Command::Report(args) => report(args),
         Command::Suite(SuiteCommand::Path(args)) => {
             println!("{}", suite_dir(&spec_of(&args)).display());
             Ok(())
         }
     }
+}
+
+fn run_experiment(args: RunArgs, backend: Backend) -> Result<()> {
+    if args.check {
+        let file = args.file.as_deref().unwrap_or(std::path::Path::new(""));
+        let exp = Experiment::load(file)?;
+        let plan = exp.plan()?;
+        println!(
+            "{}: {} tasks, {} method runs per seed, seeds {:?}{}",
+            file.display(),
+            exp.tasks.len(),
+            plan.len(),
+            exp.seeds,
+            if exp.uses_suite() {
+                " (on the built-in suite)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+    let opts = RunOptions {
+        runs_root: args.runs.clone(),
+        device: backend.device()?,
+        backend: backend.to_string(),
+        progress: true,
+    };
+    let stop = interrupt_flag();
+    let (dir, end) = match (&args.resume, &args.file) {
+        (Some(dir), _) => (dir.clone(), resume_experiment(dir, &opts, stop)?),
+        (None, Some(file)) => run_file(file, &opts, stop)?,
+        (None, None) => return Err(Error::invalid("run", "give an experiment file or --resume")),
+    };
+    match end {
+        RunEnd::Finished(results) => {
+            println!("{}", markdown(&results));
+            println!("wrote {}", dir.display());
+            Ok(())
+        }
+        RunEnd::Interrupted => Err(Error::invalid(
+            "run",
+            format!(
+                "interrupted; `adamerge run --resume {}` continues it",
+                dir.display()
+            ),
+        )),
+    }
+}
+
+fn report(args: ReportArgs) -> Result<()> {
+    let a = Results::read(&args.run)?;
+    write_report(&args.run, &a)?;
+    println!("{}", markdown(&a));
+    if let Some(other) = &args.other {
+        let b = Results::read(other)?;
+        println!("{}", compare_runs(&a, &b, &args.run, other));
+    }
+    Ok(())
 }
 
 fn spec_of(args: &SuiteIdArgs) -> SuiteSpec {
@@ -400,7 +519,12 @@ fn suite_build(args: SuiteBuildArgs, backend: Backend) -> Result<()> {
             out.display()
         );
     } else {
-        eprintln!("building the {} suite, seed {}, into {}", spec.size, spec.seed, out.display());
+        eprintln!(
+            "building the {} suite, seed {}, into {}",
+            spec.size,
+            spec.seed,
+            out.display()
+        );
         build_suite(&spec, &out, args.force, &backend.device()?, true)?;
     }
     let info = SuiteInfo::read(&out)?;

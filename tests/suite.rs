@@ -53,21 +53,33 @@ fn a_suite_has_the_layout_users_tools_read() {
     let info = build(&tiny(0), &root, false, &device, false).unwrap();
     assert_eq!(info.tasks.len(), 8);
     let recipe = tiny(0).recipe();
-    for file in ["config.json", "model.safetensors", "preprocessor_config.json"] {
-        assert!(root.join("models/pretrained").join(file).is_file(), "{file}");
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ] {
+        assert!(
+            root.join("models/pretrained").join(file).is_file(),
+            "{file}"
+        );
     }
     let cfg =
         VisionConfig::of_checkpoint(&Checkpoint::open(root.join("models/pretrained")).unwrap())
             .unwrap();
-    assert_eq!(cfg, tiny_clip::config(recipe.width, recipe.layers, recipe.heads));
+    assert_eq!(
+        cfg,
+        tiny_clip::config(recipe.width, recipe.layers, recipe.heads)
+    );
     for task in &info.tasks {
-        let head = read_head(&root.join(format!("heads/{}.safetensors", task.name)), &device)
-            .unwrap();
+        let head = read_head(
+            &root.join(format!("heads/{}.safetensors", task.name)),
+            &device,
+        )
+        .unwrap();
         assert_eq!(head.dims(), [task.classes.len(), cfg.projection_dim]);
         for (split, n) in [("train", task.train), ("test", task.test)] {
             let folder =
-                ImageFolder::open(&root.join(format!("data/{}/{split}", task.name)), None)
-                    .unwrap();
+                ImageFolder::open(&root.join(format!("data/{}/{split}", task.name)), None).unwrap();
             assert_eq!(folder.classes, task.classes);
             assert_eq!(folder.items.len(), n);
         }
@@ -97,7 +109,10 @@ fn a_suite_has_the_layout_users_tools_read() {
     // Every method is scored on every task.
     let names: Vec<&str> = info.methods.iter().map(|m| m.method.as_str()).collect();
     assert_eq!(names.len(), 4, "{names:?}");
-    assert!(names.iter().any(|n| n.starts_with("adamerging")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("adamerging")),
+        "{names:?}"
+    );
     assert!(info.methods.iter().all(|m| m.accuracy.len() == 8));
     assert!(info.table().contains("| individual |"));
 }
@@ -201,9 +216,16 @@ fn the_cli_builds_and_prints_the_table() {
             .unwrap()
     };
     let first = run(&[]);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let stdout = String::from_utf8_lossy(&first.stdout);
-    assert!(stdout.contains("| pretrained |") && stdout.contains("adamerging"), "{stdout}");
+    assert!(
+        stdout.contains("| pretrained |") && stdout.contains("adamerging"),
+        "{stdout}"
+    );
     // A second build reuses it and says so.
     let second = run(&[]);
     assert!(second.status.success());

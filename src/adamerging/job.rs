@@ -128,37 +128,19 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
     let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(&job.pretrained)?)?;
     let pre = Preprocessor::from_dir(&job.pretrained, cfg.image_size)?;
 
-    let text = if job.tasks.iter().any(|t| t.head.is_none()) {
-        Some(TextTower::load(
-            job.heads_from.as_deref().unwrap_or(&job.pretrained),
-            device,
-        )?)
-    } else {
-        None
-    };
-    let cache = crate::cache::cache_dir().join("heads");
-    let mut eval_tasks = Vec::new();
-    let mut adapt_sets = Vec::new();
-    for (i, t) in job.tasks.iter().enumerate() {
-        let head = HeadSource::for_task(&t.name, t.head.as_deref(), text.as_ref(), &cache)?;
-        let mut task = prepare_task(&t.name, &t.data, head, None, device)?;
-        let adapt = match (job.adaptation, &t.adapt) {
-            (_, Some(dir)) => UnlabeledImages::scan(dir)?,
-            (Adaptation::Transductive, None) => UnlabeledImages::from_folder(&task.data),
-            (Adaptation::Split(f), None) => {
-                // A different permutation per task, all from the run's seed.
-                let seed = job.config.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                let (adapt, scored) = split_for_adaptation(&task.data, f, seed)?;
-                task.data = scored;
-                adapt
-            }
-        };
-        if let Some(n) = job.eval_limit {
-            task.data.limit(n);
-        }
-        eval_tasks.push(task);
-        adapt_sets.push(adapt);
-    }
+    let text = TextTower::load_if_needed(
+        job.tasks.iter().map(|t| t.head.is_none()),
+        job.heads_from.as_deref().unwrap_or(&job.pretrained),
+        device,
+    )?;
+    let (eval_tasks, adapt_sets) = prepare_tasks(
+        &job.tasks,
+        text.as_ref(),
+        job.adaptation,
+        job.config.seed,
+        job.eval_limit,
+        device,
+    )?;
     let heads: Vec<Tensor<2>> = eval_tasks.iter().map(|t| t.head.clone()).collect();
     let sampler = ImageSampler::new(
         adapt_sets,
@@ -180,6 +162,42 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
         resume,
         stop,
     )
+}
+
+/// Every task's head and labelled test data, and the unlabeled images it adapts on (its
+/// `adapt` folder, its test images, or a seeded fraction of them that is then not scored).
+pub fn prepare_tasks(
+    tasks: &[JobTask],
+    text: Option<&TextTower>,
+    adaptation: Adaptation,
+    seed: u64,
+    eval_limit: Option<usize>,
+    device: &Device,
+) -> Result<(Vec<EvalTask>, Vec<UnlabeledImages>)> {
+    let cache = crate::cache::cache_dir().join("heads");
+    let mut eval_tasks = Vec::new();
+    let mut adapt_sets = Vec::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let head = HeadSource::for_task(&t.name, t.head.as_deref(), text, &cache)?;
+        let mut task = prepare_task(&t.name, &t.data, head, None, device)?;
+        let adapt = match (adaptation, &t.adapt) {
+            (_, Some(dir)) => UnlabeledImages::scan(dir)?,
+            (Adaptation::Transductive, None) => UnlabeledImages::from_folder(&task.data),
+            (Adaptation::Split(f), None) => {
+                // A different permutation per task, all from the run's seed.
+                let seed = seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let (adapt, scored) = split_for_adaptation(&task.data, f, seed)?;
+                task.data = scored;
+                adapt
+            }
+        };
+        if let Some(n) = eval_limit {
+            task.data.limit(n);
+        }
+        eval_tasks.push(task);
+        adapt_sets.push(adapt);
+    }
+    Ok((eval_tasks, adapt_sets))
 }
 
 /// Learns over loaded task vectors, heads and data (the experiment runner's entry point),
@@ -232,7 +250,12 @@ pub fn learn_with(
             let merger = learner.merger()?;
             write_merged(&job.pretrained, tv, &merger, &job.out.join("merged"))?;
         }
-        last
+        if last.is_empty() {
+            // Resumed after its last step: nothing ran, so score the learned λ here.
+            eval.score(&learner.merged()?)?
+        } else {
+            last
+        }
     } else {
         Vec::new()
     };

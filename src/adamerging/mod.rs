@@ -16,9 +16,10 @@ mod session;
 pub use batches::{BatchSource, ImageSampler, UnlabeledImages, split_for_adaptation};
 pub use coefficients::{Coefficients, Granularity};
 pub use job::{
-    Adaptation, Job, JobReport, JobTask, learn_with, report_markdown, run_job, write_merged,
+    Adaptation, Job, JobReport, JobTask, learn_with, prepare_tasks, report_markdown, run_job,
+    write_merged,
 };
 pub use learner::{LearnConfig, Learner, StepRecord};
 pub use objective::mean_entropy;
 pub use outputs::{LearnedLambda, RunLog};
-pub use session::{EvalSet, Outcome, Session};
+pub use session::{EvalSet, LOG, Outcome, Session};

@@ -71,7 +71,7 @@ pub struct Session<'l, 'a> {
 /// The file holding the resume checkpoint, in the run directory.
 pub(crate) const CHECKPOINT: &str = "checkpoint.safetensors";
 /// The JSON-lines log, in the run directory.
-pub(crate) const LOG: &str = "log.jsonl";
+pub const LOG: &str = "log.jsonl";
 
 impl<'l, 'a> Session<'l, 'a> {
     /// Binds `learner` to `dir` (created if missing).

@@ -186,7 +186,10 @@ pub fn build(
             recipe.head_scale,
             device,
         )?;
-        save_head(&root.join(format!("heads/{}.safetensors", task.name)), &head)?;
+        save_head(
+            &root.join(format!("heads/{}.safetensors", task.name)),
+            &head,
+        )?;
         heads.push(head);
     }
     seconds.insert("heads".into(), t.elapsed().as_secs_f64());
@@ -198,7 +201,17 @@ pub fn build(
     let mut finetuned = Vec::new();
     for (k, task) in tasks.iter().enumerate() {
         pb.set_message(task.name);
-        let w = finetune(spec, &recipe, &cfg, task, k, &pretrained, &heads[k], &sets[k].0, &pb)?;
+        let w = finetune(
+            spec,
+            &recipe,
+            &cfg,
+            task,
+            k,
+            &pretrained,
+            &heads[k],
+            &sets[k].0,
+            &pb,
+        )?;
         tiny_clip::save(&root.join(format!("models/{}", task.name)), &cfg, &w)?;
         let tau = w.try_map(|n, t| Ok(t.data.clone() - pretrained.require(n)?.data.clone()))?;
         finetuned.push((w, norm(&tau) / base_norm));
@@ -208,7 +221,17 @@ pub fn build(
     drop(sets);
 
     let t = Instant::now();
-    let tasks = measure(&cfg, &root, &tasks, &pretrained, &finetuned, &heads, &recipe, device, progress)?;
+    let tasks = measure(
+        &cfg,
+        &root,
+        &tasks,
+        &pretrained,
+        &finetuned,
+        &heads,
+        &recipe,
+        device,
+        progress,
+    )?;
     seconds.insert("evaluate".into(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
@@ -256,9 +279,12 @@ fn generate(
         pb.set_message(task.name);
         let classes = task.class_names();
         let mut pair = Vec::new();
-        for (split, (name, n)) in [("train", recipe.train_per_task), ("test", recipe.test_per_task)]
-            .into_iter()
-            .enumerate()
+        for (split, (name, n)) in [
+            ("train", recipe.train_per_task),
+            ("test", recipe.test_per_task),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let dir = root.join("data").join(task.name).join(name);
             for c in &classes {
@@ -296,7 +322,12 @@ fn generate(
 fn write_png(path: &Path, pixels: &[u8]) -> Result<()> {
     let mut bytes = Vec::new();
     image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(pixels, SIDE as u32, SIDE as u32, image::ExtendedColorType::Rgb8)
+        .write_image(
+            pixels,
+            SIDE as u32,
+            SIDE as u32,
+            image::ExtendedColorType::Rgb8,
+        )
         .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
@@ -312,10 +343,19 @@ fn pretrain(
     progress: bool,
 ) -> Result<Weights> {
     let all = ImageSet {
-        samples: sets.iter().flat_map(|(train, _)| train.samples.clone()).collect(),
+        samples: sets
+            .iter()
+            .flat_map(|(train, _)| train.samples.clone())
+            .collect(),
     };
     let mut w = tiny_clip::init(cfg, spec.seed, device);
-    add_probes(&mut w, &PRETRAINING_FACTORS, cfg.projection_dim, spec.seed, device);
+    add_probes(
+        &mut w,
+        &PRETRAINING_FACTORS,
+        cfg.projection_dim,
+        spec.seed,
+        device,
+    );
     let per_epoch = all.len() / recipe.batch_size;
     let total = recipe.pretrain_epochs * per_epoch;
     let pb = bar(progress, total, "pretrain");
@@ -327,7 +367,14 @@ fn pretrain(
         for batch in order.chunks_exact(recipe.batch_size) {
             let lr = cosine_lr(recipe.pretrain_lr, s, total);
             let loss = adam.step(&mut w, lr, |w| {
-                pretraining_loss(cfg, w, &all, batch, &PRETRAINING_FACTORS, recipe.pretrain_scale)
+                pretraining_loss(
+                    cfg,
+                    w,
+                    &all,
+                    batch,
+                    &PRETRAINING_FACTORS,
+                    recipe.pretrain_scale,
+                )
             })?;
             s += 1;
             pb.inc(1);
@@ -335,7 +382,10 @@ fn pretrain(
             epoch_loss += loss;
         }
         if std::env::var_os("ADAMERGE_SUITE_DEBUG").is_some() {
-            eprintln!("pretrain epoch {epoch} loss {:.4}", epoch_loss / per_epoch as f64);
+            eprintln!(
+                "pretrain epoch {epoch} loss {:.4}",
+                epoch_loss / per_epoch as f64
+            );
         }
     }
     pb.finish_and_clear();
@@ -453,7 +503,11 @@ fn checksums(root: &Path) -> Result<BTreeMap<String, String>> {
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
-            let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            let digest: String = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             Ok((rel, digest))
         })
         .collect()

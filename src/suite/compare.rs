@@ -110,7 +110,11 @@ pub fn compare(
         let start = Instant::now();
         let merged = method.merge(&tv)?;
         let seconds = start.elapsed().as_secs_f64();
-        scores.push(MethodScore::new(method.label(), eval.score(&merged)?, seconds));
+        scores.push(MethodScore::new(
+            method.label(),
+            eval.score(&merged)?,
+            seconds,
+        ));
         pb.inc(1);
     }
     let config = LearnConfig {
@@ -135,6 +139,10 @@ pub fn compare(
         pb.inc(1);
     }
     let seconds = start.elapsed().as_secs_f64();
-    scores.push(MethodScore::new(label, eval.score(&learner.merged()?)?, seconds));
+    scores.push(MethodScore::new(
+        label,
+        eval.score(&learner.merged()?)?,
+        seconds,
+    ));
     Ok(scores)
 }

@@ -203,8 +203,12 @@ impl Task {
         let values = self.factor.value_names();
         (0..self.classes)
             .map(|c| {
-                let members: Vec<&str> =
-                    values.iter().skip(c).step_by(self.classes).copied().collect();
+                let members: Vec<&str> = values
+                    .iter()
+                    .skip(c)
+                    .step_by(self.classes)
+                    .copied()
+                    .collect();
                 format!("{c}-{}", members.join("+"))
             })
             .collect()
@@ -335,8 +339,9 @@ pub fn render(key: ImageKey, balanced: Factor) -> Sample {
     let r = SIZES[label(Factor::Size)] * uniform(&mut rng, 0.95, 1.05);
     let hue = HUES[label(Factor::Colour)];
     let light = LIGHTNESS[label(Factor::Lightness)];
-    let colour: [f32; 3] =
-        std::array::from_fn(|c| ((hue[c] + uniform(&mut rng, -0.05, 0.05)) * light).clamp(0.0, 1.0));
+    let colour: [f32; 3] = std::array::from_fn(|c| {
+        ((hue[c] + uniform(&mut rng, -0.05, 0.05)) * light).clamp(0.0, 1.0)
+    });
     let kind = label(Factor::Shape);
     for y in 0..SIDE {
         for x in 0..SIDE {

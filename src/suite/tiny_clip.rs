@@ -41,7 +41,10 @@ pub fn shapes(cfg: &VisionConfig) -> Vec<(String, Vec<usize>)> {
     let (w, m, p) = (cfg.hidden_size, cfg.intermediate_size, cfg.patch_size);
     let tokens = (cfg.image_size / p).pow(2) + 1;
     let mut out = vec![
-        ("vision_model.embeddings.class_embedding".to_string(), vec![w]),
+        (
+            "vision_model.embeddings.class_embedding".to_string(),
+            vec![w],
+        ),
         (
             "vision_model.embeddings.patch_embedding.weight".into(),
             vec![w, cfg.num_channels, p, p],
@@ -70,7 +73,10 @@ pub fn shapes(cfg: &VisionConfig) -> Vec<(String, Vec<usize>)> {
     }
     out.push(("vision_model.post_layernorm.weight".into(), vec![w]));
     out.push(("vision_model.post_layernorm.bias".into(), vec![w]));
-    out.push(("visual_projection.weight".into(), vec![cfg.projection_dim, w]));
+    out.push((
+        "visual_projection.weight".into(),
+        vec![cfg.projection_dim, w],
+    ));
     out
 }
 

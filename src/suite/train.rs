@@ -5,8 +5,8 @@ use burn::optim::{Adam, AdamConfig, AdamState, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::{RngExt, SeedableRng};
 use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 
 use super::images::{Factor, SIDE, Sample, Task};
 use super::tiny_clip::{PIXEL_MEAN, PIXEL_STD};
@@ -41,15 +41,10 @@ impl ImageSet {
         for &i in indices {
             let px = &self.samples[i].pixels;
             for c in 0..3 {
-                out.extend(
-                    (0..n).map(|p| (px[p * 3 + c] as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD),
-                );
+                out.extend((0..n).map(|p| (px[p * 3 + c] as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD));
             }
         }
-        Tensor::from_data(
-            TensorData::new(out, [indices.len(), 3, SIDE, SIDE]),
-            device,
-        )
+        Tensor::from_data(TensorData::new(out, [indices.len(), 3, SIDE, SIDE]), device)
     }
 
     /// The classes (of `c`, given by `label`) of the images at `indices`, one-hot [B, C].
@@ -110,7 +105,10 @@ impl WeightsAdam {
         let loss = loss(&leaves)?;
         let value = scalar(loss.clone().inner());
         if !value.is_finite() {
-            return Err(Error::invalid("training", format!("the loss became {value}")));
+            return Err(Error::invalid(
+                "training",
+                format!("the loss became {value}"),
+            ));
         }
         let grads = loss.backward();
         let names: Vec<String> = w.names().map(str::to_string).collect();
@@ -134,7 +132,8 @@ impl WeightsAdam {
 
 /// A deterministic shuffled order of `n` items for epoch `epoch`.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9).wrapping_add(epoch as u64));
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9).wrapping_add(epoch as u64));
     rand::seq::index::sample(&mut rng, n, n).into_vec()
 }
 
@@ -158,16 +157,18 @@ fn probe(factor: Factor, part: &str) -> String {
 pub fn add_probes(w: &mut Weights, factors: &[Factor], width: usize, seed: u64, device: &Device) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9b0b_e5);
     let bound = 1.0 / (width as f32).sqrt();
-    let mut draw = |n: usize| -> Vec<f32> {
-        (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-    };
+    let mut draw =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
     for &f in factors {
         let c = f.num_classes();
         w.insert(
             probe(f, "weight"),
             FlatTensor::from_vec(draw(c * width), vec![width, c], device),
         );
-        w.insert(probe(f, "bias"), FlatTensor::from_vec(draw(c), vec![c], device));
+        w.insert(
+            probe(f, "bias"),
+            FlatTensor::from_vec(draw(c), vec![c], device),
+        );
     }
 }
 
@@ -196,7 +197,11 @@ pub fn pretraining_loss(
     let mut total: Option<Tensor<1>> = None;
     for &f in factors {
         let c = f.num_classes();
-        let weight = w.require(&probe(f, "weight"))?.data.clone().reshape([width, c]);
+        let weight = w
+            .require(&probe(f, "weight"))?
+            .data
+            .clone()
+            .reshape([width, c]);
         let bias = w.require(&probe(f, "bias"))?.data.clone();
         let target = set.one_hot(c, |s| s.labels[f as usize], batch, &device);
         let loss = cross_entropy(linear(e.clone(), weight, Some(bias)), target);
@@ -250,7 +255,10 @@ pub fn class_mean_head(
         if idx.is_empty() {
             return Err(Error::invalid(
                 "suite",
-                format!("task `{}` has no training image of class {class}", task.name),
+                format!(
+                    "task `{}` has no training image of class {class}",
+                    task.name
+                ),
             ));
         }
         let e = normalize_rows(embed(cfg, w, set.pixels(idx, device))?);
@@ -258,4 +266,3 @@ pub fn class_mean_head(
     }
     Ok(normalize_rows(Tensor::cat(rows, 0)).mul_scalar(scale))
 }
-

@@ -1,0 +1,501 @@
+//! Experiment files (DESIGN.md §7): TOML read with serde, every key checked. An error names the
+//! file and the key path (`method[2].lambda`); paths are resolved relative to the file, and a
+//! `suite:` prefix points into the built-in suite.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::adamerging::{Granularity, LearnConfig};
+use crate::error::{Error, Result};
+use crate::merge::{Aggregate, FixedKind, MethodSpec, TrimScope};
+use crate::suite::Size;
+use crate::task_vector::LayeringKind;
+
+/// One experiment file, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Name: the run directory is `runs/<name>/<timestamp>`.
+    pub name: String,
+    /// Seeds; several give mean ± std. With `suite:` paths each seed uses the suite built from
+    /// it, unless `suite.seed` pins one.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Backend: cpu, ndarray or wgpu (the CLI's `--device` overrides it).
+    pub device: Option<String>,
+    /// Score learned methods every this many steps (besides start and end); 0: only those.
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Score at most this many test images per task (default: all).
+    pub eval_limit: Option<usize>,
+    /// Where learned methods take their unlabeled images from.
+    #[serde(default)]
+    pub adaptation: AdaptationSpec,
+    /// The built-in suite that `suite:` paths point into.
+    #[serde(default)]
+    pub suite: SuiteRef,
+    /// The pretrained model.
+    pub model: ModelSpec,
+    /// The tasks, in order.
+    #[serde(rename = "task")]
+    pub tasks: Vec<TaskSpec>,
+    /// The methods, in order.
+    #[serde(rename = "method")]
+    pub methods: Vec<MethodEntry>,
+    /// Published numbers (%) to show beside ours: row label → task name (or `avg`) → accuracy.
+    #[serde(default)]
+    pub paper: indexmap::IndexMap<String, indexmap::IndexMap<String, f64>>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// Which built suite `suite:` paths mean.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteRef {
+    /// Its size (full or tiny).
+    #[serde(default)]
+    pub size: Size,
+    /// One suite seed for every run seed (default: each run seed's own suite).
+    pub seed: Option<u64>,
+}
+
+/// Adaptation data of learned methods.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptationSpec {
+    /// Learn on this seeded fraction of each test set and score on the rest; absent: learn on
+    /// the test images themselves, as the paper does (or on a task's `adapt` folder).
+    pub fraction: Option<f64>,
+}
+
+/// The pretrained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A Hugging Face CLIP directory.
+    pub pretrained: String,
+    /// A CLIPModel whose text tower builds zero-shot heads (default: the pretrained one).
+    pub heads_from: Option<String>,
+}
+
+/// One task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Task name (a column of the table).
+    pub name: String,
+    /// Its fine-tuned checkpoint directory.
+    pub checkpoint: String,
+    /// Its labelled test set (ImageFolder).
+    pub data: String,
+    /// A head file (`weight` [C, P]); absent: zero-shot from the text tower.
+    pub head: Option<String>,
+    /// A separate folder of unlabeled images to adapt on.
+    pub adapt: Option<String>,
+}
+
+/// A number or a list of numbers (a sweep).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(f64),
+    /// A sweep.
+    Many(Vec<f64>),
+}
+
+impl OneOrMany {
+    fn values(&self) -> Vec<f64> {
+        match self {
+            Self::One(v) => vec![*v],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Every method kind an experiment can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodKind {
+    /// Weight averaging.
+    WeightAverage,
+    /// Task Arithmetic.
+    TaskArithmetic,
+    /// TIES-Merging.
+    Ties,
+    /// DARE.
+    Dare,
+    /// AdaMerging (AdaMerging++ with `ties_k`).
+    Adamerging,
+}
+
+/// One `[[method]]` entry, as written; fixed methods' keys and learned methods' keys are
+/// checked against the kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodEntry {
+    /// Which method.
+    pub kind: MethodKind,
+    /// λ of a fixed method; a list is a sweep.
+    pub lambda: Option<OneOrMany>,
+    /// TIES keep fraction.
+    pub k: Option<f64>,
+    /// TIES aggregation: mean or sum.
+    pub aggregate: Option<Aggregate>,
+    /// TIES trim scope: global or per-tensor.
+    pub trim: Option<TrimScope>,
+    /// DARE drop probability.
+    pub p: Option<f64>,
+    /// The merge DARE feeds: task-arithmetic or ties.
+    pub base: Option<FixedKind>,
+    /// task or layer (AdaMerging).
+    pub granularity: Option<Granularity>,
+    /// Units of layer-wise λ: paper, tensor or block.
+    pub layering: Option<LayeringKind>,
+    /// Adam steps.
+    pub steps: Option<usize>,
+    /// Adam learning rate.
+    pub lr: Option<f64>,
+    /// Initial λ.
+    pub init: Option<f64>,
+    /// Clamp λ to [0, 1].
+    pub clamp: Option<bool>,
+    /// Images per batch.
+    pub batch_size: Option<usize>,
+    /// Batches per task per step.
+    pub batches_per_task: Option<usize>,
+    /// AdaMerging++: TIES keep fraction of the task vectors λ weights.
+    pub ties_k: Option<f64>,
+}
+
+/// A method ready to run: one value of a sweep, or one learned configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Planned {
+    /// A fixed merge; `sweep` groups the values of one swept entry (its index in the file).
+    Fixed {
+        /// The method.
+        spec: MethodSpec,
+        /// Index of the `[[method]]` entry when it sweeps λ.
+        sweep: Option<usize>,
+    },
+    /// A learned merge (the seed is the run's).
+    Learned(LearnConfig),
+}
+
+impl MethodEntry {
+    /// The runs of this entry; `at` is its index, for error messages and sweep groups.
+    pub fn plan(&self, at: usize) -> Result<Vec<Planned>> {
+        let key = |k: &str| format!("method[{at}].{k}");
+        let fixed_keys = [
+            ("lambda", self.lambda.is_some()),
+            ("k", self.k.is_some()),
+            ("aggregate", self.aggregate.is_some()),
+            ("trim", self.trim.is_some()),
+            ("p", self.p.is_some()),
+            ("base", self.base.is_some()),
+        ];
+        let learned_keys = [
+            ("granularity", self.granularity.is_some()),
+            ("layering", self.layering.is_some()),
+            ("steps", self.steps.is_some()),
+            ("lr", self.lr.is_some()),
+            ("init", self.init.is_some()),
+            ("clamp", self.clamp.is_some()),
+            ("batch_size", self.batch_size.is_some()),
+            ("batches_per_task", self.batches_per_task.is_some()),
+            ("ties_k", self.ties_k.is_some()),
+        ];
+        let misplaced = |keys: &[(&str, bool)], what: &str| -> Result<()> {
+            match keys.iter().find(|(_, given)| *given) {
+                Some((k, _)) => Err(Error::invalid(key(k), format!("does not apply to {what}"))),
+                None => Ok(()),
+            }
+        };
+        let fixed = match self.kind {
+            MethodKind::WeightAverage => Some(FixedKind::WeightAverage),
+            MethodKind::TaskArithmetic => Some(FixedKind::TaskArithmetic),
+            MethodKind::Ties => Some(FixedKind::Ties),
+            MethodKind::Dare => Some(FixedKind::Dare),
+            MethodKind::Adamerging => None,
+        };
+        let Some(kind) = fixed else {
+            misplaced(&fixed_keys, "adamerging")?;
+            let d = LearnConfig::default();
+            let config = LearnConfig {
+                granularity: self.granularity.unwrap_or(d.granularity),
+                layering: self.layering.unwrap_or(d.layering),
+                steps: self.steps.unwrap_or(d.steps),
+                lr: self.lr.unwrap_or(d.lr),
+                init: self.init.unwrap_or(d.init),
+                clamp: self.clamp.unwrap_or(d.clamp),
+                batch_size: self.batch_size.unwrap_or(d.batch_size),
+                batches_per_task: self.batches_per_task.unwrap_or(d.batches_per_task),
+                seed: 0,
+                ties_k: self.ties_k,
+            };
+            config.validate().map_err(|e| rename(e, &key("")))?;
+            return Ok(vec![Planned::Learned(config)]);
+        };
+        misplaced(&learned_keys, "a fixed merge")?;
+        let lambdas: Vec<Option<f64>> = match &self.lambda {
+            None => vec![None],
+            Some(l) => l.values().into_iter().map(Some).collect(),
+        };
+        if lambdas.is_empty() {
+            return Err(Error::invalid(key("lambda"), "an empty sweep"));
+        }
+        let sweep = (lambdas.len() > 1).then_some(at);
+        lambdas
+            .into_iter()
+            .map(|lambda| {
+                let spec = MethodSpec {
+                    kind,
+                    lambda,
+                    k: self.k,
+                    p: self.p,
+                    seed: None,
+                    aggregate: self.aggregate,
+                    trim: self.trim,
+                    dare_base: self.base,
+                };
+                // Building checks every value now, before anything runs.
+                spec.build().map_err(|e| rename(e, &key("")))?;
+                Ok(Planned::Fixed { spec, sweep })
+            })
+            .collect()
+    }
+}
+
+/// Re-labels a method's argument error (`--lambda`) with the file's key path.
+fn rename(e: Error, prefix: &str) -> Error {
+    match e {
+        Error::InvalidArgument { name, reason } => {
+            let k = name.trim_start_matches("--").replace('-', "_");
+            Error::invalid(format!("{prefix}{k}"), reason)
+        }
+        other => other,
+    }
+}
+
+impl Experiment {
+    /// Reads and checks an experiment file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks experiment text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let config_error = |key: String, reason: String| Error::Config {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| config_error("<root>".into(), e.message().to_string()))?;
+        let exp: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            config_error(key, e.into_inner().message().to_string())
+        })?;
+        exp.check().map_err(|e| match e {
+            Error::InvalidArgument { name, reason } => config_error(name, reason),
+            other => other,
+        })?;
+        Ok(exp)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
+            return Err(Error::invalid("name", "must be a plain folder name"));
+        }
+        if self.seeds.is_empty() {
+            return Err(Error::invalid("seeds", "at least one seed is needed"));
+        }
+        if self.tasks.is_empty() {
+            return Err(Error::invalid("task", "at least one [[task]] is needed"));
+        }
+        if self.methods.is_empty() {
+            return Err(Error::invalid(
+                "method",
+                "at least one [[method]] is needed",
+            ));
+        }
+        for (i, t) in self.tasks.iter().enumerate() {
+            if self.tasks[..i].iter().any(|o| o.name == t.name) {
+                return Err(Error::invalid(
+                    format!("task[{i}].name"),
+                    format!("`{}` is given twice", t.name),
+                ));
+            }
+        }
+        if let Some(f) = self.adaptation.fraction
+            && !(f > 0.0 && f < 1.0)
+        {
+            return Err(Error::invalid(
+                "adaptation.fraction",
+                format!("{f} is not in (0, 1)"),
+            ));
+        }
+        if let Some(d) = &self.device {
+            d.parse::<crate::device::Backend>().map_err(|_| {
+                Error::invalid("device", format!("`{d}` is not cpu, ndarray or wgpu"))
+            })?;
+        }
+        if self.eval_limit == Some(0) {
+            return Err(Error::invalid("eval_limit", "must be at least 1"));
+        }
+        self.plan().map(|_| ())
+    }
+
+    /// Every method run, in file order (a sweep expanded).
+    pub fn plan(&self) -> Result<Vec<Planned>> {
+        let mut out = Vec::new();
+        for (i, m) in self.methods.iter().enumerate() {
+            out.extend(m.plan(i)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether any path points into the built-in suite.
+    pub fn uses_suite(&self) -> bool {
+        let mut paths = vec![Some(&self.model.pretrained), self.model.heads_from.as_ref()];
+        for t in &self.tasks {
+            paths.extend([
+                Some(&t.checkpoint),
+                Some(&t.data),
+                t.head.as_ref(),
+                t.adapt.as_ref(),
+            ]);
+        }
+        paths
+            .into_iter()
+            .flatten()
+            .any(|p| p.starts_with(SUITE_PREFIX))
+    }
+}
+
+/// The prefix of paths into the built-in suite.
+pub const SUITE_PREFIX: &str = "suite:";
+
+/// Resolves a path of an experiment file: `suite:` into `suite_root`, a relative one against
+/// the file's folder.
+pub fn resolve(path: &str, base: &Path, suite_root: Option<&Path>) -> Result<PathBuf> {
+    if let Some(rest) = path.strip_prefix(SUITE_PREFIX) {
+        let root = suite_root.ok_or_else(|| {
+            Error::invalid(
+                path,
+                "a suite: path, but no suite was prepared for this run",
+            )
+        })?;
+        return Ok(root.join(rest.trim_start_matches('/')));
+    }
+    let expanded = expand_env(path)?;
+    let p = PathBuf::from(expanded);
+    Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+/// Expands `${VAR}` (so paper experiments can point at a data root the user sets).
+fn expand_env(path: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| Error::invalid(path, "an unclosed `${`"))?;
+        let var = &after[..end];
+        let value = std::env::var(var).map_err(|_| {
+            Error::invalid(
+                path,
+                format!("uses ${{{var}}}, which is not set in the environment"),
+            )
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+seeds = [0, 1]
+[model]
+pretrained = "suite:models/pretrained"
+[[task]]
+name = "a"
+checkpoint = "suite:models/a"
+data = "suite:data/a/test"
+head = "suite:heads/a.safetensors"
+[[method]]
+kind = "task-arithmetic"
+lambda = [0.1, 0.3]
+[[method]]
+kind = "adamerging"
+granularity = "layer"
+steps = 5
+"#;
+
+    fn err(text: &str) -> String {
+        Experiment::parse(text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_good_file_plans_a_sweep_and_a_learned_method() {
+        let e = Experiment::parse(GOOD, Path::new("x.toml")).unwrap();
+        let plan = e.plan().unwrap();
+        assert_eq!(plan.len(), 3);
+        assert!(matches!(plan[0], Planned::Fixed { sweep: Some(0), .. }));
+        assert!(matches!(&plan[2], Planned::Learned(c) if c.steps == 5));
+        assert!(e.uses_suite());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key_path() {
+        let unknown = err(&GOOD.replace("steps = 5", "steps = 5\nstpes = 3"));
+        assert!(
+            unknown.contains("x.toml") && unknown.contains("method[1]"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("stpes"), "{unknown}");
+        let typed = err(&GOOD.replace("steps = 5", "steps = \"five\""));
+        assert!(typed.contains("method[1].steps"), "{typed}");
+        let value = err(&GOOD.replace("[0.1, 0.3]", "[0.1, 20.0]"));
+        assert!(value.contains("method[0].lambda"), "{value}");
+        let misplaced = err(&GOOD.replace("lambda = [0.1, 0.3]", "steps = 3"));
+        assert!(misplaced.contains("method[0].steps"), "{misplaced}");
+        let learned = err(&GOOD.replace("steps = 5", "lr = 0.0"));
+        assert!(learned.contains("method[1].lr"), "{learned}");
+        let fraction = err(&format!("{GOOD}\n[adaptation]\nfraction = 1.5\n"));
+        assert!(fraction.contains("adaptation.fraction"), "{fraction}");
+    }
+
+    #[test]
+    fn paths_resolve_against_the_file_the_suite_and_the_environment() {
+        let base = Path::new("/exp");
+        assert_eq!(
+            resolve("a/b", base, None).unwrap(),
+            PathBuf::from("/exp/a/b")
+        );
+        assert_eq!(resolve("/a", base, None).unwrap(), PathBuf::from("/a"));
+        let s = Path::new("/cache/suite");
+        assert_eq!(
+            resolve("suite:models/x", base, Some(s)).unwrap(),
+            PathBuf::from("/cache/suite/models/x")
+        );
+        assert!(resolve("suite:x", base, None).is_err());
+        let missing = resolve("${ADAMERGE_SURELY_UNSET_VAR}/x", base, None).unwrap_err();
+        assert!(missing.to_string().contains("ADAMERGE_SURELY_UNSET_VAR"));
+    }
+}

@@ -1,0 +1,279 @@
+//! The experiment runner end to end on the tiny built-in suite, through the CLI: a run's files,
+//! its logs and plots, `report`, `--check`, `--resume`, and bad experiment files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use adamerge::experiment::Results;
+use adamerge::experiment::results::Progress;
+
+const TASKS: [&str; 8] = [
+    "colour",
+    "frame",
+    "stripes",
+    "frequency",
+    "background",
+    "bgpair",
+    "huepair",
+    "stripepair",
+];
+
+fn experiment(seeds: &str) -> String {
+    let mut s = format!(
+        "name = \"tiny\"\nseeds = {seeds}\neval_every = 2\n[suite]\nsize = \"tiny\"\n\
+         [model]\npretrained = \"suite:models/pretrained\"\n"
+    );
+    for t in TASKS {
+        s += &format!(
+            "[[task]]\nname = \"{t}\"\ncheckpoint = \"suite:models/{t}\"\n\
+             data = \"suite:data/{t}/test\"\nhead = \"suite:heads/{t}.safetensors\"\n"
+        );
+    }
+    s += "[[method]]\nkind = \"weight-average\"\n\
+          [[method]]\nkind = \"task-arithmetic\"\nlambda = [0.1, 0.3, 0.5]\n\
+          [[method]]\nkind = \"ties\"\n\
+          [[method]]\nkind = \"adamerging\"\ngranularity = \"task\"\nsteps = 3\nlr = 0.01\n\
+          [[method]]\nkind = \"adamerging\"\ngranularity = \"layer\"\nsteps = 4\nlr = 0.01\n";
+    s
+}
+
+fn adamerge(cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adamerge"))
+        .args(args)
+        .env("ADAMERGE_CACHE", cache)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The only run directory under `runs/<name>/`.
+fn run_dirs(runs: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(runs.join("tiny"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, runs) = (tmp.path().join("cache"), tmp.path().join("runs"));
+    let file = tmp.path().join("tiny.toml");
+    std::fs::write(&file, experiment("[0, 1]")).unwrap();
+    let f = file.to_str().unwrap();
+    let r = runs.to_str().unwrap();
+
+    let checked = ok(&adamerge(&cache, &["run", "--check", f]));
+    assert!(
+        checked.contains("8 tasks, 7 method runs per seed"),
+        "{checked}"
+    );
+
+    let stdout = ok(&adamerge(&cache, &["run", f, "--runs", r]));
+    assert!(stdout.contains("| individual |"), "{stdout}");
+    let dirs = run_dirs(&runs);
+    assert_eq!(dirs.len(), 1);
+    let dir = &dirs[0];
+
+    // results.json: every method on every task, over both seeds.
+    let results = Results::read(dir).unwrap();
+    let expected = [
+        "pretrained",
+        "individual",
+        "weight-average",
+        "task-arithmetic(lambda=0.1)",
+        "task-arithmetic(lambda=0.3)",
+        "task-arithmetic(lambda=0.5)",
+        "ties(k=0.2,lambda=1,mean)",
+        "adamerging(task)[steps=3,lr=0.01]",
+        "adamerging(layer)[steps=4,lr=0.01]",
+    ];
+    let labels: Vec<&str> = results.methods.keys().map(String::as_str).collect();
+    assert_eq!(labels, expected);
+    for (label, m) in &results.methods {
+        assert_eq!(m.tasks.len(), 8, "{label}");
+        assert_eq!(m.seeds, [0, 1], "{label}");
+        assert!(m.tasks.values().all(|a| (0.0..=1.0).contains(a)), "{label}");
+    }
+    let sweep = results.sweeps.values().next().unwrap();
+    assert_eq!(sweep.values.len(), 3);
+    assert!(results.provenance["inputs"].as_array().unwrap().len() == 2);
+
+    // Learned methods log their steps, and lower the entropy objective on fixed adaptation
+    // batches below where they started (λ = 0.3 everywhere: Task Arithmetic at 0.3).
+    for stem in [
+        "adamerging-layer-steps-4-lr-0.01-seed0",
+        "adamerging-task-steps-3-lr-0.01-seed1",
+    ] {
+        let log =
+            std::fs::read_to_string(dir.join("learned").join(stem).join("log.jsonl")).unwrap();
+        let steps = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] == "step" && v["loss"].as_f64().is_some())
+            .count();
+        assert!(steps >= 3, "{stem}");
+        assert!(
+            dir.join("lambda")
+                .join(format!("{stem}.safetensors"))
+                .is_file(),
+            "{stem}"
+        );
+    }
+    let progress = Progress::read(dir).unwrap();
+    for seed in [0, 1] {
+        let entropy = |m: &str| {
+            progress
+                .records
+                .iter()
+                .find(|r| r.method == m && r.seed == seed)
+                .unwrap()
+                .entropy
+                .unwrap()
+        };
+        let start = entropy("task-arithmetic(lambda=0.3)");
+        for learned in [
+            "adamerging(task)[steps=3,lr=0.01]",
+            "adamerging(layer)[steps=4,lr=0.01]",
+        ] {
+            assert!(
+                entropy(learned) < start,
+                "seed {seed} {learned}: {} vs {start}",
+                entropy(learned)
+            );
+        }
+    }
+    let run_log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = run_log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        events.iter().filter(|v| v["event"] == "method").count(),
+        2 * 9
+    );
+    // Both learned methods' steps, on both seeds, with their method and seed.
+    let steps = events.iter().filter(|v| v["event"] == "step").count();
+    assert_eq!(steps, 2 * (3 + 4));
+    assert!(
+        events
+            .iter()
+            .any(|v| v["event"] == "eval" && v["seed"] == 1)
+    );
+
+    // The table and the plots.
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    assert!(
+        table.contains("(lowest entropy") && table.contains("±"),
+        "{table}"
+    );
+    for plot in [
+        "learned-vs-fixed.svg",
+        "accuracy-adamerging-layer-steps-4-lr-0.01-seed0.svg",
+        "lambda-adamerging-layer-steps-4-lr-0.01-seed0.svg",
+    ] {
+        let svg = std::fs::read_to_string(dir.join("plots").join(plot)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{plot}"
+        );
+    }
+    assert!(dir.join("config.toml").is_file());
+
+    // An interrupted run: forget the last two records, as if stopped there; --resume redoes
+    // exactly those and ends with the same results.
+    let mut progress = Progress::read(dir).unwrap();
+    let all = progress.records.clone();
+    progress.records.truncate(all.len() - 2);
+    progress.write(dir).unwrap();
+    std::fs::remove_file(dir.join("results.json")).unwrap();
+    ok(&adamerge(
+        &cache,
+        &["run", "--resume", dir.to_str().unwrap()],
+    ));
+    let resumed = Progress::read(dir).unwrap();
+    assert_eq!(resumed.records.len(), all.len());
+    for (a, b) in all.iter().zip(&resumed.records) {
+        assert_eq!(
+            (&a.method, a.seed, &a.accuracy),
+            (&b.method, b.seed, &b.accuracy)
+        );
+    }
+    let again = Results::read(dir).unwrap();
+    for (label, m) in &results.methods {
+        assert_eq!(
+            (&again.methods[label].tasks, again.methods[label].avg),
+            (&m.tasks, m.avg),
+            "{label}"
+        );
+    }
+
+    // report rebuilds the table; two runs compare side by side; a new run never reuses a
+    // directory.
+    std::fs::remove_file(dir.join("table.md")).unwrap();
+    let report = ok(&adamerge(&cache, &["report", dir.to_str().unwrap()]));
+    assert!(report.contains("| individual |"));
+    assert!(dir.join("table.md").is_file());
+    ok(&adamerge(&cache, &["run", f, "--runs", r]));
+    let dirs = run_dirs(&runs);
+    assert_eq!(dirs.len(), 2);
+    let both = ok(&adamerge(
+        &cache,
+        &[
+            "report",
+            dirs[0].to_str().unwrap(),
+            dirs[1].to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        both.contains("B − A") && both.contains("| ties(k=0.2,lambda=1,mean) |"),
+        "{both}"
+    );
+}
+
+#[test]
+fn a_bad_experiment_file_fails_with_its_key_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let cases = [
+        ("steps = 4", "steps = 4\nstepz = 1", "method[4]"),
+        (
+            "lambda = [0.1, 0.3, 0.5]",
+            "lambda = [0.1, \"x\"]",
+            "method[1].lambda",
+        ),
+        ("steps = 4", "steps = 0", "method[4].steps"),
+        ("size = \"tiny\"", "size = \"huge\"", "suite.size"),
+    ];
+    for (from, to, key) in cases {
+        let file = tmp.path().join("bad.toml");
+        std::fs::write(&file, experiment("[0]").replacen(from, to, 1)).unwrap();
+        let out = adamerge(&cache, &["run", "--check", file.to_str().unwrap()]);
+        assert!(!out.status.success(), "{to}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("bad.toml") && err.contains(key), "{to}: {err}");
+    }
+    let missing = adamerge(&cache, &["run", "--check", "no/such.toml"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no/such.toml"));
+}
+
+#[test]
+fn the_shipped_experiment_files_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let out = adamerge(
+        Path::new("/nonexistent-cache"),
+        &["run", "--check", root.join("suite.toml").to_str().unwrap()],
+    );
+    ok(&out);
+}
