@@ -37,30 +37,51 @@ impl View for &PendingTensor<'_> {
 
 /// Writes `tensors` to `path` through a temporary file in the same directory and a rename.
 pub fn write_safetensors(path: &Path, tensors: &[(String, PendingTensor<'_>)]) -> Result<()> {
-    let tmp = sibling(path, ".tmp");
-    let result =
-        safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, &tmp);
+    let tmp = temp_beside(path)?;
+    let result = safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        None,
+        tmp.path(),
+    );
     if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
         return Err(match e {
-            safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
+            safetensors::SafeTensorError::IoError(io) => Error::io(tmp.path(), io),
             other => Error::Checkpoint {
                 path: path.to_path_buf(),
                 reason: other.to_string(),
             },
         });
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
+/// readers see the old file or the new one, and concurrent or killed writers leave no
+/// half-written file under `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = sibling(path, ".tmp");
-    if let Err(e) = std::fs::write(&tmp, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(&tmp, e));
+    use std::io::Write;
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// A uniquely named temporary file beside `path` (removed when dropped unpersisted), with an
+/// ordinary file's permissions rather than a temporary file's private ones.
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".adamerge-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// An output directory under construction: files go into a hidden staging directory beside the

@@ -155,7 +155,7 @@ fn probe(factor: Factor, part: &str) -> String {
 /// Adds a linear probe per factor of `factors` to `w` (trained jointly with the tower during
 /// pretraining), initialised as PyTorch's `nn.Linear`: U(−1/√width, 1/√width).
 pub fn add_probes(w: &mut Weights, factors: &[Factor], width: usize, seed: u64, device: &Device) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9b0b_e5);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x009b_0be5);
     let bound = 1.0 / (width as f32).sqrt();
     let mut draw =
         |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
