@@ -124,7 +124,9 @@ fn bar(progress: bool, len: usize, msg: &str) -> ProgressBar {
 
 /// A file-name-safe form of a label.
 pub fn slug(label: &str) -> String {
+    // `++` must survive: AdaMerging++ and AdaMerging would share a folder otherwise.
     let mut s: String = label
+        .replace("++", "pp")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' {
@@ -611,5 +613,20 @@ fn reference(label: &str, seed: u64, accuracy: Vec<f64>, entropy: Option<f64>) -
         seconds: 0.0,
         steps: None,
         lambda: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slug;
+
+    #[test]
+    fn slugs_are_file_names_and_keep_methods_apart() {
+        assert_eq!(
+            slug("adamerging(layer)[steps=200,lr=0.01]"),
+            "adamerging-layer-steps-200-lr-0.01"
+        );
+        assert_eq!(slug("adamerging++(layer)"), "adamergingpp-layer");
+        assert_ne!(slug("adamerging++(task)"), slug("adamerging(task)"));
     }
 }

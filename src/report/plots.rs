@@ -72,7 +72,6 @@ pub fn accuracy_curves(path: &Path, title: &str, tasks: &[Curve], average: &Curv
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .right_y_label_area_size(10)
             .build_cartesian_2d(0f64..max_step, 0f64..100f64)
             .map_err(|e| e.to_string())?;
         chart
@@ -142,7 +141,7 @@ pub fn lambda_heatmap(
             .configure_mesh()
             .disable_mesh()
             .x_desc("unit (embeddings … blocks … projection)")
-            .y_labels(k)
+            .y_labels(2 * k + 1)
             .y_label_formatter(&|y| {
                 let i = (k as f64 - y - 0.5).round();
                 if (y.fract() - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < k {
@@ -176,13 +175,15 @@ pub fn method_bars(
 ) -> Result<()> {
     let k = tasks.len();
     let m = methods.len().max(1);
-    render(path, ((160 + 90 * k as u32).max(700), 560), |root| {
+    // Headroom above 100 % holds the legend, so it never hides a bar.
+    let top = 104.0 + 5.5 * m as f64;
+    render(path, ((160 + 90 * k as u32).max(700), 620), |root| {
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..k as f64, 0f64..100f64)
+            .build_cartesian_2d(0f64..k as f64, 0f64..top)
             .map_err(|e| e.to_string())?;
         let names = tasks.to_vec();
         chart
@@ -198,6 +199,13 @@ pub fn method_bars(
                 }
             })
             .y_desc("test accuracy (%)")
+            .y_label_formatter(&|y| {
+                if *y <= 100.0 {
+                    format!("{y:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .draw()
             .map_err(|e| e.to_string())?;
         let bar = 0.8 / m as f64;
