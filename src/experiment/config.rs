@@ -274,7 +274,10 @@ impl MethodEntry {
 fn rename(e: Error, prefix: &str) -> Error {
     match e {
         Error::InvalidArgument { name, reason } => {
-            let k = name.trim_start_matches("--").replace('-', "_");
+            let k = match name.trim_start_matches("--") {
+                "dare-base" => "base".to_string(),
+                other => other.replace('-', "_"),
+            };
             Error::invalid(format!("{prefix}{k}"), reason)
         }
         other => other,

@@ -49,6 +49,9 @@ pub struct Record {
 pub struct Progress {
     /// Finished (method, seed) records, in the order they finished.
     pub records: Vec<Record>,
+    /// What each seed ran on: resolved paths and checkpoint hashes.
+    #[serde(default)]
+    pub inputs: Vec<serde_json::Value>,
 }
 
 impl Progress {

@@ -348,7 +348,6 @@ fn execute(
         .map(|p| Ok((label_of(&p, &mut labels)?, p)))
         .collect::<Result<_>>()?;
     let mut progress = Progress::read(dir)?;
-    let mut provenance_seeds = Vec::new();
     let task_names: Vec<String> = exp.tasks.iter().map(|t| t.name.clone()).collect();
     for &seed in &exp.seeds {
         let all_done = [PRETRAINED, INDIVIDUAL]
@@ -360,11 +359,14 @@ fn execute(
             continue;
         }
         let loaded = load(exp, base, seed, opts)?;
-        provenance_seeds.push(json!({
-            "seed": seed,
-            "pretrained": loaded.pretrained,
-            "checkpoints": loaded.hashes.iter().map(|(n, h)| (n.clone(), json!(h))).collect::<serde_json::Map<_, _>>(),
-        }));
+        if !progress.inputs.iter().any(|i| i["seed"] == seed) {
+            progress.inputs.push(json!({
+                "seed": seed,
+                "pretrained": loaded.pretrained,
+                "checkpoints": loaded.hashes.iter().map(|(n, h)| (n.clone(), json!(h))).collect::<serde_json::Map<_, _>>(),
+            }));
+            progress.write(dir)?;
+        }
         let heads: Vec<Tensor<2>> = loaded.eval_tasks.iter().map(|t| t.head.clone()).collect();
         let eval = EvalSet {
             cfg: &loaded.cfg,
@@ -569,7 +571,7 @@ fn execute(
         "device": opts.backend,
         "threads": rayon::current_num_threads(),
         "seeds": exp.seeds,
-        "inputs": provenance_seeds,
+        "inputs": progress.inputs,
     });
     let results = Results::aggregate(
         &exp.name,
