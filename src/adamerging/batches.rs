@@ -38,18 +38,10 @@ impl UnlabeledImages {
 
     /// Every image under `root`, at any depth (class folders or none), sorted by path.
     pub fn scan(root: &Path) -> Result<Self> {
-        let mut paths = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-                let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if crate::data::is_image(&path) {
-                    paths.push(path);
-                }
-            }
-        }
+        let mut paths: Vec<PathBuf> = crate::data::files_under(root)?
+            .into_iter()
+            .filter(|p| crate::data::is_image(p))
+            .collect();
         if paths.is_empty() {
             return Err(Error::Checkpoint {
                 path: root.to_path_buf(),

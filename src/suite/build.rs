@@ -476,18 +476,7 @@ fn norm(w: &Weights) -> f64 {
 
 /// SHA-256 of every file under `root`, by '/'-separated relative path.
 fn checksums(root: &Path) -> Result<BTreeMap<String, String>> {
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
+    let files = crate::data::files_under(root)?;
     files
         .par_iter()
         .map(|path| {
