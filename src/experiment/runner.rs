@@ -501,7 +501,10 @@ fn execute(
                         seed,
                         &opts.device,
                     )?;
-                    eprintln!("seed {seed}: {label}");
+                    if opts.progress {
+                        // learn_with's bar says "learning λ"; this line says which method.
+                        eprintln!("seed {seed}: {label}");
+                    }
                     let report = learn_with(
                         &job,
                         &loaded.cfg,
