@@ -674,7 +674,14 @@ fn learn(args: LearnArgs, backend: Backend) -> Result<()> {
 fn interrupt_flag() -> &'static AtomicBool {
     static STOP: AtomicBool = AtomicBool::new(false);
     // A second handler cannot be installed (tests may call twice); the first one stays.
-    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    // A second Ctrl-C quits at once (work that polls no flag, such as a suite build, is staged
+    // and renamed into place, so quitting leaves nothing half-written).
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after the current step (Ctrl-C again to quit now)");
+    });
     &STOP
 }
 

@@ -88,6 +88,10 @@ pub fn run(path: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<(PathBuf
     // The base folder travels with the config so a resumed run resolves paths as this one did.
     let text = format!("# base = {}\n{text}", base.display());
     write_atomic(&dir.join(CONFIG), text.as_bytes())?;
+    if opts.progress {
+        // Printed first, so a run that fails or is killed can be found and resumed.
+        eprintln!("run directory: {}", dir.display());
+    }
     let end = execute(&exp, &base, &dir, opts, stop)?;
     Ok((dir, end))
 }
