@@ -174,11 +174,7 @@ impl Results {
                 order.push(&r.method);
             }
         }
-        let individual: Option<Vec<f64>> = records
-            .iter()
-            .any(|r| r.method == INDIVIDUAL)
-            .then(|| per_task_mean(records, INDIVIDUAL, task_names.len()));
-        let mut methods = IndexMap::new();
+        let mut methods: IndexMap<String, MethodResult> = IndexMap::new();
         for label in order {
             let rs: Vec<&Record> = records.iter().filter(|r| r.method == label).collect();
             let k = task_names.len();
@@ -195,14 +191,6 @@ impl Results {
                 .map(|r| r.accuracy.iter().sum::<f64>() / k.max(1) as f64)
                 .collect();
             let (avg, avg_std) = mean_std(&per_seed);
-            let normalized = individual.as_ref().map(|ind| {
-                let acc: Vec<f64> = tasks.values().copied().collect();
-                acc.iter()
-                    .zip(ind)
-                    .map(|(a, i)| if *i > 0.0 { a / i } else { 0.0 })
-                    .sum::<f64>()
-                    / k.max(1) as f64
-            });
             let entropies: Vec<f64> = rs.iter().filter_map(|r| r.entropy).collect();
             methods.insert(
                 label.to_string(),
@@ -212,7 +200,7 @@ impl Results {
                     tasks_std,
                     avg,
                     avg_std,
-                    normalized,
+                    normalized: None,
                     entropy: (!entropies.is_empty()).then(|| mean_std(&entropies).0),
                     seconds: mean_std(&rs.iter().map(|r| r.seconds).collect::<Vec<_>>()).0,
                     steps: rs[0].steps,
@@ -221,6 +209,16 @@ impl Results {
                     lambda: rs.iter().filter_map(|r| r.lambda.clone()).collect(),
                 },
             );
+        }
+        // Normalized accuracy: the mean over tasks of accuracy / the individual model's.
+        if let Some(ind) = methods.get(INDIVIDUAL).map(|m| m.tasks.clone()) {
+            for m in methods.values_mut() {
+                let ratios = m.tasks.iter().map(|(t, a)| {
+                    let i = ind[t];
+                    if i > 0.0 { a / i } else { 0.0 }
+                });
+                m.normalized = Some(ratios.sum::<f64>() / task_names.len().max(1) as f64);
+            }
         }
         let mut sweeps = IndexMap::new();
         for (group, name) in sweep_names {
@@ -280,19 +278,6 @@ impl Results {
 pub const PRETRAINED: &str = "pretrained";
 /// The label of the individual models' row (each task scored with its own fine-tune).
 pub const INDIVIDUAL: &str = "individual";
-
-fn per_task_mean(records: &[Record], method: &str, k: usize) -> Vec<f64> {
-    (0..k)
-        .map(|t| {
-            let v: Vec<f64> = records
-                .iter()
-                .filter(|r| r.method == method)
-                .map(|r| r.accuracy[t])
-                .collect();
-            mean_std(&v).0
-        })
-        .collect()
-}
 
 /// Reads a JSON file, naming it on failure.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -423,8 +423,8 @@ fn execute(
             let mut acc = Vec::new();
             for (k, t) in loaded.tasks.iter().enumerate() {
                 let ckpt = Checkpoint::open(&t.checkpoint)?;
-                let names: Vec<String> = loaded.tv.base().names().map(str::to_string).collect();
-                let mut w = load_weights(&ckpt, &opts.device, |n| names.iter().any(|m| m == n))?;
+                let base = loaded.tv.base();
+                let mut w = load_weights(&ckpt, &opts.device, |n| base.get(n).is_some())?;
                 // Tensors a vision-only fine-tune lacks (the projection) come from θ₀.
                 for (name, tensor) in loaded.tv.base().iter() {
                     if w.get(name).is_none() {
