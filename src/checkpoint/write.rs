@@ -211,3 +211,20 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     };
     parent.join(format!(".{name}{suffix}"))
 }
+
+/// Reads a JSON file, naming it on failure.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
+        key: "<root>".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Writes pretty JSON atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
+    write_atomic(path, text.as_bytes())
+}

@@ -6,8 +6,8 @@ use std::path::Path;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::write_atomic;
-use crate::error::{Error, Result};
+use crate::checkpoint::{read_json, write_json};
+use crate::error::Result;
 
 /// What kind of row a method is in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,23 +278,6 @@ impl Results {
 pub const PRETRAINED: &str = "pretrained";
 /// The label of the individual models' row (each task scored with its own fine-tune).
 pub const INDIVIDUAL: &str = "individual";
-
-/// Reads a JSON file, naming it on failure.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        key: "<root>".into(),
-        reason: e.to_string(),
-    })
-}
-
-/// Writes pretty JSON atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
-    write_atomic(path, text.as_bytes())
-}
 
 #[cfg(test)]
 mod tests {

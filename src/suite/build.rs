@@ -22,7 +22,7 @@ use super::train::{
     pretraining_loss, strip_probes,
 };
 use crate::cache::cache_dir;
-use crate::checkpoint::{OutputDir, write_atomic};
+use crate::checkpoint::{OutputDir, read_json, write_json};
 use crate::config::VisionConfig;
 use crate::data::{ImageFolder, Preprocessor};
 use crate::error::{Error, Result};
@@ -78,13 +78,7 @@ pub struct SuiteInfo {
 impl SuiteInfo {
     /// Reads `dir/suite.json`.
     pub fn read(dir: &Path) -> Result<Self> {
-        let path = dir.join("suite.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Config {
-            path,
-            key: "<root>".into(),
-            reason: e.to_string(),
-        })
+        read_json(&dir.join("suite.json"))
     }
 
     /// A Markdown table: methods × tasks and the average, in percent.
@@ -256,9 +250,7 @@ pub fn build(
         seconds,
         files,
     };
-    let text = serde_json::to_string_pretty(&info)
-        .map_err(|e| Error::invalid("suite.json", e.to_string()))?;
-    write_atomic(&root.join("suite.json"), text.as_bytes())?;
+    write_json(&root.join("suite.json"), &info)?;
     staging.commit()?;
     Ok(info)
 }
