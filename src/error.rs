@@ -118,6 +118,17 @@ pub enum Error {
     /// Two tasks with the same name.
     #[error("task name `{0}` is given twice; task names must be unique")]
     DuplicateTask(String),
+
+    /// A data set file (Parquet shard, image) that cannot be used, with the row where known.
+    #[error("{}{}: {reason}", path.display(), row.map(|r| format!(", row {r}")).unwrap_or_default())]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// The 0-based row in that file, where the problem is one row.
+        row: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -5,7 +5,7 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::config::VisionConfig;
-use crate::data::{ImageFolder, Preprocessor, decode};
+use crate::data::{ImageRef, LabeledImages, Preprocessor};
 use crate::error::{Error, Result};
 use crate::model::{logits, vision_forward};
 use crate::weights::Weights;
@@ -17,23 +17,19 @@ pub struct EvalTask {
     /// Head [classes, projection] (already scaled).
     pub head: Tensor<2>,
     /// Labelled test images.
-    pub data: ImageFolder,
+    pub data: LabeledImages,
 }
 
 /// Decodes and preprocesses images in parallel into a batch [B, 3, H, W].
-pub fn load_batch(
-    paths: &[&std::path::Path],
-    pre: &Preprocessor,
-    device: &Device,
-) -> Result<Tensor<4>> {
-    let pixels = paths
+pub fn load_batch(images: &[&ImageRef], pre: &Preprocessor, device: &Device) -> Result<Tensor<4>> {
+    let pixels = images
         .par_iter()
-        .map(|p| decode(p).map(|img| pre.pixels(&img)))
+        .map(|p| p.decode().map(|img| pre.pixels(&img)))
         .collect::<Result<Vec<_>>>()?;
     let (h, w) = pre.crop;
     let flat: Vec<f32> = pixels.into_iter().flatten().collect();
     Ok(Tensor::from_data(
-        TensorData::new(flat, [paths.len(), 3, h, w]),
+        TensorData::new(flat, [images.len(), 3, h, w]),
         device,
     ))
 }
@@ -69,7 +65,7 @@ pub fn accuracy(
         return Err(Error::invalid(
             format!("task `{}`", task.name),
             format!(
-                "the head has {classes} classes but {} has {} class folders",
+                "the head has {classes} classes but {} has {} classes",
                 task.data.root.display(),
                 task.data.classes.len()
             ),
@@ -77,8 +73,8 @@ pub fn accuracy(
     }
     let mut correct = 0usize;
     for chunk in task.data.items.chunks(batch_size.max(1)) {
-        let paths: Vec<&std::path::Path> = chunk.iter().map(|(p, _)| p.as_path()).collect();
-        let pixels = load_batch(&paths, pre, device)?;
+        let images: Vec<&ImageRef> = chunk.iter().map(|(p, _)| p).collect();
+        let pixels = load_batch(&images, pre, device)?;
         let embeds = vision_forward(cfg, w, pixels)?
             .image_embeds
             .ok_or_else(|| Error::Tensor {
@@ -139,8 +135,9 @@ impl<'a> HeadSource<'a> {
     }
 }
 
-/// Builds a task: reads its ImageFolder (classes in the built-in task's folder order when the
-/// name is a paper task, sorted otherwise), optionally thinned to `limit` images, and its head.
+/// Builds a task: reads its labelled images (ImageFolder or Parquet, see
+/// [`LabeledImages::open`]; a paper task's folder order and class names apply), optionally
+/// thinned to `limit` images, and its head.
 pub fn prepare_task(
     name: &str,
     data: &std::path::Path,
@@ -149,8 +146,7 @@ pub fn prepare_task(
     device: &Device,
 ) -> Result<EvalTask> {
     let spec = crate::data::TaskSpec::builtin(name)?;
-    let folders = spec.as_ref().and_then(|s| s.folders.clone());
-    let mut folder = ImageFolder::open(data, folders.as_deref())?;
+    let mut folder = LabeledImages::open(data, spec.as_ref())?;
     if let Some(n) = limit {
         folder.limit(n);
     }

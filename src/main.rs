@@ -70,7 +70,7 @@ enum Command {
     Merge(MergeArgs),
     /// List a checkpoint's tensors, or diagnose the task vectors of fine-tuned checkpoints.
     Inspect(InspectArgs),
-    /// Top-1 accuracy of a CLIP model on ImageFolder tasks, with zero-shot or given heads.
+    /// Top-1 accuracy of a CLIP model on ImageFolder or Parquet tasks, with zero-shot or given heads.
     Eval(EvalArgs),
     /// Learn merge coefficients by entropy minimisation (AdaMerging, AdaMerging++).
     Learn(LearnArgs),
@@ -98,6 +98,13 @@ struct RunArgs {
     /// Where run directories go.
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
+    /// Read at most N images per task, for scoring and adaptation alike: a quick end-to-end
+    /// check of a file, not a measurement (recorded in the run's config.toml).
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    limit: Option<std::num::NonZeroUsize>,
+    /// Run every learned method for N Adam steps instead of the file's.
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    steps: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Args)]
@@ -153,7 +160,7 @@ struct LearnArgs {
     #[arg(long)]
     pretrained: PathBuf,
     /// A task as NAME,checkpoint=DIR,data=DIR[,head=FILE][,adapt=DIR] (repeat). data= is the
-    /// labelled test set (ImageFolder); adapt= an unlabeled folder to learn on instead.
+    /// labelled test set (ImageFolder or Parquet); adapt= unlabeled images to learn on instead.
     #[arg(long = "task", value_parser = parse_learn_task, required = true)]
     tasks: Vec<JobTask>,
     /// Build zero-shot heads with this CLIPModel's text tower (default: the pretrained one).
@@ -469,6 +476,8 @@ fn run_experiment(args: RunArgs, backend: Backend) -> Result<()> {
         device: backend.device()?,
         backend: backend.to_string(),
         progress: true,
+        limit: args.limit.map(|n| n.get()),
+        steps: args.steps.map(|n| n.get()),
     };
     let stop = interrupt_flag();
     let (dir, end) = match (&args.resume, &args.file) {

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use adamerge::checkpoint::{Checkpoint, load_weights};
 use adamerge::config::{TextConfig, VisionConfig};
-use adamerge::data::{ImageFolder, Preprocessor};
+use adamerge::data::{LabeledImages, Preprocessor};
 use adamerge::eval::{HeadSource, accuracy, prepare_task};
 use adamerge::model::ClipTokenizer;
 use burn::tensor::Device;
@@ -115,13 +115,13 @@ fn empty_classes_and_missing_folders_are_named() {
     std::fs::create_dir_all(root.join("a")).unwrap();
     std::fs::create_dir_all(root.join("b")).unwrap();
     std::fs::write(root.join("a/x.png"), b"").unwrap();
-    let err = ImageFolder::open(&root, None).unwrap_err().to_string();
+    let err = LabeledImages::folder(&root, None).unwrap_err().to_string();
     assert!(err.contains("data/b") && err.contains("no .png"), "{err}");
-    let err = ImageFolder::open(&root, Some(&["a".into(), "c".into()]))
+    let err = LabeledImages::folder(&root, Some(&["a".into(), "c".into()]))
         .unwrap_err()
         .to_string();
     assert!(err.contains("data/c") && err.contains("missing"), "{err}");
-    let err = ImageFolder::open(&tmp.path().join("nowhere"), None)
+    let err = LabeledImages::folder(&tmp.path().join("nowhere"), None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("nowhere"), "{err}");

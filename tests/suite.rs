@@ -5,7 +5,7 @@ use std::process::Command;
 
 use adamerge::checkpoint::Checkpoint;
 use adamerge::config::VisionConfig;
-use adamerge::data::ImageFolder;
+use adamerge::data::LabeledImages;
 use adamerge::model::read_head;
 use adamerge::suite::images::{FACTORS, Factor, ImageKey, TASKS, render};
 use adamerge::suite::train::{ImageSet, WeightsAdam, cosine_lr, embed};
@@ -79,7 +79,7 @@ fn a_suite_has_the_layout_users_tools_read() {
         assert_eq!(head.dims(), [task.classes.len(), cfg.projection_dim]);
         for (split, n) in [("train", task.train), ("test", task.test)] {
             let folder =
-                ImageFolder::open(&root.join(format!("data/{}/{split}", task.name)), None).unwrap();
+                LabeledImages::folder(&root.join(format!("data/{}/{split}", task.name)), None).unwrap();
             assert_eq!(folder.classes, task.classes);
             assert_eq!(folder.items.len(), n);
         }

@@ -1,13 +1,13 @@
 //! Unlabeled batches for learning. A [`BatchSource`] yields pixels only, so the learner cannot
 //! read a label: the types carry none.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
-use crate::data::{ImageFolder, Preprocessor};
+use crate::data::{ImageRef, LabeledImages, Preprocessor};
 use crate::error::{Error, Result};
 use crate::eval::load_batch;
 
@@ -22,54 +22,46 @@ pub trait BatchSource {
     fn batch(&self, task: usize, step: usize, b: usize) -> Result<Tensor<4>>;
 }
 
-/// Image files of one task without their labels.
+/// Images of one task without their labels.
 #[derive(Debug, Clone)]
 pub struct UnlabeledImages {
-    paths: Vec<PathBuf>,
+    images: Vec<ImageRef>,
 }
 
 impl UnlabeledImages {
     /// The images of a labelled folder, labels dropped.
-    pub fn from_folder(folder: &ImageFolder) -> Self {
+    pub fn from_labeled(set: &LabeledImages) -> Self {
         Self {
-            paths: folder.items.iter().map(|(p, _)| p.clone()).collect(),
+            images: set.items.iter().map(|(p, _)| p.clone()).collect(),
         }
     }
 
-    /// Every image under `root`, at any depth (class folders or none), sorted by path.
-    pub fn scan(root: &Path) -> Result<Self> {
-        let mut paths: Vec<PathBuf> = crate::data::files_under(root)?
-            .into_iter()
-            .filter(|p| crate::data::is_image(p))
-            .collect();
-        if paths.is_empty() {
-            return Err(Error::Checkpoint {
-                path: root.to_path_buf(),
-                reason: "no .png/.jpg/.jpeg image here to adapt on".into(),
-            });
-        }
-        paths.sort();
-        Ok(Self { paths })
+    /// Every image of `path`: Parquet shards (labels not read), or every image file under a
+    /// folder at any depth (class folders or none), sorted by path.
+    pub fn scan(path: &Path) -> Result<Self> {
+        Ok(Self {
+            images: crate::data::scan_unlabeled(path)?,
+        })
     }
 
     /// Number of images.
     pub fn len(&self) -> usize {
-        self.paths.len()
+        self.images.len()
     }
 
     /// Whether there is no image.
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
+        self.images.is_empty()
     }
 }
 
 /// Splits a labelled test set into an unlabeled adaptation part (a seeded `fraction` of it) and
 /// the labelled rest for scoring, so that learned coefficients can be scored inductively.
 pub fn split_for_adaptation(
-    folder: &ImageFolder,
+    folder: &LabeledImages,
     fraction: f64,
     seed: u64,
-) -> Result<(UnlabeledImages, ImageFolder)> {
+) -> Result<(UnlabeledImages, LabeledImages)> {
     if !(fraction > 0.0 && fraction < 1.0) {
         return Err(Error::invalid(
             "adaptation fraction",
@@ -84,7 +76,7 @@ pub fn split_for_adaptation(
     order.sort_unstable();
     rest.sort_unstable();
     let adapt = UnlabeledImages {
-        paths: order.iter().map(|&i| folder.items[i].0.clone()).collect(),
+        images: order.iter().map(|&i| folder.items[i].0.clone()).collect(),
     };
     let mut scored = folder.clone();
     scored.items = rest.iter().map(|&i| folder.items[i].clone()).collect();
@@ -160,11 +152,11 @@ impl BatchSource for ImageSampler<'_> {
     fn batch(&self, task: usize, step: usize, b: usize) -> Result<Tensor<4>> {
         let idx = self.indices(task, step);
         let set = &self.sets[task];
-        let paths: Vec<&Path> = idx[b * self.batch_size..(b + 1) * self.batch_size]
+        let images: Vec<&ImageRef> = idx[b * self.batch_size..(b + 1) * self.batch_size]
             .iter()
-            .map(|&i| set.paths[i].as_path())
+            .map(|&i| &set.images[i])
             .collect();
-        load_batch(&paths, self.pre, &self.device)
+        load_batch(&images, self.pre, &self.device)
     }
 }
 

@@ -29,7 +29,7 @@ pub struct JobTask {
     pub name: String,
     /// Its fine-tuned checkpoint.
     pub checkpoint: PathBuf,
-    /// Its labelled test set (ImageFolder).
+    /// Its labelled test set (ImageFolder or Parquet).
     pub data: PathBuf,
     /// Its head file; zero-shot from the text tower when absent.
     pub head: Option<PathBuf>,
@@ -138,6 +138,7 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
         text.as_ref(),
         job.adaptation,
         job.config.seed,
+        None,
         job.eval_limit,
         device,
     )?;
@@ -171,6 +172,7 @@ pub fn prepare_tasks(
     text: Option<&TextTower>,
     adaptation: Adaptation,
     seed: u64,
+    limit: Option<usize>,
     eval_limit: Option<usize>,
     device: &Device,
 ) -> Result<(Vec<EvalTask>, Vec<UnlabeledImages>)> {
@@ -179,10 +181,10 @@ pub fn prepare_tasks(
     let mut adapt_sets = Vec::new();
     for (i, t) in tasks.iter().enumerate() {
         let head = HeadSource::for_task(&t.name, t.head.as_deref(), text, &cache)?;
-        let mut task = prepare_task(&t.name, &t.data, head, None, device)?;
+        let mut task = prepare_task(&t.name, &t.data, head, limit, device)?;
         let adapt = match (adaptation, &t.adapt) {
             (_, Some(dir)) => UnlabeledImages::scan(dir)?,
-            (Adaptation::Transductive, None) => UnlabeledImages::from_folder(&task.data),
+            (Adaptation::Transductive, None) => UnlabeledImages::from_labeled(&task.data),
             (Adaptation::Split(f), None) => {
                 // A different permutation per task, all from the run's seed.
                 let seed = seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::ImageRef;
 use crate::error::{Error, Result};
 
 /// Image file extensions read (case-insensitive).
@@ -31,81 +32,55 @@ pub fn files_under(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// A labelled image set read from `root/<class>/*.{png,jpg,jpeg}`.
-#[derive(Debug, Clone)]
-pub struct ImageFolder {
-    /// The root folder.
-    pub root: PathBuf,
-    /// Class folder names, in label order.
-    pub classes: Vec<String>,
-    /// (image path, label), sorted by class then file name.
-    pub items: Vec<(PathBuf, usize)>,
-}
-
-impl ImageFolder {
-    /// Lists `root`. Classes are the sub-folders sorted by name, unless `folders` gives them
-    /// (in label order), in which case each must exist. An empty class, or no image at all,
-    /// is an error naming the folder.
-    pub fn open(root: &Path, folders: Option<&[String]>) -> Result<Self> {
-        let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
-        let mut found = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(root, e))?;
-            if entry.path().is_dir() {
-                found.push(entry.file_name().to_string_lossy().into_owned());
-            }
+/// Reads `root/<class>/*.{png,jpg,jpeg}`: class names in label order and (image, label) sorted
+/// by class then file name. See [`super::LabeledImages::folder`].
+pub(super) fn read(
+    root: &Path,
+    folders: Option<&[String]>,
+) -> Result<(Vec<String>, Vec<(ImageRef, usize)>)> {
+    let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(root, e))?;
+        if entry.path().is_dir() {
+            found.push(entry.file_name().to_string_lossy().into_owned());
         }
-        found.sort();
-        let classes = match folders {
-            Some(list) => {
-                if let Some(missing) = list.iter().find(|c| !found.contains(c)) {
-                    return Err(Error::Checkpoint {
-                        path: root.join(missing),
-                        reason: "class folder listed by the task is missing".into(),
-                    });
-                }
-                list.to_vec()
-            }
-            None => found,
-        };
-        if classes.is_empty() {
-            return Err(Error::Checkpoint {
-                path: root.to_path_buf(),
-                reason: "no class folders here (expected ROOT/<class>/<image>.png|jpg)".into(),
-            });
-        }
-        let mut items = Vec::new();
-        for (label, class) in classes.iter().enumerate() {
-            let dir = root.join(class);
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|e| Error::io(&dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image(p))
-                .collect();
-            if files.is_empty() {
+    }
+    found.sort();
+    let classes = match folders {
+        Some(list) => {
+            if let Some(missing) = list.iter().find(|c| !found.contains(c)) {
                 return Err(Error::Checkpoint {
-                    path: dir,
-                    reason: "class folder holds no .png/.jpg/.jpeg image".into(),
+                    path: root.join(missing),
+                    reason: "class folder listed by the task is missing".into(),
                 });
             }
-            files.sort();
-            items.extend(files.into_iter().map(|f| (f, label)));
+            list.to_vec()
         }
-        Ok(Self {
-            root: root.to_path_buf(),
-            classes,
-            items,
-        })
+        None => found,
+    };
+    if classes.is_empty() {
+        return Err(Error::Checkpoint {
+            path: root.to_path_buf(),
+            reason: "no class folders and no .parquet file here (expected ROOT/<class>/<image>.png|jpg or Parquet shards)".into(),
+        });
     }
-
-    /// Keeps at most `n` images, spread evenly over the set so every class stays represented.
-    pub fn limit(&mut self, n: usize) {
-        if n == 0 || n >= self.items.len() {
-            return;
-        }
-        let step = self.items.len() as f64 / n as f64;
-        self.items = (0..n)
-            .map(|i| self.items[(i as f64 * step) as usize].clone())
+    let mut items = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let dir = root.join(class);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_image(p))
             .collect();
+        if files.is_empty() {
+            return Err(Error::Checkpoint {
+                path: dir,
+                reason: "class folder holds no .png/.jpg/.jpeg image".into(),
+            });
+        }
+        files.sort();
+        items.extend(files.into_iter().map(|f| (ImageRef::File(f), label)));
     }
+    Ok((classes, items))
 }

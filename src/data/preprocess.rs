@@ -137,10 +137,16 @@ impl Preprocessor {
 /// does.
 pub fn decode(path: &Path) -> Result<Rgb8> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::Checkpoint {
+    decode_bytes(&bytes).map_err(|reason| Error::Checkpoint {
         path: path.to_path_buf(),
-        reason: format!("cannot decode image: {e}"),
-    })?;
+        reason,
+    })
+}
+
+/// Decodes an encoded PNG or JPEG image as [`decode`] does; the error is the reason alone, for
+/// the caller to say where the bytes came from.
+pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
+    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode image: {e}"))?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     let data = if img.color().has_alpha() {
         img.to_rgba8()

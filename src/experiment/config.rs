@@ -29,6 +29,9 @@ pub struct Experiment {
     pub eval_every: usize,
     /// Score at most this many test images per task (default: all).
     pub eval_limit: Option<usize>,
+    /// Read at most this many images per task, for scoring and adaptation alike (default: all):
+    /// a quick end-to-end run, not a measurement.
+    pub limit: Option<usize>,
     /// Where learned methods take their unlabeled images from.
     #[serde(default)]
     pub adaptation: AdaptationSpec,
@@ -90,7 +93,7 @@ pub struct TaskSpec {
     pub name: String,
     /// Its fine-tuned checkpoint directory.
     pub checkpoint: String,
-    /// Its labelled test set (ImageFolder).
+    /// Its labelled test set (ImageFolder or Parquet).
     pub data: String,
     /// A head file (`weight` [C, P]); absent: zero-shot from the text tower.
     pub head: Option<String>,
@@ -350,6 +353,9 @@ impl Experiment {
         }
         if self.eval_limit == Some(0) {
             return Err(Error::invalid("eval_limit", "must be at least 1"));
+        }
+        if self.limit == Some(0) {
+            return Err(Error::invalid("limit", "must be at least 1"));
         }
         self.plan().map(|_| ())
     }

@@ -11,7 +11,7 @@ use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::config::{Experiment, Planned, resolve};
+use super::config::{Experiment, MethodKind, Planned, resolve};
 use super::results::{INDIVIDUAL, PRETRAINED, Progress, Record, Results, Role};
 use crate::adamerging::{
     Adaptation, BatchSource, EvalSet, ImageSampler, Job, JobTask, LearnConfig, Outcome, learn_with,
@@ -42,6 +42,10 @@ pub struct RunOptions {
     pub backend: String,
     /// Show progress bars.
     pub progress: bool,
+    /// Overrides the experiment's `limit` (images per task) in a new run.
+    pub limit: Option<usize>,
+    /// Overrides every learned method's `steps` in a new run.
+    pub steps: Option<usize>,
 }
 
 /// How a run ended.
@@ -76,7 +80,18 @@ pub fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
 
 /// Starts a run of the experiment file `path` in a new directory.
 pub fn run(path: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<(PathBuf, RunEnd)> {
-    let exp = Experiment::load(path)?;
+    let mut exp = Experiment::load(path)?;
+    // Overrides go into the run's config.toml, so a resumed run keeps them.
+    if let Some(n) = opts.limit {
+        exp.limit = Some(n);
+    }
+    if let Some(n) = opts.steps {
+        for m in exp.methods.iter_mut() {
+            if m.kind == MethodKind::Adamerging {
+                m.steps = Some(n);
+            }
+        }
+    }
     let base = path
         .parent()
         .map(Path::to_path_buf)
@@ -249,6 +264,7 @@ fn load(exp: &Experiment, base: &Path, seed: u64, opts: &RunOptions) -> Result<L
         text.as_ref(),
         adaptation,
         seed,
+        exp.limit,
         exp.eval_limit,
         &opts.device,
     )?;

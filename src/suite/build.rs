@@ -24,7 +24,7 @@ use super::train::{
 use crate::cache::cache_dir;
 use crate::checkpoint::{OutputDir, read_json, write_json};
 use crate::config::VisionConfig;
-use crate::data::{ImageFolder, Preprocessor};
+use crate::data::{LabeledImages, Preprocessor};
 use crate::error::{Error, Result};
 use crate::eval::{EvalTask, accuracy, save_head};
 use crate::weights::{Weights, scalar};
@@ -438,7 +438,7 @@ fn measure(
         let task = EvalTask {
             name: t.name.into(),
             head: heads[k].clone(),
-            data: ImageFolder::open(&root.join(format!("data/{}/test", t.name)), None)?,
+            data: LabeledImages::folder(&root.join(format!("data/{}/test", t.name)), None)?,
         };
         let pretrained_accuracy = accuracy(cfg, pretrained, &pre, &task, 256, device, &hidden)?;
         pb.inc(1);

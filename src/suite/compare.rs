@@ -13,7 +13,7 @@ use crate::adamerging::{
 };
 use crate::checkpoint::Checkpoint;
 use crate::config::VisionConfig;
-use crate::data::{ImageFolder, Preprocessor};
+use crate::data::{LabeledImages, Preprocessor};
 use crate::error::Result;
 use crate::eval::EvalTask;
 use crate::merge::{MergeMethod, TaskArithmetic, Ties, WeightAverage};
@@ -87,7 +87,7 @@ pub fn compare(
         eval_tasks.push(EvalTask {
             name: t.clone(),
             head: read_head(&root.join(format!("heads/{t}.safetensors")), device)?,
-            data: ImageFolder::open(&root.join(format!("data/{t}/test")), None)?,
+            data: LabeledImages::folder(&root.join(format!("data/{t}/test")), None)?,
         });
     }
     let heads: Vec<Tensor<2>> = eval_tasks.iter().map(|t| t.head.clone()).collect();
@@ -128,7 +128,7 @@ pub fn compare(
     pb.set_message(label.clone());
     let sets = eval_tasks
         .iter()
-        .map(|t| UnlabeledImages::from_folder(&t.data))
+        .map(|t| UnlabeledImages::from_labeled(&t.data))
         .collect();
     let sampler = ImageSampler::new(sets, &pre, config.batch_size, 1, seed, device)?;
     let start = Instant::now();
