@@ -47,6 +47,7 @@ pub struct TaskVectors {
     tasks: Vec<String>,
     base: Weights,
     vectors: Vec<Weights>,
+    frozen: Weights,
 }
 
 /// What [`TaskVectors::load`] decided about every pretrained tensor.
@@ -95,6 +96,7 @@ impl TaskVectors {
             tasks,
             base,
             vectors,
+            frozen: Weights::new(),
         })
     }
 
@@ -155,6 +157,22 @@ impl TaskVectors {
             progress.inc(values.len() as u64);
             base.insert(name.clone(), FlatTensor::from_vec(values, meta, device));
         }
+        // An optional tensor some fine-tune lacks (the public CLIPVisionModel fine-tunes have no
+        // visual_projection) is not merged, but scoring the merged model still needs its θ₀.
+        let under = |name: &str| scope.optional.iter().any(|p| name.starts_with(p));
+        let mut frozen = Weights::new();
+        for name in plan.carried.iter().filter(|n| under(n)) {
+            let Some(meta) = base_ckpt.meta(name) else {
+                continue;
+            };
+            if meta.dtype.is_mergeable() {
+                let shape = meta.shape.clone();
+                frozen.insert(
+                    name.clone(),
+                    FlatTensor::from_vec(base_ckpt.read_f32(name)?, shape, device),
+                );
+            }
+        }
         drop(base_ckpt);
 
         let mut vectors = Vec::with_capacity(fts.len());
@@ -168,7 +186,9 @@ impl TaskVectors {
             }
             vectors.push(tau);
         }
-        Ok((Self::new(tasks, base, vectors)?, plan))
+        let mut tv = Self::new(tasks, base, vectors)?;
+        tv.frozen = frozen;
+        Ok((tv, plan))
     }
 
     /// Task names, in the order given.
@@ -184,6 +204,28 @@ impl TaskVectors {
     /// θ₀ over the merged tensors.
     pub fn base(&self) -> &Weights {
         &self.base
+    }
+
+    /// Pretrained tensors outside the merge that a forward needs (`visual_projection` when the
+    /// fine-tunes lack it): every merged model uses them as θ₀.
+    pub fn frozen(&self) -> &Weights {
+        &self.frozen
+    }
+
+    /// `weights` with every tensor of θ₀ (merged or frozen) that it lacks, so it can be scored:
+    /// a merge's output, or a vision-only fine-tune.
+    pub fn complete(&self, mut weights: Weights) -> Weights {
+        for (name, tensor) in self.base.iter().chain(self.frozen.iter()) {
+            if weights.get(name).is_none() {
+                weights.insert(name, tensor.clone());
+            }
+        }
+        weights
+    }
+
+    /// θ₀ ready to be scored (merged and frozen tensors).
+    pub fn pretrained(&self) -> Weights {
+        self.complete(self.base.clone())
     }
 
     /// τ_k.
@@ -202,6 +244,7 @@ impl TaskVectors {
             tasks: self.tasks.clone(),
             base: self.base.to_device(device),
             vectors: self.vectors.iter().map(|v| v.to_device(device)).collect(),
+            frozen: self.frozen.to_device(device),
         }
     }
 
@@ -225,7 +268,9 @@ impl TaskVectors {
 
     /// Replaces the task vectors (same names and shapes), e.g. by TIES-processed ones.
     pub fn with_vectors(&self, vectors: Vec<Weights>) -> Result<Self> {
-        Self::new(self.tasks.clone(), self.base.clone(), vectors)
+        let mut tv = Self::new(self.tasks.clone(), self.base.clone(), vectors)?;
+        tv.frozen = self.frozen.clone();
+        Ok(tv)
     }
 }
 

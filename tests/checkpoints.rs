@@ -72,6 +72,17 @@ fn sharded_clipmodel_with_half_precision_finetunes_merges_and_saves() {
         "visual_projection, text tower, position_ids carried"
     );
     assert_eq!(plan.merged.len(), 39);
+    // The projection the vision-only fine-tunes lack is not merged but still scores the model.
+    let frozen: Vec<&str> = tv.frozen().names().collect();
+    assert_eq!(frozen, ["visual_projection.weight"]);
+    let ckpt = adamerge::checkpoint::Checkpoint::open(&pretrained).unwrap();
+    assert_eq!(
+        tv.frozen().get("visual_projection.weight").unwrap().to_vec(),
+        ckpt.read_f32("visual_projection.weight").unwrap()
+    );
+    let scored = tv.pretrained();
+    assert_eq!(scored.len(), 40);
+    assert!(scored.get("visual_projection.weight").is_some());
 
     let merged = TaskArithmetic::new(0.3).unwrap().merge(&tv).unwrap();
     let expected = read_all(&root.join("expected/task_arithmetic_l0.3.safetensors"));

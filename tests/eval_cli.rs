@@ -141,3 +141,83 @@ fn empty_classes_and_missing_folders_are_named() {
         "{stderr}"
     );
 }
+
+/// The images of [`make_folder`] as one Parquet file: binary `image`, int64 `label`, class names
+/// in `huggingface` metadata as `datasets` stores them.
+fn make_parquet(folder: &Path, file: &Path) {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, BinaryArray, Int64Array, RecordBatch};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::metadata::KeyValue;
+    use parquet::file::properties::WriterProperties;
+
+    let set = LabeledImages::folder(folder, None).unwrap();
+    let mut bytes = Vec::new();
+    let mut labels = Vec::new();
+    for (image, label) in &set.items {
+        let adamerge::data::ImageRef::File(path) = image else {
+            panic!("an ImageFolder item is a file");
+        };
+        bytes.push(std::fs::read(path).unwrap());
+        labels.push(*label as i64);
+    }
+    let batch = RecordBatch::try_from_iter([
+        (
+            "image",
+            Arc::new(BinaryArray::from_iter_values(&bytes)) as ArrayRef,
+        ),
+        ("label", Arc::new(Int64Array::from(labels)) as ArrayRef),
+    ])
+    .unwrap();
+    let meta = serde_json::json!({"info": {"features": {
+        "image": {"_type": "Image"},
+        "label": {"names": set.classes, "_type": "ClassLabel"},
+    }}});
+    let props = WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "huggingface".into(),
+            meta.to_string(),
+        )]))
+        .set_max_row_group_row_count(Some(4))
+        .build();
+    let out = std::fs::File::create(file).unwrap();
+    let mut writer = ArrowWriter::try_new(out, batch.schema(), Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn eval_reads_parquet_as_it_reads_the_same_images_in_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("shapes");
+    make_folder(&folder);
+    let parquet = tmp.path().join("test-00000-of-00001.parquet");
+    make_parquet(&folder, &parquet);
+    let model = fixture("clip/quick_gelu");
+    let eval = |data: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_adamerge"))
+            .env("ADAMERGE_CACHE", tmp.path().join("cache"))
+            .args(["--threads", "1", "eval", "--model"])
+            .arg(&model)
+            .arg("--task")
+            .arg(format!("shapes,data={}", data.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout
+            .lines()
+            .find(|l| l.starts_with("| shapes |"))
+            .unwrap_or_else(|| panic!("no row for the task: {stdout}"))
+            .to_string()
+    };
+    let from_folder = eval(&folder);
+    assert!(from_folder.starts_with("| shapes | 6 |"), "{from_folder}");
+    assert_eq!(eval(&parquet), from_folder);
+    assert_eq!(eval(&tmp.path().join("test-*.parquet")), from_folder);
+}

@@ -240,9 +240,9 @@ impl<'a> Learner<'a> {
         WeightedSum::new(self.tv, &self.layering, effective(raw, self.config.clamp))
     }
 
-    /// The merged tensors at the current λ.
+    /// The merged model at the current λ (frozen tensors included, ready to score).
     pub fn merged(&self) -> Result<Weights> {
-        merge_all(self.tv.base(), &self.merger()?)
+        Ok(self.tv.complete(merge_all(self.tv.base(), &self.merger()?)?))
     }
 
     /// The objective at the current λ on step `step`'s batches, and its gradient ∂loss/∂λ
@@ -260,12 +260,13 @@ impl<'a> Learner<'a> {
         // The merged weights become the leaves of each task's graph; θ₀ and τ never enter it.
         let leaves = merge_all(self.tv.base(), &self.merger_at(&raw)?)?
             .map(|_, t| t.autodiff().require_grad());
+        let model = self.tv.complete(leaves.clone());
         let mut grad_w: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
         let mut entropy = vec![0.0; k_tasks];
         for (task, head) in self.heads.iter().enumerate() {
             for b in 0..source.batches_per_task() {
                 let pixels = source.batch(task, self.step, b)?;
-                let embeds = vision_forward(self.cfg, &leaves, pixels)?
+                let embeds = vision_forward(self.cfg, &model, pixels)?
                     .image_embeds
                     .ok_or_else(|| Error::Tensor {
                         tensor: "visual_projection.weight".into(),
@@ -284,7 +285,7 @@ impl<'a> Learner<'a> {
                 }
             }
         }
-        drop(leaves);
+        drop((leaves, model));
         // ⟨∂loss/∂W_t, τ_{k,t}⟩ for every tensor t and task k, read back in one transfer.
         let unit_index = self.layering.unit_index();
         let mut dots = Vec::new();

@@ -422,9 +422,9 @@ fn execute(
         };
         // References: the pretrained model, and each task's own fine-tune on its task.
         if progress.get(PRETRAINED, seed).is_none() {
-            let acc = eval.score(loaded.tv.base())?;
-            let entropy =
-                adaptation_entropy(&loaded.cfg, loaded.tv.base(), &heads, &entropy_sampler)?;
+            let base = loaded.tv.pretrained();
+            let acc = eval.score(&base)?;
+            let entropy = adaptation_entropy(&loaded.cfg, &base, &heads, &entropy_sampler)?;
             finish(
                 &mut progress,
                 reference(PRETRAINED, seed, acc, Some(entropy)),
@@ -440,13 +440,9 @@ fn execute(
             for (k, t) in loaded.tasks.iter().enumerate() {
                 let ckpt = Checkpoint::open(&t.checkpoint)?;
                 let base = loaded.tv.base();
-                let mut w = load_weights(&ckpt, &opts.device, |n| base.get(n).is_some())?;
+                let w = load_weights(&ckpt, &opts.device, |n| base.get(n).is_some())?;
                 // Tensors a vision-only fine-tune lacks (the projection) come from θ₀.
-                for (name, tensor) in loaded.tv.base().iter() {
-                    if w.get(name).is_none() {
-                        w.insert(name, tensor.clone());
-                    }
-                }
+                let w = loaded.tv.complete(w);
                 let one = EvalSet {
                     tasks: std::slice::from_ref(&loaded.eval_tasks[k]),
                     ..eval
@@ -468,7 +464,7 @@ fn execute(
                 Planned::Fixed { spec, sweep } => {
                     let pb = bar(opts.progress, 1, &format!("seed {seed}: {label}"));
                     let start = Instant::now();
-                    let merged = spec.build()?.merge(&loaded.tv)?;
+                    let merged = loaded.tv.complete(spec.build()?.merge(&loaded.tv)?);
                     let seconds = start.elapsed().as_secs_f64();
                     let accuracy = eval.score(&merged)?;
                     let entropy =
@@ -545,14 +541,14 @@ fn execute(
                     std::fs::create_dir_all(&lambda_dir).map_err(|e| Error::io(&lambda_dir, e))?;
                     let stem = format!("{}-seed{seed}", slug(label));
                     report.lambda.save(&lambda_dir, &stem)?;
-                    let merged = crate::merge::merge_all(
+                    let merged = tv.complete(crate::merge::merge_all(
                         tv.base(),
                         &crate::merge::WeightedSum::new(
                             &tv,
                             &report.lambda.layering(),
                             report.lambda.applied(tv.tasks())?,
                         )?,
-                    )?;
+                    )?);
                     let entropy =
                         adaptation_entropy(&loaded.cfg, &merged, &heads, &entropy_sampler)?;
                     finish(

@@ -108,7 +108,7 @@ pub fn compare(
     for method in fixed {
         pb.set_message(method.label());
         let start = Instant::now();
-        let merged = method.merge(&tv)?;
+        let merged = tv.complete(method.merge(&tv)?);
         let seconds = start.elapsed().as_secs_f64();
         scores.push(MethodScore::new(
             method.label(),
