@@ -77,7 +77,10 @@ fn sharded_clipmodel_with_half_precision_finetunes_merges_and_saves() {
     assert_eq!(frozen, ["visual_projection.weight"]);
     let ckpt = adamerge::checkpoint::Checkpoint::open(&pretrained).unwrap();
     assert_eq!(
-        tv.frozen().get("visual_projection.weight").unwrap().to_vec(),
+        tv.frozen()
+            .get("visual_projection.weight")
+            .unwrap()
+            .to_vec(),
         ckpt.read_f32("visual_projection.weight").unwrap()
     );
     let scored = tv.pretrained();

@@ -36,7 +36,11 @@ fn assert_rows(set: &LabeledImages, rows: &[Row]) {
     for (i, ((image, label), want)) in set.items.iter().zip(rows).enumerate() {
         assert_eq!(*label, want.label, "label of row {i}");
         let img = image.decode().unwrap();
-        assert_eq!([img.height, img.width, 3], want.shape[..], "shape of row {i}");
+        assert_eq!(
+            [img.height, img.width, 3],
+            want.shape[..],
+            "shape of row {i}"
+        );
         let diffs: Vec<u8> = img
             .data
             .iter()
@@ -120,7 +124,10 @@ fn bad_files_fail_naming_file_row_and_column() {
         "{e}"
     );
     let e = err("null_image.parquet");
-    assert!(e.contains("null_image.parquet, row 1") && e.contains("null"), "{e}");
+    assert!(
+        e.contains("null_image.parquet, row 1") && e.contains("null"),
+        "{e}"
+    );
     let e = err("negative_label.parquet");
     assert!(
         e.contains("negative_label.parquet, row 1") && e.contains("negative"),

@@ -79,7 +79,8 @@ fn a_suite_has_the_layout_users_tools_read() {
         assert_eq!(head.dims(), [task.classes.len(), cfg.projection_dim]);
         for (split, n) in [("train", task.train), ("test", task.test)] {
             let folder =
-                LabeledImages::folder(&root.join(format!("data/{}/{split}", task.name)), None).unwrap();
+                LabeledImages::folder(&root.join(format!("data/{}/{split}", task.name)), None)
+                    .unwrap();
             assert_eq!(folder.classes, task.classes);
             assert_eq!(folder.items.len(), n);
         }

@@ -242,7 +242,9 @@ impl<'a> Learner<'a> {
 
     /// The merged model at the current λ (frozen tensors included, ready to score).
     pub fn merged(&self) -> Result<Weights> {
-        Ok(self.tv.complete(merge_all(self.tv.base(), &self.merger()?)?))
+        Ok(self
+            .tv
+            .complete(merge_all(self.tv.base(), &self.merger()?)?))
     }
 
     /// The objective at the current λ on step `step`'s batches, and its gradient ∂loss/∂λ

@@ -29,11 +29,13 @@ impl ImageRef {
     pub fn decode(&self) -> Result<Rgb8> {
         match self {
             ImageRef::File(path) => decode(path),
-            ImageRef::Row { file, row, bytes } => decode_bytes(bytes).map_err(|reason| Error::Data {
-                path: file.to_path_buf(),
-                row: Some(*row),
-                reason,
-            }),
+            ImageRef::Row { file, row, bytes } => {
+                decode_bytes(bytes).map_err(|reason| Error::Data {
+                    path: file.to_path_buf(),
+                    row: Some(*row),
+                    reason,
+                })
+            }
         }
     }
 }
