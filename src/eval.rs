@@ -158,8 +158,21 @@ pub fn prepare_task(
             weights,
             tokenizer,
         } => {
-            let spec =
-                spec.unwrap_or_else(|| crate::data::TaskSpec::from_folders(name, &folder.classes));
+            let spec = match (spec, &folder.prompt_names) {
+                (Some(spec), Some(names)) => {
+                    eprintln!(
+                        "note: {name}: the class names stored in {} are not the task's; its \
+                         zero-shot head prompts them instead",
+                        data.display()
+                    );
+                    crate::data::TaskSpec {
+                        classnames: names.clone(),
+                        ..spec
+                    }
+                }
+                (Some(spec), None) => spec,
+                (None, _) => crate::data::TaskSpec::from_folders(name, &folder.classes),
+            };
             let build = || {
                 crate::model::zero_shot_head(
                     cfg,

@@ -78,10 +78,28 @@ fn hub_shards_read_as_datasets_wrote_them() {
 }
 
 #[test]
-fn stored_class_names_win_over_the_task_spec() {
+fn stored_class_names_other_than_the_task_s_are_kept_for_the_prompts() {
     let spec = TaskSpec::from_folders("x", &["a".into(), "b".into(), "c".into()]);
     let set = LabeledImages::open(&dir().join("hf"), Some(&spec)).unwrap();
     assert_eq!(set.classes, expected().classes);
+    assert_eq!(set.prompt_names.as_ref(), Some(&expected().classes));
+}
+
+#[test]
+fn stored_class_names_in_another_order_are_mapped_onto_the_task_s_labels() {
+    // The fixture stores ["annual crop", "forest", "sea or lake"].
+    let task = ["Sea_or_Lake", "forest", "annual-crop"].map(String::from);
+    let spec = TaskSpec {
+        classnames: task.to_vec(),
+        ..TaskSpec::from_folders("x", &task)
+    };
+    let set = LabeledImages::open(&dir().join("hf"), Some(&spec)).unwrap();
+    assert_eq!(set.classes, task);
+    assert_eq!(set.prompt_names, None);
+    let to_task = [2, 1, 0];
+    let labels: Vec<usize> = set.items.iter().map(|(_, l)| *l).collect();
+    let want: Vec<usize> = expected().hf.iter().map(|r| to_task[r.label]).collect();
+    assert_eq!(labels, want);
 }
 
 #[test]
@@ -93,6 +111,7 @@ fn plain_binary_columns_without_metadata() {
     let spec = TaskSpec::from_folders("x", &["cat".into(), "dog".into(), "owl".into()]);
     let named = LabeledImages::open(&dir().join("plain.parquet"), Some(&spec)).unwrap();
     assert_eq!(named.classes, ["cat", "dog", "owl"]);
+    assert_eq!(named.prompt_names, None);
     let one = TaskSpec::from_folders("x", &["cat".into()]);
     let err = LabeledImages::open(&dir().join("plain.parquet"), Some(&one))
         .unwrap_err()

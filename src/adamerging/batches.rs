@@ -85,7 +85,8 @@ pub fn split_for_adaptation(
 
 /// Seeded sampling of unlabeled images: at every step each task draws `batch_size ×
 /// batches_per_task` distinct images (all of them, reshuffled, when it has fewer), like a
-/// freshly shuffled data loader.
+/// freshly shuffled data loader. A task with fewer images than `batch_size` reads batches of
+/// all its images, once each, rather than repeating some.
 pub struct ImageSampler<'a> {
     sets: Vec<UnlabeledImages>,
     pre: &'a Preprocessor,
@@ -127,10 +128,20 @@ impl<'a> ImageSampler<'a> {
         })
     }
 
+    /// Images per batch of task `task`: `batch_size`, or all its images when it has fewer.
+    pub fn batch_len(&self, task: usize) -> usize {
+        self.batch_size.min(self.sets[task].len())
+    }
+
+    /// Number of images task `task` draws from.
+    pub fn task_len(&self, task: usize) -> usize {
+        self.sets[task].len()
+    }
+
     /// The image indices task `task` reads at step `step`, in batch order.
     pub fn indices(&self, task: usize, step: usize) -> Vec<usize> {
         let n = self.sets[task].len();
-        let want = self.batch_size * self.batches_per_task;
+        let want = self.batch_len(task) * self.batches_per_task;
         let key = splitmix(splitmix(self.seed ^ splitmix(task as u64)) ^ step as u64);
         let mut rng = ChaCha8Rng::seed_from_u64(key);
         let mut out = Vec::with_capacity(want);
@@ -152,7 +163,8 @@ impl BatchSource for ImageSampler<'_> {
     fn batch(&self, task: usize, step: usize, b: usize) -> Result<Tensor<4>> {
         let idx = self.indices(task, step);
         let set = &self.sets[task];
-        let images: Vec<&ImageRef> = idx[b * self.batch_size..(b + 1) * self.batch_size]
+        let len = self.batch_len(task);
+        let images: Vec<&ImageRef> = idx[b * len..(b + 1) * len]
             .iter()
             .map(|&i| &set.images[i])
             .collect();
@@ -166,4 +178,46 @@ fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler<'a>(sizes: &[usize], batch_size: usize, pre: &'a Preprocessor) -> ImageSampler<'a> {
+        let sets = sizes
+            .iter()
+            .map(|&n| UnlabeledImages {
+                images: (0..n)
+                    .map(|i| ImageRef::File(format!("{i}.png").into()))
+                    .collect(),
+            })
+            .collect();
+        ImageSampler::new(sets, pre, batch_size, 2, 7, &Device::flex()).unwrap()
+    }
+
+    #[test]
+    fn batches_are_distinct_images_and_a_small_set_is_read_once_per_batch() {
+        let pre = Preprocessor::default();
+        let s = sampler(&[40, 3], 16, &pre);
+        let big = s.indices(0, 5);
+        assert_eq!(big.len(), 32);
+        let mut distinct = big.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 32);
+        assert_eq!(s.batch_len(1), 3);
+        let small = s.indices(1, 5);
+        assert_eq!(small.len(), 6);
+        for batch in small.chunks(3) {
+            let mut b = batch.to_vec();
+            b.sort_unstable();
+            assert_eq!(b, [0, 1, 2]);
+        }
+        assert_eq!(
+            s.indices(1, 5),
+            small,
+            "a step's batches depend on its arguments alone"
+        );
+    }
 }

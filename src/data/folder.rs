@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ImageRef;
+use super::{ImageRef, LabeledImages};
 use crate::error::{Error, Result};
 
 /// Image file extensions read (case-insensitive).
@@ -33,11 +33,8 @@ pub fn files_under(root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Reads `root/<class>/*.{png,jpg,jpeg}`: class names in label order and (image, label) sorted
-/// by class then file name. See [`super::LabeledImages::folder`].
-pub(super) fn read(
-    root: &Path,
-    folders: Option<&[String]>,
-) -> Result<(Vec<String>, Vec<(ImageRef, usize)>)> {
+/// by class then file name. See [`LabeledImages::folder`].
+pub(super) fn read(root: &Path, folders: Option<&[String]>) -> Result<LabeledImages> {
     let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
     let mut found = Vec::new();
     for entry in entries {
@@ -82,5 +79,10 @@ pub(super) fn read(
         files.sort();
         items.extend(files.into_iter().map(|f| (ImageRef::File(f), label)));
     }
-    Ok((classes, items))
+    Ok(LabeledImages {
+        root: root.to_path_buf(),
+        classes,
+        items,
+        prompt_names: None,
+    })
 }

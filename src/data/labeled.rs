@@ -45,11 +45,15 @@ impl ImageRef {
 pub struct LabeledImages {
     /// What was opened (a folder, a Parquet file or a glob).
     pub root: PathBuf,
-    /// Class names in label order (ImageFolder: folder names; Parquet: the names stored with
-    /// the data, else the task's class names, else the label numbers).
+    /// Class names in label order (ImageFolder: folder names; Parquet: the task's class names
+    /// when the stored ones name the same classes or none are stored, else the stored names,
+    /// else the label numbers).
     pub classes: Vec<String>,
     /// (image, label): ImageFolder sorted by class then file name; Parquet in file order.
     pub items: Vec<(ImageRef, usize)>,
+    /// Names to prompt a zero-shot head with in place of the task's class names: set for
+    /// Parquet data whose stored class names are not the task's, so head rows follow its labels.
+    pub prompt_names: Option<Vec<String>>,
 }
 
 impl LabeledImages {
@@ -57,27 +61,19 @@ impl LabeledImages {
     /// (`data/test-*.parquet`), a folder holding `.parquet` shards, or else an ImageFolder
     /// (`path/<class>/*.png|jpg`). `spec` gives a paper task's folder order and class names.
     pub fn open(path: &Path, spec: Option<&TaskSpec>) -> Result<Self> {
-        let (classes, items) = match parquet::shards(path)? {
-            Some(files) => parquet::read_labeled(&files, spec.map(|s| s.classnames.as_slice()))?,
-            None => folder::read(path, spec.and_then(|s| s.folders.as_deref()))?,
-        };
-        Ok(Self {
-            root: path.to_path_buf(),
-            classes,
-            items,
-        })
+        match parquet::shards(path)? {
+            Some(files) => {
+                parquet::read_labeled(path, &files, spec.map(|s| s.classnames.as_slice()))
+            }
+            None => Self::folder(path, spec.and_then(|s| s.folders.as_deref())),
+        }
     }
 
     /// Opens an ImageFolder. Classes are the sub-folders sorted by name, unless `folders` gives
     /// them (in label order), in which case each must exist. An empty class, or no image at
     /// all, is an error naming the folder.
     pub fn folder(root: &Path, folders: Option<&[String]>) -> Result<Self> {
-        let (classes, items) = folder::read(root, folders)?;
-        Ok(Self {
-            root: root.to_path_buf(),
-            classes,
-            items,
-        })
+        folder::read(root, folders)
     }
 
     /// Keeps at most `n` images, spread evenly over the set so every class stays represented.

@@ -16,7 +16,7 @@ use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::ImageRef;
+use super::{ImageRef, LabeledImages};
 use crate::error::{Error, Result};
 
 const IMAGE_COLUMNS: [&str; 2] = ["image", "img"];
@@ -65,12 +65,15 @@ fn is_parquet(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
 }
 
-/// Reads labelled images from `files`: class names from the files' `huggingface` metadata, else
-/// `classnames`, else the label numbers `0..=max`.
+/// Reads labelled images from `files`. Class names come from the files' `huggingface` metadata,
+/// else `classnames`, else the label numbers `0..=max`. Stored names that are the task's
+/// `classnames` up to case, `_`/`-` and order are mapped onto the task's label order, so the
+/// task's zero-shot head scores them; other stored names become the set's prompt names.
 pub(super) fn read_labeled(
+    root: &Path,
     files: &[PathBuf],
     classnames: Option<&[String]>,
-) -> Result<(Vec<String>, Vec<(ImageRef, usize)>)> {
+) -> Result<LabeledImages> {
     let mut stored: Option<(PathBuf, Vec<String>)> = None;
     let mut items = Vec::new();
     for file in files {
@@ -96,10 +99,24 @@ pub(super) fn read_labeled(
         items.extend(shard.images.into_iter().zip(shard.labels));
     }
     let max = items.iter().map(|(_, l)| *l).max();
-    let classes = match (stored, classnames) {
-        (Some((_, names)), _) => names,
-        (None, Some(names)) => names.to_vec(),
-        (None, None) => (0..=max.unwrap_or(0)).map(|l| l.to_string()).collect(),
+    let (classes, task_names) = match (stored, classnames) {
+        (Some((_, names)), Some(task)) => match task_order(&names, task) {
+            Some(map) => {
+                for (_, label) in &mut items {
+                    if let Some(&to) = map.get(*label) {
+                        *label = to;
+                    }
+                }
+                (task.to_vec(), true)
+            }
+            None => (names, false),
+        },
+        (Some((_, names)), None) => (names, false),
+        (None, Some(names)) => (names.to_vec(), true),
+        (None, None) => (
+            (0..=max.unwrap_or(0)).map(|l| l.to_string()).collect(),
+            false,
+        ),
     };
     if let Some((ImageRef::Row { file, row, .. }, label)) =
         items.iter().find(|(_, l)| *l >= classes.len())
@@ -113,7 +130,36 @@ pub(super) fn read_labeled(
             ),
         });
     }
-    Ok((classes, items))
+    Ok(LabeledImages {
+        root: root.to_path_buf(),
+        prompt_names: (!task_names).then(|| classes.clone()),
+        classes,
+        items,
+    })
+}
+
+/// For each stored label, its index among the task's class names, when both name the same
+/// classes (compared without case, `_` or `-`).
+fn task_order(stored: &[String], task: &[String]) -> Option<Vec<usize>> {
+    let key = |s: &str| {
+        s.to_lowercase()
+            .replace(['_', '-'], " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if stored.len() != task.len() {
+        return None;
+    }
+    let task: Vec<String> = task.iter().map(|s| key(s)).collect();
+    let map: Vec<usize> = stored
+        .iter()
+        .map(|s| task.iter().position(|t| *t == key(s)))
+        .collect::<Option<_>>()?;
+    let mut seen = vec![false; map.len()];
+    map.iter()
+        .all(|&i| !std::mem::replace(&mut seen[i], true))
+        .then_some(map)
 }
 
 /// Reads the images of `files`, labels ignored (an unlabeled adaptation set).

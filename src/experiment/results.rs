@@ -210,14 +210,16 @@ impl Results {
                 },
             );
         }
-        // Normalized accuracy: the mean over tasks of accuracy / the individual model's.
+        // Normalized accuracy: the mean over tasks of accuracy / the individual model's; left
+        // undefined (a dash in the table) when an individual model scores 0 on some task.
         if let Some(ind) = methods.get(INDIVIDUAL).map(|m| m.tasks.clone()) {
             for m in methods.values_mut() {
-                let ratios = m.tasks.iter().map(|(t, a)| {
-                    let i = ind[t];
-                    if i > 0.0 { a / i } else { 0.0 }
-                });
-                m.normalized = Some(ratios.sum::<f64>() / task_names.len().max(1) as f64);
+                let ratios: Option<Vec<f64>> = m
+                    .tasks
+                    .iter()
+                    .map(|(t, a)| ind.get(t).filter(|&&i| i > 0.0).map(|i| a / i))
+                    .collect();
+                m.normalized = ratios.map(|r| r.iter().sum::<f64>() / r.len().max(1) as f64);
             }
         }
         let mut sweeps = IndexMap::new();
@@ -331,5 +333,25 @@ mod tests {
         assert_eq!(s.values, ["ta(0.1)", "ta(0.5)"]);
         assert_eq!(s.label_free, "ta(0.1)");
         assert_eq!(s.oracle, "ta(0.5)");
+    }
+
+    #[test]
+    fn normalized_accuracy_is_undefined_where_an_individual_model_scores_zero() {
+        let tasks = vec!["a".to_string(), "b".to_string()];
+        let records = vec![
+            rec(INDIVIDUAL, 0, [1.0, 0.0], 0.0, None),
+            rec("ta", 0, [0.5, 0.4], 1.0, None),
+        ];
+        let r = Results::aggregate(
+            "x",
+            &tasks,
+            &[0],
+            &records,
+            &IndexMap::new(),
+            IndexMap::new(),
+            serde_json::Value::Null,
+        );
+        assert_eq!(r.methods["ta"].normalized, None);
+        assert_eq!(r.methods[INDIVIDUAL].normalized, None);
     }
 }

@@ -314,7 +314,8 @@ fn checkpoint_hash(dir: &Path) -> Result<String> {
 }
 
 /// The AdaMerging objective of merged weights on fixed adaptation batches (the first
-/// `ENTROPY_STEPS` steps' batches of the run's sampler): what a user without labels can compare.
+/// `ENTROPY_STEPS` steps' batches of the run's sampler, or the one batch that already holds
+/// every image of a small set): what a user without labels can compare.
 fn adaptation_entropy(
     cfg: &VisionConfig,
     w: &Weights,
@@ -323,14 +324,19 @@ fn adaptation_entropy(
 ) -> Result<f64> {
     let mut total = 0.0;
     for (k, head) in heads.iter().enumerate() {
+        let steps = if sampler.batch_len(k) == sampler.task_len(k) {
+            1
+        } else {
+            ENTROPY_STEPS
+        };
         let mut sum = 0.0;
-        for step in 0..ENTROPY_STEPS {
+        for step in 0..steps {
             let pixels = sampler.batch(k, step, 0)?;
             let out = vision_forward(cfg, w, pixels)?;
             let embeds = out.image_embeds.unwrap_or(out.pooled);
             sum += scalar(mean_entropy(logits(embeds, head.clone())));
         }
-        total += sum / ENTROPY_STEPS as f64;
+        total += sum / steps as f64;
     }
     Ok(total)
 }
