@@ -358,15 +358,17 @@ fn pretrain(
         let mut epoch_loss = 0.0;
         for batch in order.chunks_exact(recipe.batch_size) {
             let lr = cosine_lr(recipe.pretrain_lr, s, total);
+            let pixels = all.pixels(batch, device);
+            let targets: Vec<_> = PRETRAINING_FACTORS
+                .iter()
+                .map(|&f| {
+                    let one_hot =
+                        all.one_hot(f.num_classes(), |s| s.labels[f as usize], batch, device);
+                    (f, one_hot)
+                })
+                .collect();
             let loss = adam.step(&mut w, lr, |w| {
-                pretraining_loss(
-                    cfg,
-                    w,
-                    &all,
-                    batch,
-                    &PRETRAINING_FACTORS,
-                    recipe.pretrain_scale,
-                )
+                pretraining_loss(cfg, w, pixels, &targets, recipe.pretrain_scale)
             })?;
             s += 1;
             pb.inc(1);
@@ -407,7 +409,10 @@ fn finetune(
         let order = epoch_order(train.len(), seed, epoch);
         for batch in order.chunks_exact(recipe.batch_size) {
             let lr = cosine_lr(recipe.finetune_lr, s, total);
-            adam.step(&mut w, lr, |w| head_loss(cfg, w, head, train, batch, task))?;
+            let device = head.device();
+            let pixels = train.pixels(batch, &device);
+            let target = train.one_hot(task.classes, |s| task.label(s), batch, &device);
+            adam.step(&mut w, lr, |w| head_loss(cfg, w, head, pixels, target))?;
             s += 1;
             pb.inc(1);
         }

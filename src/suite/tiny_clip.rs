@@ -86,7 +86,8 @@ fn init_std(cfg: &VisionConfig, name: &str) -> Option<f32> {
     let w = cfg.hidden_size as f32;
     let depth = (2 * cfg.num_hidden_layers) as f32;
     let in_proj = w.powf(-0.5) * depth.powf(-0.5);
-    if name.ends_with(".bias") || name.contains("layernorm") || name.contains("layer_norm") {
+    // Every layer norm's name contains "norm" (`pre_layrnorm` is spelt so in `transformers`).
+    if name.ends_with(".bias") || name.contains("norm") {
         return None;
     }
     Some(if name.ends_with("class_embedding") {
@@ -184,4 +185,56 @@ pub fn save(dir: &Path, cfg: &VisionConfig, w: &Weights) -> Result<()> {
         write_atomic(&dir.join(file), text.as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The init `transformers` gives: every layer norm (including the misspelt `pre_layrnorm`)
+    /// starts as the identity, and the random tensors have their `_init_weights` deviations.
+    #[test]
+    fn init_is_transformers_init() {
+        let device = Device::flex();
+        let cfg = config(64, 6, 4);
+        let w = init(&cfg, 0, &device);
+        let std = |name: &str| {
+            let v = w.require(name).map(|t| t.to_vec()).unwrap_or_default();
+            let mean = v.iter().sum::<f32>() / v.len() as f32;
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
+        };
+        for (name, _) in shapes(&cfg) {
+            let values = w.require(&name).map(|t| t.to_vec()).unwrap_or_default();
+            if name.contains("norm") && name.ends_with(".weight") {
+                assert!(values.iter().all(|&v| v == 1.0), "{name} is not all ones");
+            } else if name.ends_with(".bias") {
+                assert!(values.iter().all(|&v| v == 0.0), "{name} is not all zeros");
+            }
+        }
+        let in_proj = 64f32.powf(-0.5) * 12f32.powf(-0.5);
+        for (name, want) in [
+            ("vision_model.embeddings.class_embedding", 0.125),
+            ("vision_model.embeddings.patch_embedding.weight", 0.02),
+            (
+                "vision_model.encoder.layers.3.self_attn.q_proj.weight",
+                in_proj,
+            ),
+            (
+                "vision_model.encoder.layers.3.self_attn.out_proj.weight",
+                0.125,
+            ),
+            (
+                "vision_model.encoder.layers.3.mlp.fc1.weight",
+                128f32.powf(-0.5),
+            ),
+            ("vision_model.encoder.layers.3.mlp.fc2.weight", in_proj),
+            ("visual_projection.weight", 0.125),
+        ] {
+            let got = std(name);
+            assert!(
+                (got - want).abs() < 0.1 * want,
+                "{name}: std {got}, want {want}"
+            );
+        }
+    }
 }

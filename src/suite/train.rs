@@ -147,8 +147,9 @@ pub fn embed(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Result<Tenso
         })
 }
 
-/// Name of pretraining's linear probe for a factor (kept beside the tower, never saved).
-fn probe(factor: Factor, part: &str) -> String {
+/// Name of pretraining's linear probe for a factor (kept beside the tower, never saved): its
+/// `weight` is stored [in, out], its `bias` [out].
+pub fn probe(factor: Factor, part: &str) -> String {
     format!("probe.{}.{part}", factor.name())
 }
 
@@ -181,30 +182,26 @@ pub fn strip_probes(w: &Weights) -> Weights {
     out
 }
 
-/// Pretraining loss: the sum over `factors` of the cross-entropy of each factor's probe on
-/// `scale · normalize(image_embeds)`.
+/// Pretraining loss: the sum over `targets` (a factor and its one-hot classes [B, C]) of the
+/// cross-entropy of each factor's probe on `scale · normalize(image_embeds)`.
 pub fn pretraining_loss(
     cfg: &VisionConfig,
     w: &Weights,
-    set: &ImageSet,
-    batch: &[usize],
-    factors: &[Factor],
+    pixels: Tensor<4>,
+    targets: &[(Factor, Tensor<2>)],
     scale: f64,
 ) -> Result<Tensor<1>> {
-    let device = w.require("visual_projection.weight")?.data.device();
-    let e = normalize_rows(embed(cfg, w, set.pixels(batch, &device))?).mul_scalar(scale);
+    let e = normalize_rows(embed(cfg, w, pixels)?).mul_scalar(scale);
     let width = cfg.projection_dim;
     let mut total: Option<Tensor<1>> = None;
-    for &f in factors {
-        let c = f.num_classes();
+    for (f, target) in targets {
         let weight = w
-            .require(&probe(f, "weight"))?
+            .require(&probe(*f, "weight"))?
             .data
             .clone()
-            .reshape([width, c]);
-        let bias = w.require(&probe(f, "bias"))?.data.clone();
-        let target = set.one_hot(c, |s| s.labels[f as usize], batch, &device);
-        let loss = cross_entropy(linear(e.clone(), weight, Some(bias)), target);
+            .reshape([width, f.num_classes()]);
+        let bias = w.require(&probe(*f, "bias"))?.data.clone();
+        let loss = cross_entropy(linear(e.clone(), weight, Some(bias)), target.clone());
         total = Some(match total {
             Some(t) => t + loss,
             None => loss,
@@ -213,21 +210,16 @@ pub fn pretraining_loss(
     total.ok_or_else(|| Error::invalid("pretraining", "no factor to learn"))
 }
 
-/// Fine-tuning loss: cross-entropy of the frozen head on the task's classes.
+/// Fine-tuning loss: cross-entropy of the frozen head [C, P] against one-hot classes [B, C].
 pub fn head_loss(
     cfg: &VisionConfig,
     w: &Weights,
     head: &Tensor<2>,
-    set: &ImageSet,
-    batch: &[usize],
-    task: &Task,
+    pixels: Tensor<4>,
+    target: Tensor<2>,
 ) -> Result<Tensor<1>> {
-    let device = head.device();
-    let e = normalize_rows(embed(cfg, w, set.pixels(batch, &device))?);
-    Ok(cross_entropy(
-        e.matmul(head.clone().transpose()),
-        set.one_hot(task.classes, |s| task.label(s), batch, &device),
-    ))
+    let e = normalize_rows(embed(cfg, w, pixels)?);
+    Ok(cross_entropy(e.matmul(head.clone().transpose()), target))
 }
 
 /// A class-mean head [C, P]: per class, the mean normalised embedding of its first `shots`
