@@ -177,13 +177,13 @@ fn suite_size_gradients(device: &Device) -> Weights {
     let leaves = w.map(|_, t| t.autodiff().require_grad());
     let loss = head_loss(&cfg, &leaves, &head, pixels, target).unwrap();
     let grads = loss.backward();
-    leaves.map(|name, t| {
-        let _ = name;
-        t.grad(&grads).unwrap()
-    })
+    leaves.map(|_, t| t.grad(&grads).unwrap())
 }
 
+/// ndarray is deprecated upstream but is the only other CPU backend: an independent check of
+/// flex's kernels at sizes the PyTorch fixture does not reach.
 #[test]
+#[allow(deprecated)]
 fn flex_and_ndarray_gradients_agree_at_the_suites_size() {
     let a = suite_size_gradients(&Device::flex());
     let b = suite_size_gradients(&Device::ndarray());
@@ -194,7 +194,6 @@ fn flex_and_ndarray_gradients_agree_at_the_suites_size() {
             .iter()
             .zip(&y)
             .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-        eprintln!("{name}: scale {scale:e} err {err:e}");
         assert!(
             err <= 1e-3 * scale + 1e-7,
             "{name}: flex and ndarray differ by {err} (scale {scale})"
