@@ -114,7 +114,10 @@ impl Recipe {
             head_shots: 16,
             head_scale: 20.0,
             finetune_epochs: 3,
-            finetune_lr: 5e-4,
+            // Fine-tuning strength sets how much the task vectors clash. Over seeds 0–2 (same
+            // pretrained towers), layer-wise AdaMerging beat Task Arithmetic 0.3 by +4.3 at 5e-4
+            // (‖τ‖/‖θ₀‖ 3–4 %), +4.9 at 7e-4, +4.6 at 8e-4 and +6.0 at 1e-3 (5–6 %).
+            finetune_lr: 1e-3,
             // The setting that separated the methods most in the prototype and here (seed 0:
             // +4.1 over Task Arithmetic, against +2.4 for the paper's 500 × 1e-3), in 40 % of
             // the time.
