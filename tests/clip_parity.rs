@@ -29,16 +29,8 @@ fn vision_tower_matches_transformers_for_both_activations() {
     let device = Device::flex();
     for cfg_name in ["quick_gelu", "gelu"] {
         let dir = fixture("clip").join(cfg_name);
-        let ckpt = Checkpoint::open(&dir).unwrap();
-        let cfg = VisionConfig::locate(ckpt.config().unwrap(), &dir)
-            .unwrap()
-            .unwrap()
-            .config;
+        let (cfg, w) = vision_tower(&dir, &device);
         assert_eq!(cfg.hidden_act, cfg_name);
-        let w = load_weights(&ckpt, &device, |n| {
-            n.starts_with("vision_model.") || n == "visual_projection.weight"
-        })
-        .unwrap();
         let expected = read_all(&dir.join("expected.safetensors"));
         let pixels = Tensor::<4>::from_data(
             TensorData::new(expected["pixel_values"].clone(), [4, 3, 32, 32]),

@@ -4,7 +4,6 @@
 
 mod common;
 
-use adamerge::checkpoint::{Checkpoint, load_weights};
 use adamerge::config::VisionConfig;
 use adamerge::suite::images::Factor;
 use adamerge::suite::train::{WeightsAdam, head_loss, pretraining_loss, probe};
@@ -63,80 +62,78 @@ fn check(
     assert_eq!(checked, w.len());
 }
 
+/// The quick_gelu fixture's tower with the PyTorch references of `grads.safetensors`.
+struct Fixture {
+    device: Device,
+    cfg: VisionConfig,
+    w: Weights,
+    expected: HashMap<String, Vec<f32>>,
+}
+
+impl Fixture {
+    fn load() -> Self {
+        let device = Device::flex();
+        let (cfg, w) = vision_tower(&fixture("clip/quick_gelu"), &device);
+        let expected = read_all(&fixture("clip/grads.safetensors"));
+        Self {
+            device,
+            cfg,
+            w,
+            expected,
+        }
+    }
+
+    fn pixels(&self) -> Tensor<4> {
+        Tensor::from_data(
+            TensorData::new(self.expected["pixel_values"].clone(), [4, 3, 32, 32]),
+            &self.device,
+        )
+    }
+
+    /// The fine-tuning head [3, P] and its one-hot targets.
+    fn head(&self) -> (Tensor<2>, Tensor<2>) {
+        let head = Tensor::from_data(
+            TensorData::new(self.expected["head"].clone(), [3, self.cfg.projection_dim]),
+            &self.device,
+        );
+        (head, one_hot(&self.expected["labels"], 3, &self.device))
+    }
+}
+
 #[test]
 fn training_gradients_match_pytorch_for_every_tensor() {
-    let device = Device::flex();
-    let dir = fixture("clip/quick_gelu");
-    let ckpt = Checkpoint::open(&dir).unwrap();
-    let cfg = VisionConfig::locate(ckpt.config().unwrap(), &dir)
-        .unwrap()
-        .unwrap()
-        .config;
-    let mut w = load_weights(&ckpt, &device, |n| {
-        n.starts_with("vision_model.") || n == "visual_projection.weight"
-    })
-    .unwrap();
-    let expected = read_all(&fixture("clip/grads.safetensors"));
-    let pixels = || {
-        Tensor::<4>::from_data(
-            TensorData::new(expected["pixel_values"].clone(), [4, 3, 32, 32]),
-            &device,
-        )
-    };
-
-    let head = Tensor::<2>::from_data(
-        TensorData::new(expected["head"].clone(), [3, cfg.projection_dim]),
-        &device,
-    );
-    let target = one_hot(&expected["labels"], 3, &device);
-    check("head", &w, &expected, |w| {
-        head_loss(&cfg, w, &head, pixels(), target).unwrap()
+    let mut fx = Fixture::load();
+    let (head, target) = fx.head();
+    check("head", &fx.w, &fx.expected, |w| {
+        head_loss(&fx.cfg, w, &head, fx.pixels(), target).unwrap()
     });
 
     let mut targets = Vec::new();
     for f in [Factor::Frequency, Factor::Frame] {
         for part in ["weight", "bias"] {
             let name = probe(f, part);
-            let values = expected[&name].clone();
+            let values = fx.expected[&name].clone();
             let n = values.len();
-            w.insert(name, FlatTensor::from_vec(values, vec![n], &device));
+            fx.w.insert(name, FlatTensor::from_vec(values, vec![n], &fx.device));
         }
-        let labels = &expected[&format!("labels.{}", f.name())];
-        targets.push((f, one_hot(labels, f.num_classes(), &device)));
+        let labels = &fx.expected[&format!("labels.{}", f.name())];
+        targets.push((f, one_hot(labels, f.num_classes(), &fx.device)));
     }
-    check("pretrain", &w, &expected, |w| {
-        pretraining_loss(&cfg, w, pixels(), &targets, 10.0).unwrap()
+    check("pretrain", &fx.w, &fx.expected, |w| {
+        pretraining_loss(&fx.cfg, w, fx.pixels(), &targets, 10.0).unwrap()
     });
 }
 
 #[test]
 fn adam_steps_match_pytorch() {
-    let device = Device::flex();
-    let dir = fixture("clip/quick_gelu");
-    let ckpt = Checkpoint::open(&dir).unwrap();
-    let cfg = VisionConfig::locate(ckpt.config().unwrap(), &dir)
-        .unwrap()
-        .unwrap()
-        .config;
-    let mut w = load_weights(&ckpt, &device, |n| {
-        n.starts_with("vision_model.") || n == "visual_projection.weight"
-    })
-    .unwrap();
-    let expected = read_all(&fixture("clip/grads.safetensors"));
-    let pixels = Tensor::<4>::from_data(
-        TensorData::new(expected["pixel_values"].clone(), [4, 3, 32, 32]),
-        &device,
-    );
-    let head = Tensor::<2>::from_data(
-        TensorData::new(expected["head"].clone(), [3, cfg.projection_dim]),
-        &device,
-    );
-    let target = one_hot(&expected["labels"], 3, &device);
-    let mut adam = WeightsAdam::new(w.len());
-    for (step, want) in expected["adam.losses"].iter().enumerate() {
+    let mut fx = Fixture::load();
+    let (head, target) = fx.head();
+    let pixels = fx.pixels();
+    let mut adam = WeightsAdam::new(fx.w.len());
+    for (step, want) in fx.expected["adam.losses"].iter().enumerate() {
         let loss = adam
-            .step(&mut w, 1e-2, |w| {
-                head_loss(&cfg, w, &head, pixels.clone(), target.clone())
+            .step(&mut fx.w, 1e-2, |w| {
+                head_loss(&fx.cfg, w, &head, pixels.clone(), target.clone())
             })
             .unwrap();
         assert!(
@@ -146,8 +143,8 @@ fn adam_steps_match_pytorch() {
     }
     // k_proj.bias is left out: its true gradient is zero, so Adam's normalised step follows the
     // sign of round-off, which differs between any two implementations.
-    for (name, t) in w.iter().filter(|(n, _)| !n.ends_with("k_proj.bias")) {
-        let want = &expected[&format!("adam.{name}")];
+    for (name, t) in fx.w.iter().filter(|(n, _)| !n.ends_with("k_proj.bias")) {
+        let want = &fx.expected[&format!("adam.{name}")];
         let err = t
             .to_vec()
             .iter()

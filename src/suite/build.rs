@@ -404,12 +404,12 @@ fn finetune(
     let per_epoch = train.len() / recipe.batch_size;
     let total = recipe.finetune_epochs * per_epoch;
     let seed = spec.seed.wrapping_mul(1000).wrapping_add(1 + index as u64);
+    let device = head.device();
     let mut s = 0;
     for epoch in 0..recipe.finetune_epochs {
         let order = epoch_order(train.len(), seed, epoch);
         for batch in order.chunks_exact(recipe.batch_size) {
             let lr = cosine_lr(recipe.finetune_lr, s, total);
-            let device = head.device();
             let pixels = train.pixels(batch, &device);
             let target = train.one_hot(task.classes, |s| task.label(s), batch, &device);
             adam.step(&mut w, lr, |w| head_loss(cfg, w, head, pixels, target))?;

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use adamerge::checkpoint::{Checkpoint, StoredDtype};
+use adamerge::checkpoint::{Checkpoint, StoredDtype, load_weights};
+use adamerge::config::VisionConfig;
 use adamerge::weights::{FlatTensor, Weights};
 use burn::tensor::Device;
 
@@ -13,6 +14,21 @@ pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(rel)
+}
+
+/// The vision tower of a CLIP checkpoint directory: its config and the `vision_model.*` and
+/// `visual_projection.weight` tensors.
+pub fn vision_tower(dir: &Path, device: &Device) -> (VisionConfig, Weights) {
+    let ckpt = Checkpoint::open(dir).expect("open");
+    let cfg = VisionConfig::locate(ckpt.config().expect("config"), dir)
+        .expect("vision config")
+        .expect("a vision tower")
+        .config;
+    let w = load_weights(&ckpt, device, |n| {
+        n.starts_with("vision_model.") || n == "visual_projection.weight"
+    })
+    .expect("weights");
+    (cfg, w)
 }
 
 /// Every tensor of a safetensors file or directory, as f32 (u8 masks and i64 ids included).
