@@ -115,6 +115,51 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An output folder that cannot be written as asked (a file, not empty, appeared meanwhile).
+    #[error("{}: {reason}", path.display())]
+    Output {
+        /// The output.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An output that is, holds or lies inside one of the command's inputs.
+    #[error(
+        "the output {} {relation} {role} ({}); adamerge never writes where it reads, so choose \
+         another output",
+        output.display(),
+        input.display()
+    )]
+    OutputOverlapsInput {
+        /// The output as given.
+        output: PathBuf,
+        /// `is`, `holds` or `lies inside`.
+        relation: &'static str,
+        /// What the input is (`the pretrained checkpoint`).
+        role: String,
+        /// The input as given.
+        input: PathBuf,
+    },
+    /// A folder `--force` may not replace: adamerge did not write every file in it.
+    #[error("{}: not replacing it: {reason}", path.display())]
+    NotReplaceable {
+        /// The folder.
+        path: PathBuf,
+        /// Which file stops it, and why.
+        reason: String,
+    },
+    /// A run folder another process is writing.
+    #[error(
+        "{} is being written by another adamerge run{}; wait for it to end or stop it first",
+        path.display(),
+        pid.map(|p| format!(" (process {p})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The folder.
+        path: PathBuf,
+        /// The holder's process id, where its lock file says.
+        pid: Option<u32>,
+    },
     /// Two tasks with the same name.
     #[error("task name `{0}` is given twice; task names must be unique")]
     DuplicateTask(String),

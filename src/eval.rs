@@ -24,7 +24,7 @@ pub struct EvalTask {
 pub fn load_batch(images: &[&ImageRef], pre: &Preprocessor, device: &Device) -> Result<Tensor<4>> {
     let pixels = images
         .par_iter()
-        .map(|p| p.decode().map(|img| pre.pixels(&img)))
+        .map(|p| p.pixels(pre))
         .collect::<Result<Vec<_>>>()?;
     let (h, w) = pre.crop;
     let flat: Vec<f32> = pixels.into_iter().flatten().collect();

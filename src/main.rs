@@ -26,6 +26,7 @@ use adamerge::experiment::runner::{
 };
 use adamerge::experiment::{Experiment, Results};
 use adamerge::merge::{Aggregate, FixedKind, MergeMethod, MethodSpec, TrimScope};
+use adamerge::output::{Inputs, OutputDir};
 use adamerge::report::table::{compare_runs, markdown};
 use adamerge::report::write_report;
 use adamerge::suite::{Size, SuiteInfo, SuiteSpec, build as build_suite, suite_dir};
@@ -60,6 +61,10 @@ struct Cli {
     /// CPU threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Refuse images larger than this many pixels (width × height), read from each image's
+    /// header before decoding; images decoded at once hold at most this many pixels in total.
+    #[arg(long, global = true, value_name = "N", default_value_t = adamerge::data::DEFAULT_MAX_IMAGE_PIXELS)]
+    max_image_pixels: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -324,10 +329,12 @@ struct MergeArgs {
     /// DARE: the merge applied after dropping, task-arithmetic or ties.
     #[arg(long)]
     dare_base: Option<FixedKind>,
-    /// Output directory (written whole or not at all).
+    /// Output directory (written whole or not at all; never one of the inputs or a folder
+    /// holding or inside one).
     #[arg(long)]
     out: PathBuf,
-    /// Replace a non-empty output directory.
+    /// Replace an output directory that an earlier `merge` wrote (refused when any file in it
+    /// was not written by adamerge).
     #[arg(long)]
     force: bool,
 }
@@ -437,6 +444,7 @@ fn chosen_backend(cli: &Cli) -> Result<Backend> {
 
 fn run(cli: Cli, backend: Backend) -> Result<()> {
     init_threads(cli.threads)?;
+    adamerge::data::set_max_image_pixels(cli.max_image_pixels);
     match cli.command {
         Command::Merge(args) => merge(args, backend),
         Command::Inspect(args) => inspect(args, backend),
@@ -553,6 +561,17 @@ fn load_bar(tasks: usize) -> ProgressBar {
 }
 
 fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
+    // Refused before any work: an output over an input, or a folder adamerge may not replace.
+    let mut inputs = Inputs::new();
+    inputs.add("the pretrained checkpoint", &args.models.pretrained);
+    for f in &args.models.finetuned {
+        inputs.add(format!("the fine-tuned checkpoint `{}`", f.name), &f.path);
+    }
+    if let Some(file) = &args.lambda_file {
+        inputs.add("the λ file", file);
+    }
+    inputs.check(&args.out)?;
+    OutputDir::check_target(&args.out, args.force)?;
     let method: Box<dyn MergeMethod> = match args.method {
         MethodArg::Fixed(kind) => {
             if args.lambda_file.is_some() {

@@ -3,86 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use adamerge::checkpoint::Checkpoint;
-use adamerge::eval::save_head;
-use burn::tensor::{Device, Tensor, TensorData};
-use common::{fixture, read_all};
+use common::{TASKS, adamerge, fixture, learn_args, make_data, read_all};
 use serde_json::Value;
-
-const TASKS: [&str; 3] = ["alpha", "beta", "gamma"];
-
-/// Per task: ROOT/<task>/<class>/*.png with as many classes as its head, and the head file.
-fn make_data(root: &Path) -> Vec<(String, PathBuf, PathBuf)> {
-    let heads = Checkpoint::open(fixture("adamerging/heads.safetensors")).unwrap();
-    let device = Device::flex();
-    let mut out = Vec::new();
-    for (t, task) in TASKS.iter().enumerate() {
-        let shape = heads.meta(task).unwrap().shape.clone();
-        let head = Tensor::<1>::from_data(
-            TensorData::new(heads.read_f32(task).unwrap(), [shape[0] * shape[1]]),
-            &device,
-        )
-        .reshape([shape[0], shape[1]]);
-        let head_file = root.join(format!("{task}.safetensors"));
-        save_head(&head_file, &head).unwrap();
-        let data = root.join(task);
-        for class in 0..shape[0] {
-            let dir = data.join(format!("class{class}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..4u32 {
-                let (w, h) = (10 + i, 12 - i);
-                let img = image::RgbImage::from_fn(w, h, |x, y| {
-                    let v = (x * 31 + y * 17 + i * 53 + class as u32 * 89 + t as u32 * 7) % 256;
-                    image::Rgb([v as u8, (255 - v) as u8, ((v * 3) % 256) as u8])
-                });
-                img.save(dir.join(format!("{i}.png"))).unwrap();
-            }
-        }
-        out.push((task.to_string(), data, head_file));
-    }
-    out
-}
-
-fn adamerge(args: &[String]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_adamerge"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn learn_args(data: &[(String, PathBuf, PathBuf)], out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "learn".to_string(),
-        "--pretrained".into(),
-        fixture("adamerging/pretrained").display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--batch-size".into(),
-        "4".into(),
-        "--lr".into(),
-        "0.01".into(),
-    ];
-    for (task, dir, head) in data {
-        args.push("--task".into());
-        args.push(format!(
-            "{task},checkpoint={},data={},head={}",
-            fixture(&format!("adamerging/finetuned/{task}")).display(),
-            dir.display(),
-            head.display()
-        ));
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
 
 fn merge_args(lambda: &Path, out: &Path) -> Vec<String> {
     let mut args = vec![
@@ -202,6 +126,7 @@ fn bad_learn_input_names_the_problem() {
     assert!(!ok && text.contains("nothing to resume"), "{text}");
     let (ok, text) = adamerge(&learn_args(&data, &run, &["--adapt-fraction", "1.0"]));
     assert!(!ok && text.contains("adaptation fraction"), "{text}");
-    let (ok, text) = adamerge(&merge_args(&tmp.path().join("missing.json"), &run));
+    let merged = tmp.path().join("merged");
+    let (ok, text) = adamerge(&merge_args(&tmp.path().join("missing.json"), &merged));
     assert!(!ok && text.contains("missing.json"), "{text}");
 }

@@ -19,6 +19,7 @@ use crate::data::Preprocessor;
 use crate::error::{Error, Result};
 use crate::eval::{EvalTask, HeadSource, TextTower, prepare_task};
 use crate::merge::TensorMerge;
+use crate::output::{Inputs, LOCK_FILE, RunLock};
 use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
 use crate::weights::tensor_to_vec;
 
@@ -71,6 +72,29 @@ pub struct Job {
     pub save_merged: bool,
 }
 
+impl Job {
+    /// Everything the job reads, which its run folder must keep apart from.
+    pub fn inputs(&self) -> Inputs {
+        let mut inputs = Inputs::new();
+        inputs.add("the pretrained checkpoint", &self.pretrained);
+        if let Some(dir) = &self.heads_from {
+            inputs.add("the text tower (--heads-from)", dir);
+        }
+        for t in &self.tasks {
+            let n = &t.name;
+            inputs.add(format!("task `{n}`'s checkpoint"), &t.checkpoint);
+            inputs.add(format!("task `{n}`'s data"), &t.data);
+            if let Some(head) = &t.head {
+                inputs.add(format!("task `{n}`'s head"), head);
+            }
+            if let Some(adapt) = &t.adapt {
+                inputs.add(format!("task `{n}`'s adaptation images"), adapt);
+            }
+        }
+        inputs
+    }
+}
+
 /// What a finished (or stopped) job reports.
 #[derive(Debug, Clone)]
 pub struct JobReport {
@@ -105,6 +129,15 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
     if job.tasks.is_empty() {
         return Err(Error::invalid("--task", "at least one task is needed"));
     }
+    job.inputs().check(&job.out)?;
+    if resume {
+        // Nothing to create for a resume that cannot start.
+        prepare_dir(&job.out, resume)?;
+    }
+    std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
+    let _lock = RunLock::folder(&job.out)?;
+    crate::fault::point("run-locked");
+    // Checked again under the lock: another writer may have written meanwhile.
     prepare_dir(&job.out, resume)?;
     record_inputs(job, resume)?;
     let finetuned: Vec<Finetuned> = job
@@ -319,7 +352,6 @@ fn record_inputs(job: &Job, resume: bool) -> Result<()> {
         }
         return Ok(());
     }
-    std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
     let text =
         serde_json::to_vec_pretty(&inputs).map_err(|e| Error::invalid("job", e.to_string()))?;
     crate::checkpoint::write_atomic(&path, &text)
@@ -327,19 +359,20 @@ fn record_inputs(job: &Job, resume: bool) -> Result<()> {
 
 /// A fresh run needs an empty (or new) directory; a resumed one needs its checkpoint.
 fn prepare_dir(out: &Path, resume: bool) -> Result<()> {
-    let has_files = std::fs::read_dir(out).is_ok_and(|mut e| e.next().is_some());
+    let has_files = std::fs::read_dir(out)
+        .is_ok_and(|mut e| e.any(|e| e.is_ok_and(|e| e.file_name() != LOCK_FILE)));
     let has_checkpoint = out.join(super::session::CHECKPOINT).exists();
     if resume && !has_checkpoint {
-        return Err(Error::Checkpoint {
+        return Err(Error::Output {
             path: out.to_path_buf(),
             reason: "nothing to resume: no checkpoint.safetensors here".into(),
         });
     }
     if !resume && has_files {
-        return Err(Error::Checkpoint {
+        return Err(Error::Output {
             path: out.to_path_buf(),
-            reason: "output directory exists and is not empty (pass --resume to continue its \
-                     run, or choose a new directory)"
+            reason: "the output folder exists and is not empty (pass --resume to continue its \
+                     run, or choose a new folder)"
                 .into(),
         });
     }

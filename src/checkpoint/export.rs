@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 
 use super::write::PendingTensor;
-use super::{Checkpoint, INDEX_FILE, OutputDir, WEIGHTS_FILE, encode_f32, write_safetensors};
+use super::{Checkpoint, INDEX_FILE, WEIGHTS_FILE, encode_f32, write_safetensors};
 use crate::error::{Error, Result};
+use crate::output::OutputDir;
 use crate::weights::Weights;
 
 /// Computes one replacement tensor's values by name.

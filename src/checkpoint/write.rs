@@ -1,8 +1,8 @@
-//! Writing: safetensors streamed tensor by tensor, and output directories that appear whole or
-//! not at all (built under a temporary name, then renamed).
+//! Writing files whole or not at all: safetensors streamed tensor by tensor and small files,
+//! each through a temporary file renamed into place.
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::View;
 
@@ -82,134 +82,6 @@ fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
         builder.permissions(std::fs::Permissions::from_mode(0o644));
     }
     builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
-}
-
-/// An output directory under construction: files go into a hidden staging directory beside the
-/// target, which [`OutputDir::commit`] renames into place; dropped uncommitted, it is removed.
-pub struct OutputDir {
-    target: PathBuf,
-    staging: PathBuf,
-    force: bool,
-    committed: bool,
-}
-
-impl OutputDir {
-    /// Starts writing `target`. Fails if `target` exists and is not empty, unless `force`.
-    pub fn create(target: &Path, force: bool) -> Result<Self> {
-        if let Ok(mut entries) = std::fs::read_dir(target) {
-            if entries.next().is_some() && !force {
-                return Err(Error::Checkpoint {
-                    path: target.to_path_buf(),
-                    reason: "output directory exists and is not empty (pass --force to replace it)"
-                        .into(),
-                });
-            }
-        } else if target.exists() {
-            return Err(Error::Checkpoint {
-                path: target.to_path_buf(),
-                reason: "output path exists and is not a directory".into(),
-            });
-        }
-        let staging = sibling(target, &format!(".partial-{}", std::process::id()));
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-        }
-        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-        Ok(Self {
-            target: target.to_path_buf(),
-            staging,
-            force,
-            committed: false,
-        })
-    }
-
-    /// Removes staging directories that interrupted writers of `target` left behind (their
-    /// process no longer runs), so a killed build leaves no debris for long.
-    pub fn remove_stale(target: &Path) -> Result<()> {
-        let marker = sibling(target, ".partial-");
-        let (Some(parent), Some(prefix)) = (marker.parent(), marker.file_name()) else {
-            return Ok(());
-        };
-        let prefix = prefix.to_string_lossy().into_owned();
-        let Ok(entries) = std::fs::read_dir(parent) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix(&prefix)
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid != std::process::id() && !process_alive(pid) {
-                let path = entry.path();
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Where files are written until the commit.
-    pub fn path(&self) -> &Path {
-        &self.staging
-    }
-
-    /// Moves the staged directory into place (replacing an old one only when forced).
-    pub fn commit(mut self) -> Result<PathBuf> {
-        if self.target.exists() {
-            if !self.force {
-                return Err(Error::Checkpoint {
-                    path: self.target.clone(),
-                    reason: "output directory appeared while writing; not replacing it".into(),
-                });
-            }
-            let old = sibling(&self.target, &format!(".old-{}", std::process::id()));
-            std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
-            std::fs::rename(&self.staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-        } else {
-            std::fs::rename(&self.staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
-        }
-        self.committed = true;
-        Ok(self.target.clone())
-    }
-}
-
-impl Drop for OutputDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.staging);
-        }
-    }
-}
-
-/// Whether a process with this id runs (on other platforms: assumed, so nothing is removed).
-fn process_alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
-    }
-}
-
-/// `dir/.name<suffix>` beside `path`, so a rename stays on one file system.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    parent.join(format!(".{name}{suffix}"))
 }
 
 /// Reads a JSON file, naming it on failure.

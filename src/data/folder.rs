@@ -1,5 +1,7 @@
 //! ImageFolder data sets: one sub-folder per class, images inside.
 
+use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::{ImageRef, LabeledImages};
@@ -15,18 +17,29 @@ pub fn is_image(path: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Every file under `root` at any depth, in no particular order.
+/// Every file under `root` at any depth, in no particular order. Links are followed, but a
+/// link back to a folder already being walked is skipped (so the walk ends), and a file reached
+/// by two paths is listed once (the first path found).
 pub fn files_under(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut seen = HashSet::new();
     let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
+    for entry in walkdir::WalkDir::new(root).follow_links(true) {
+        let entry = match entry {
+            Ok(e) => e,
+            // A cycle adds nothing: its target is walked anyway.
+            Err(e) if e.loop_ancestor().is_some() => continue,
+            Err(e) => {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                return Err(Error::io(path, e.into()));
             }
+        };
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let path = entry.into_path();
+        let canonical = path.canonicalize().map_err(|e| Error::io(&path, e))?;
+        if seen.insert(canonical) {
+            files.push(path);
         }
     }
     Ok(files)
@@ -63,6 +76,8 @@ pub(super) fn read(root: &Path, folders: Option<&[String]>) -> Result<LabeledIma
         });
     }
     let mut items = Vec::new();
+    // Each image file once, whatever links lead to it; one file under two classes has no label.
+    let mut seen: HashMap<PathBuf, (PathBuf, usize)> = HashMap::new();
     for (label, class) in classes.iter().enumerate() {
         let dir = root.join(class);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -77,7 +92,27 @@ pub(super) fn read(root: &Path, folders: Option<&[String]>) -> Result<LabeledIma
             });
         }
         files.sort();
-        items.extend(files.into_iter().map(|f| (ImageRef::File(f), label)));
+        for f in files {
+            let canonical = f.canonicalize().map_err(|e| Error::io(&f, e))?;
+            match seen.get(&canonical) {
+                Some((_, l)) if *l == label => continue,
+                Some((first, l)) => {
+                    return Err(Error::Data {
+                        path: f.clone(),
+                        row: None,
+                        reason: format!(
+                            "the same image as {} (class `{}`), so it has two labels",
+                            first.display(),
+                            classes[*l]
+                        ),
+                    });
+                }
+                None => {
+                    seen.insert(canonical, (f.clone(), label));
+                }
+            }
+            items.push((ImageRef::File(f), label));
+        }
     }
     Ok(LabeledImages {
         root: root.to_path_buf(),

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::preprocess::{Rgb8, decode, decode_bytes};
+use super::decode::{decode_file_then, decode_then};
+use super::preprocess::{Preprocessor, Rgb8};
 use super::{TaskSpec, folder, parquet};
 use crate::error::{Error, Result};
 
@@ -27,13 +28,25 @@ pub enum ImageRef {
 impl ImageRef {
     /// Decodes the image to RGB; an error names the file (and row).
     pub fn decode(&self) -> Result<Rgb8> {
+        self.decode_then(|img| img)
+    }
+
+    /// The image decoded and preprocessed into channels-first pixels, the decoded image
+    /// counting against the decoding budget until it is preprocessed.
+    pub fn pixels(&self, pre: &Preprocessor) -> Result<Vec<f32>> {
+        self.decode_then(|img| pre.pixels(&img))
+    }
+
+    fn decode_then<T>(&self, use_it: impl FnOnce(Rgb8) -> T) -> Result<T> {
         match self {
-            ImageRef::File(path) => decode(path),
+            ImageRef::File(path) => decode_file_then(path, use_it),
             ImageRef::Row { file, row, bytes } => {
-                decode_bytes(bytes).map_err(|reason| Error::Data {
-                    path: file.to_path_buf(),
-                    row: Some(*row),
-                    reason,
+                decode_then(std::io::Cursor::new(&bytes[..]), use_it).map_err(|reason| {
+                    Error::Data {
+                        path: file.to_path_buf(),
+                        row: Some(*row),
+                        reason,
+                    }
                 })
             }
         }

@@ -3,6 +3,7 @@
 //! struct<bytes, path> or as plain binary) and an integer label column (`label` or `labels`),
 //! class names in the `huggingface` file metadata when `datasets` wrote it.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use crate::error::{Error, Result};
 const IMAGE_COLUMNS: [&str; 2] = ["image", "img"];
 const LABEL_COLUMNS: [&str; 2] = ["label", "labels"];
 const BATCH_ROWS: usize = 256;
+/// Paths a glob may match before it is refused.
+const MAX_GLOB_MATCHES: usize = 100_000;
 
 /// The Parquet shards `path` names, sorted, or `None` when it is not Parquet: a `.parquet`
 /// file, a glob (`*`, `?`, `[`), or a folder holding `.parquet` files directly.
@@ -32,7 +35,25 @@ pub(super) fn shards(path: &Path) -> Result<Option<Vec<PathBuf>>> {
             path: path.to_path_buf(),
             reason: format!("not a valid glob: {e}"),
         })?;
-        let mut files: Vec<PathBuf> = pattern.filter_map(|p| p.ok()).collect();
+        // Each file once, whatever links lead to it; a bounded count ends a walk that links
+        // lead in circles (`**` follows links).
+        let mut seen = HashSet::new();
+        let mut files = Vec::new();
+        for p in pattern.filter_map(|p| p.ok()) {
+            if seen.len() >= MAX_GLOB_MATCHES {
+                return Err(Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "the glob matches more than {MAX_GLOB_MATCHES} paths (links in a cycle?)"
+                    ),
+                });
+            }
+            if let Ok(canonical) = p.canonicalize()
+                && seen.insert(canonical)
+            {
+                files.push(p);
+            }
+        }
         if files.is_empty() {
             return Err(Error::Checkpoint {
                 path: path.to_path_buf(),

@@ -133,39 +133,6 @@ impl Preprocessor {
     }
 }
 
-/// Decodes a PNG or JPEG file into RGB, compositing any alpha onto white as `transformers` 5
-/// does.
-pub fn decode(path: &Path) -> Result<Rgb8> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_bytes(&bytes).map_err(|reason| Error::Checkpoint {
-        path: path.to_path_buf(),
-        reason,
-    })
-}
-
-/// Decodes an encoded PNG or JPEG image as [`decode`] does; the error is the reason alone, for
-/// the caller to say where the bytes came from.
-pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
-    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode image: {e}"))?;
-    let (width, height) = (img.width() as usize, img.height() as usize);
-    let data = if img.color().has_alpha() {
-        img.to_rgba8()
-            .pixels()
-            .flat_map(|p| {
-                let a = p[3] as u32;
-                [0, 1, 2].map(|c| ((p[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8)
-            })
-            .collect()
-    } else {
-        img.to_rgb8().into_raw()
-    };
-    Ok(Rgb8 {
-        width,
-        height,
-        data,
-    })
-}
-
 /// The (height, width) after resizing the shortest edge to `edge`, the long edge truncated.
 pub fn shortest_edge_size(width: usize, height: usize, edge: usize) -> (usize, usize) {
     if width <= height {

@@ -23,7 +23,8 @@ use crate::data::Preprocessor;
 use crate::error::{Error, Result};
 use crate::eval::{EvalTask, TextTower};
 use crate::model::{logits, vision_forward};
-use crate::suite::{SuiteSpec, ensure};
+use crate::output::{Inputs, RunLock};
+use crate::suite::{SuiteSpec, ensure, suite_dir};
 use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
 use crate::weights::{Weights, scalar};
 
@@ -98,7 +99,11 @@ pub fn run(path: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<(PathBuf
         .unwrap_or_default()
         .canonicalize()
         .map_err(|e| Error::io(path, e))?;
+    let mut inputs = inputs(&exp, &base)?;
+    inputs.add("the experiment file", path);
+    inputs.check(&opts.runs_root.join(&exp.name))?;
     let dir = new_run_dir(&opts.runs_root, &exp.name)?;
+    let _lock = RunLock::folder(&dir)?;
     let text = toml::to_string_pretty(&exp).map_err(|e| Error::invalid(CONFIG, e.to_string()))?;
     // The base folder travels with the config so a resumed run resolves paths as this one did.
     let text = format!("# base = {}\n{text}", base.display());
@@ -107,6 +112,7 @@ pub fn run(path: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<(PathBuf
         // Printed first, so a run that fails or is killed can be found and resumed.
         eprintln!("run directory: {}", dir.display());
     }
+    crate::fault::point("run-locked");
     let end = execute(&exp, &base, &dir, opts, stop)?;
     Ok((dir, end))
 }
@@ -126,7 +132,41 @@ pub fn resume(dir: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<RunEnd
             reason: "not a run directory's config (its first line names the base folder)".into(),
         })?;
     let exp = Experiment::parse(&text, &path)?;
+    inputs(&exp, &base)?.check(dir)?;
+    let _lock = RunLock::folder(dir)?;
+    crate::fault::point("run-locked");
     execute(&exp, &base, dir, opts, stop)
+}
+
+/// Every path the experiment reads, for every seed (a `suite:` path where that seed's suite is
+/// or will be built), so a run folder is kept apart from all of them.
+fn inputs(exp: &Experiment, base: &Path) -> Result<Inputs> {
+    let mut inputs = Inputs::new();
+    for &seed in &exp.seeds {
+        let suite_root = exp.uses_suite().then(|| {
+            suite_dir(&SuiteSpec {
+                seed: exp.suite.seed.unwrap_or(seed),
+                size: exp.suite.size,
+            })
+        });
+        let r = |p: &str| resolve(p, base, suite_root.as_deref());
+        inputs.add("the pretrained checkpoint", &r(&exp.model.pretrained)?);
+        if let Some(dir) = &exp.model.heads_from {
+            inputs.add("the text tower (model.heads_from)", &r(dir)?);
+        }
+        for t in &exp.tasks {
+            let n = &t.name;
+            inputs.add(format!("task `{n}`'s checkpoint"), &r(&t.checkpoint)?);
+            inputs.add(format!("task `{n}`'s data"), &r(&t.data)?);
+            if let Some(head) = &t.head {
+                inputs.add(format!("task `{n}`'s head"), &r(head)?);
+            }
+            if let Some(adapt) = &t.adapt {
+                inputs.add(format!("task `{n}`'s adaptation images"), &r(adapt)?);
+            }
+        }
+    }
+    Ok(inputs)
 }
 
 fn bar(progress: bool, len: usize, msg: &str) -> ProgressBar {

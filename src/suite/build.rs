@@ -22,11 +22,12 @@ use super::train::{
     pretraining_loss, strip_probes,
 };
 use crate::cache::cache_dir;
-use crate::checkpoint::{OutputDir, read_json, write_json};
+use crate::checkpoint::{read_json, write_json};
 use crate::config::VisionConfig;
 use crate::data::{LabeledImages, Preprocessor};
 use crate::error::{Error, Result};
 use crate::eval::{EvalTask, accuracy, save_head};
+use crate::output::{OutputDir, RunLock};
 use crate::weights::{Weights, scalar};
 
 /// One task of a built suite, as `suite.json` records it.
@@ -125,8 +126,21 @@ pub fn ensure(spec: &SuiteSpec, device: &Device, progress: bool) -> Result<PathB
     if dir.join("suite.json").is_file() {
         return Ok(dir);
     }
-    build(spec, &dir, false, device, progress)?;
+    let _lock = lock(&dir)?;
+    // Another process may have finished it between the look above and the lock.
+    if !dir.join("suite.json").is_file() {
+        build_locked(spec, &dir, false, device, progress)?;
+    }
     Ok(dir)
+}
+
+/// The lock of a suite folder, held by its one builder (a file beside it, as the folder itself
+/// appears only when complete).
+fn lock(out: &Path) -> Result<RunLock> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    RunLock::beside(out)
 }
 
 fn bar(progress: bool, len: usize, stage: &str) -> ProgressBar {
@@ -143,7 +157,8 @@ fn bar(progress: bool, len: usize, stage: &str) -> ProgressBar {
     pb
 }
 
-/// Builds the suite of `spec` into `out` (refusing a non-empty `out` unless `force`).
+/// Builds the suite of `spec` into `out` (refusing a non-empty `out` unless `force` and
+/// adamerge wrote every file in it), one builder at a time.
 pub fn build(
     spec: &SuiteSpec,
     out: &Path,
@@ -151,8 +166,19 @@ pub fn build(
     device: &Device,
     progress: bool,
 ) -> Result<SuiteInfo> {
-    OutputDir::remove_stale(out)?;
+    let _lock = lock(out)?;
+    build_locked(spec, out, force, device, progress)
+}
+
+fn build_locked(
+    spec: &SuiteSpec,
+    out: &Path,
+    force: bool,
+    device: &Device,
+    progress: bool,
+) -> Result<SuiteInfo> {
     let staging = OutputDir::create(out, force)?;
+    crate::fault::point("run-locked");
     let root = staging.path().to_path_buf();
     let recipe = spec.recipe();
     let tasks = TASKS;

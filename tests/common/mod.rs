@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use adamerge::checkpoint::{Checkpoint, StoredDtype, load_weights};
 use adamerge::config::VisionConfig;
+use adamerge::eval::save_head;
 use adamerge::weights::{FlatTensor, Weights};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -99,4 +101,88 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32) {
             "entry {i}: got {a}, want {b} (tol {tol})"
         );
     }
+}
+
+/// The tasks of the tiny AdaMerging fixture models (`tests/fixtures/adamerging`).
+pub const TASKS: [&str; 3] = ["alpha", "beta", "gamma"];
+
+/// Per task: ROOT/<task>/<class>/*.png with as many classes as its head, and the head file.
+pub fn make_data(root: &Path) -> Vec<(String, PathBuf, PathBuf)> {
+    let heads = Checkpoint::open(fixture("adamerging/heads.safetensors")).unwrap();
+    let device = Device::flex();
+    let mut out = Vec::new();
+    for (t, task) in TASKS.iter().enumerate() {
+        let shape = heads.meta(task).unwrap().shape.clone();
+        let head = Tensor::<1>::from_data(
+            TensorData::new(heads.read_f32(task).unwrap(), [shape[0] * shape[1]]),
+            &device,
+        )
+        .reshape([shape[0], shape[1]]);
+        let head_file = root.join(format!("{task}.safetensors"));
+        save_head(&head_file, &head).unwrap();
+        let data = root.join(task);
+        for class in 0..shape[0] {
+            let dir = data.join(format!("class{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..4u32 {
+                let (w, h) = (10 + i, 12 - i);
+                let img = image::RgbImage::from_fn(w, h, |x, y| {
+                    let v = (x * 31 + y * 17 + i * 53 + class as u32 * 89 + t as u32 * 7) % 256;
+                    image::Rgb([v as u8, (255 - v) as u8, ((v * 3) % 256) as u8])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        out.push((task.to_string(), data, head_file));
+    }
+    out
+}
+
+pub fn adamerge(args: &[String]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_adamerge"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `learn` over the fixture models on `data` (from [`make_data`]) into `out`.
+pub fn learn_args(data: &[(String, PathBuf, PathBuf)], out: &Path, extra: &[&str]) -> Vec<String> {
+    learn_args_from(&fixture("adamerging"), data, out, extra)
+}
+
+/// `learn` over the models in `models` (laid out as `tests/fixtures/adamerging`).
+pub fn learn_args_from(
+    models: &Path,
+    data: &[(String, PathBuf, PathBuf)],
+    out: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        "learn".to_string(),
+        "--pretrained".into(),
+        models.join("pretrained").display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--batch-size".into(),
+        "4".into(),
+        "--lr".into(),
+        "0.01".into(),
+    ];
+    for (task, dir, head) in data {
+        args.push("--task".into());
+        args.push(format!(
+            "{task},checkpoint={},data={},head={}",
+            models.join(format!("finetuned/{task}")).display(),
+            dir.display(),
+            head.display()
+        ));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
