@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark AdaMerging (seconds per step, memory): `adamerge learn` against PyTorch autograd.
 
-    python3 scripts/bench_learn.py [--ks 2,4,8] [--steps 20] [--threads 2] [--bin PATH]
-                                   [--hidden 128 --layers 4 --heads 4 --intermediate 512
-                                    --image-size 32 --patch-size 8 --projection 64]
-                                   [--work DIR] [--json FILE]
+    python3 scripts/bench/bench_learn.py [--ks 2,4,8] [--steps 20] [--threads 2] [--bin PATH]
+                                         [--hidden 128 --layers 4 --heads 4 --intermediate 512
+                                          --image-size 32 --patch-size 8 --projection 64]
+                                         [--work DIR] [--json FILE]
 
 Inputs (seeded; generated into a temporary directory, or into `--work DIR` where they are kept
 and reused while their manifest matches the options and this script's recipe):
@@ -29,7 +29,7 @@ one batch per task per step, summed mean-entropy loss, on the CPU with T threads
   out (each covers reading + decoding + preprocessing the step's PNGs, the merge, K forwards and
   backwards, and the Adam step; not the per-step checkpoint/log writes between steps).
 * PyTorch: a child process (this script with `--torch-child`; torch.set_num_threads(T),
-  OMP/MKL_NUM_THREADS=T) that builds `scripts/reference_adamerging.py`'s `AdaMerging` over the
+  OMP/MKL_NUM_THREADS=T) that builds `scripts/reference/reference_adamerging.py`'s `AdaMerging` over the
   same directories and runs its `loss` (merge via torch.func.functional_call of the HF model,
   entropy) + one `backward` + one `torch.optim.Adam` step per step, exactly as its `learn` does.
   Each step also samples 16 distinct images per task (seeded, numpy) and opens + preprocesses
@@ -68,8 +68,8 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+REPO = HERE.parents[1]
+sys.path[:0] = [str(HERE), str(HERE.parent / "reference")]  # bench_*, reference_*
 
 # Generic process-measuring helpers shared with the other benchmarks.
 from bench_merge import cpu_busy, machine_info, run_child, snapshot_binary  # noqa: E402
@@ -511,7 +511,7 @@ def main() -> None:
         rows.append(row)
 
     # ---- report
-    cmd = ["python3", "scripts/bench_learn.py", "--ks", ",".join(map(str, ks)), "--steps", str(args.steps),
+    cmd = ["python3", "scripts/bench/bench_learn.py", "--ks", ",".join(map(str, ks)), "--steps", str(args.steps),
            "--threads", str(args.threads)]
     defaults = {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 512, "image_size": 32, "patch_size": 8,
                 "projection": 64, "classes": 4, "per_class": 16}

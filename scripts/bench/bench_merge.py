@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark `adamerge merge` against numpy doing the same merge (DESIGN.md §3, §9).
 
-    python3 scripts/bench_merge.py [--tasks 2,4,8] [--methods task-arithmetic,ties]
-                                   [--threads T] [--repeats 2] [--json FILE]
+    python3 scripts/bench/bench_merge.py [--tasks 2,4,8] [--methods task-arithmetic,ties]
+                                         [--threads T] [--repeats 2] [--json FILE]
 
 Inputs: a synthetic ViT-B/32-sized `CLIPVisionModelWithProjection` set (the exact Hugging
 Face tensor names and shapes of openai/clip-vit-base-patch32's vision tower, 87.85 M float32
@@ -15,7 +15,7 @@ For each method and K, two tools merge the pretrained + first K fine-tuned check
 
 * numpy: a child Python process (this script with `--numpy-child`) loads every checkpoint with
   `safetensors.numpy.load_file`, builds tau_k = theta_k - theta_0 (freeing theta_k as it goes),
-  runs scripts/reference_merge.py (float32) and saves with `safetensors.numpy.save_file`; it
+  runs scripts/reference/reference_merge.py (float32) and saves with `safetensors.numpy.save_file`; it
   times its own phases.
 * ours: `adamerge --threads T merge ...`; its phases come from the line
   `load X.XXs, merge Y.YYs, write Z.ZZs on <backend>` (its `load` includes the subtraction).
@@ -52,8 +52,8 @@ import numpy as np
 
 sys.dont_write_bytecode = True
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+REPO = HERE.parents[1]
+sys.path[:0] = [str(HERE), str(HERE.parent / "reference")]  # bench_*, reference_*
 
 RECIPE = 1  # bump when the generated inputs change
 SEED = 20240
@@ -211,7 +211,7 @@ def generate_inputs(cache: Path, shapes) -> None:
         print(f"  generated ft{k} ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
     manifest = expected_manifest_head(shapes)
     manifest["files"] = files
-    manifest["generated_by"] = "scripts/bench_merge.py"
+    manifest["generated_by"] = "scripts/bench/bench_merge.py"
     tmp = cache / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, cache / "manifest.json")
@@ -624,7 +624,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     rows = build_rows(results, ckpt_bytes, params)
-    cmd = ["python3", "scripts/bench_merge.py", "--tasks", ",".join(map(str, ks)), "--methods", ",".join(methods),
+    cmd = ["python3", "scripts/bench/bench_merge.py", "--tasks", ",".join(map(str, ks)), "--methods", ",".join(methods),
            "--threads", str(args.threads), "--device", args.device, "--repeats", str(args.repeats)]
     if args.cache:
         cmd += ["--cache", args.cache]
@@ -668,7 +668,7 @@ def main() -> None:
           "(each its own peak; short spikes can be missed). Target: peak RSS ≤ (K + 2) × ckpt.")
     print("- numpy's element-wise ops are single-threaded whatever OMP/OPENBLAS_NUM_THREADS say; np.partition "
           "(TIES trim threshold) is single-threaded too. The numpy child frees θ_k as soon as τ_k is built, "
-          "and otherwise runs scripts/reference_merge.py unchanged (which keeps the K trimmed copies of τ).")
+          "and otherwise runs scripts/reference/reference_merge.py unchanged (which keeps the K trimmed copies of τ).")
     noisy = [f"{r['method']} K={r['K']} {r['tool']} ({100 * r['foreign_cpu_share']:.0f}%)" for r in rows
              if r.get("foreign_cpu_share") is not None and r["foreign_cpu_share"] > 0.10]
     if noisy:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the CLIP vision forward (images/s): `adamerge eval` against PyTorch + transformers.
 
-    python3 scripts/bench_vision.py [--threads T] [--batch B] [--images N] [--repeats R]
-                                    [--bin PATH] [--cache DIR] [--no-split] [--json FILE]
+    python3 scripts/bench/bench_vision.py [--threads T] [--batch B] [--images N] [--repeats R]
+                                          [--bin PATH] [--cache DIR] [--no-split] [--json FILE]
 
 Inputs (generated once, seeded, cached in `${ADAMERGE_CACHE:-~/.cache/adamerge}/bench-vision-vitb32`
 and reused while their manifest matches this script's recipe):
@@ -57,8 +57,8 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+REPO = HERE.parents[1]
+sys.path[:0] = [str(HERE), str(HERE.parent / "reference")]  # bench_*, reference_*
 
 # Generic process-measuring helpers shared with the merge benchmark.
 from bench_merge import cpu_busy, machine_info, run_child, snapshot_binary  # noqa: E402
@@ -482,7 +482,7 @@ def main() -> None:
                                       if o["images_per_s"] and t["images_per_s"] else None)
 
     # ---- report
-    cmd = ["python3", "scripts/bench_vision.py", "--threads", str(args.threads), "--batch", str(args.batch),
+    cmd = ["python3", "scripts/bench/bench_vision.py", "--threads", str(args.threads), "--batch", str(args.batch),
            "--images", str(args.images), "--repeats", str(args.repeats)]
     if args.cache:
         cmd += ["--cache", args.cache]

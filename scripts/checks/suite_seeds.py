@@ -2,7 +2,7 @@
 gap of each merge over Task Arithmetic 0.3 (the numbers the README and issue 6 quote).
 
     for s in 0 1 2; do adamerge suite build --seed $s; done
-    python3 scripts/suite_seeds.py $(for s in 0 1 2; do adamerge suite path --seed $s; done)
+    python3 scripts/checks/suite_seeds.py $(for s in 0 1 2; do adamerge suite path --seed $s; done)
 
 Standard library only.
 """

@@ -1,7 +1,7 @@
 """Independent numpy reference of the fixed merge methods of DESIGN.md section 3.
 
 This module is the reference the Rust merges are checked against (through the
-fixtures written by ``scripts/make_merge_fixtures.py``). It depends on numpy
+fixtures written by ``scripts/fixtures/make_merge_fixtures.py``). It depends on numpy
 only and has no CLI.
 
 Conventions shared by every function:
