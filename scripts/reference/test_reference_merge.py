@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -201,6 +202,7 @@ def test_fixtures_b():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     test_hand()
     test_naive_random()
     if FIX.exists():
