@@ -1,5 +1,6 @@
-//! AdaMerging against an independent PyTorch implementation (`scripts/reference_adamerging.py`,
-//! fixture in `tests/fixtures/adamerging/`), finite differences, and resumption.
+//! AdaMerging against an independent PyTorch implementation
+//! (`scripts/reference/reference_adamerging.py`, fixture in `tests/fixtures/adamerging/`), finite
+//! differences, and resumption.
 
 mod common;
 

@@ -477,10 +477,10 @@ fn cli_inspect_lists_tensors_and_diagnoses_task_vectors() {
     assert!(report["pairwise_sign_conflict"][0][1].as_f64().unwrap() > 0.0);
 }
 
-/// Runs `scripts/check_hf_load.py` where Python with transformers is present; CI has no torch,
-/// so there it says it skipped.
+/// Runs `scripts/checks/check_hf_load.py` where Python with transformers is present; CI has no
+/// torch, so there it says it skipped.
 fn hf_load_check(dir: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_hf_load.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/checks/check_hf_load.py");
     match Command::new("python3").arg(&script).arg(dir).output() {
         Err(_) => eprintln!("SKIP transformers load check: python3 not found"),
         Ok(out) => match out.status.code() {

@@ -1,6 +1,6 @@
 //! The CLIP forward against `transformers` on tiny random configs (fixtures written by
-//! `scripts/make_clip_fixtures.py`): both activations, vision and text towers, the tokenizer,
-//! zero-shot heads and logits.
+//! `scripts/fixtures/make_clip_fixtures.py`): both activations, vision and text towers, the
+//! tokenizer, zero-shot heads and logits.
 
 mod common;
 

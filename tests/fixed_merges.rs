@@ -1,5 +1,5 @@
-//! Fixed merges against the independent numpy reference (`scripts/reference_merge.py`, fixtures
-//! in `tests/fixtures/merge/a`), hand-computed cases and identities.
+//! Fixed merges against the independent numpy reference (`scripts/reference/reference_merge.py`,
+//! fixtures in `tests/fixtures/merge/a`), hand-computed cases and identities.
 
 mod common;
 

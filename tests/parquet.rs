@@ -1,6 +1,6 @@
 //! Parquet data sets (the Hugging Face hub layout) against the fixtures that
-//! `scripts/make_parquet_fixtures.py` wrote with `datasets` and `pyarrow`: labels, class names
-//! and decoded pixels as PIL reads them, and clear errors for bad files.
+//! `scripts/fixtures/make_parquet_fixtures.py` wrote with `datasets` and `pyarrow`: labels, class
+//! names and decoded pixels as PIL reads them, and clear errors for bad files.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
 //! CLIP image preprocessing against `transformers`' PIL image processor (fixtures written by
-//! `scripts/make_clip_fixtures.py`): decode, Pillow bicubic resize, crop, normalise.
+//! `scripts/fixtures/make_clip_fixtures.py`): decode, Pillow bicubic resize, crop, normalise.
 
 mod common;
 

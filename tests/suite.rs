@@ -119,11 +119,11 @@ fn a_suite_has_the_layout_users_tools_read() {
     transformers_check(&root);
 }
 
-/// Runs `scripts/check_suite_transformers.py` (transformers loads every model; its accuracy
+/// Runs `scripts/checks/check_suite_transformers.py` (transformers loads every model; its accuracy
 /// from the PNGs equals suite.json's) where Python has torch; CI has none and says it skipped.
 fn transformers_check(root: &std::path::Path) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts/check_suite_transformers.py");
+        .join("scripts/checks/check_suite_transformers.py");
     match Command::new("python3").arg(&script).arg(root).output() {
         Err(_) => eprintln!("SKIP transformers suite check: python3 not found"),
         Ok(out) => match out.status.code() {

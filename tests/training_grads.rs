@@ -1,6 +1,6 @@
 //! The suite's training losses and their gradients against PyTorch (fixture written by
-//! `scripts/make_grad_fixtures.py` on the quick_gelu CLIP fixture): every tensor of the tower,
-//! the projection and the pretraining probes.
+//! `scripts/fixtures/make_grad_fixtures.py` on the quick_gelu CLIP fixture): every tensor of the
+//! tower, the projection and the pretraining probes.
 
 mod common;
 

@@ -1,6 +1,6 @@
-"""Self-test of scripts/reference_merge.py (numpy + safetensors only, no torch).
+"""Self-test of scripts/reference/reference_merge.py (numpy + safetensors only, no torch).
 
-    python scripts/test_reference_merge.py
+    python scripts/reference/test_reference_merge.py
 
 1. Hand-computed cases.
 2. A second, deliberately naive implementation (plain Python loops over scalars,
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_merge as rm  # noqa: E402
 
 F32 = np.float32
-FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "merge"
+FIX = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "merge"
 
 
 def naive_ties(base, taus, k, lam, agg, scope):
@@ -201,6 +202,7 @@ def test_fixtures_b():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     test_hand()
     test_naive_random()
     if FIX.exists():

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark AdaMerging (seconds per step, memory): `adamerge learn` against PyTorch autograd.
 
-    python3 scripts/bench_learn.py [--ks 2,4,8] [--steps 20] [--threads 2] [--bin PATH]
-                                   [--hidden 128 --layers 4 --heads 4 --intermediate 512
-                                    --image-size 32 --patch-size 8 --projection 64]
-                                   [--work DIR] [--json FILE]
+    python3 scripts/bench/bench_learn.py [--ks 2,4,8] [--steps 20] [--threads 2] [--bin PATH]
+                                         [--hidden 128 --layers 4 --heads 4 --intermediate 512
+                                          --image-size 32 --patch-size 8 --projection 64]
+                                         [--work DIR] [--json FILE]
 
 Inputs (seeded; generated into a temporary directory, or into `--work DIR` where they are kept
 and reused while their manifest matches the options and this script's recipe):
@@ -29,7 +29,7 @@ one batch per task per step, summed mean-entropy loss, on the CPU with T threads
   out (each covers reading + decoding + preprocessing the step's PNGs, the merge, K forwards and
   backwards, and the Adam step; not the per-step checkpoint/log writes between steps).
 * PyTorch: a child process (this script with `--torch-child`; torch.set_num_threads(T),
-  OMP/MKL_NUM_THREADS=T) that builds `scripts/reference_adamerging.py`'s `AdaMerging` over the
+  OMP/MKL_NUM_THREADS=T) that builds `scripts/reference/reference_adamerging.py`'s `AdaMerging` over the
   same directories and runs its `loss` (merge via torch.func.functional_call of the HF model,
   entropy) + one `backward` + one `torch.optim.Adam` step per step, exactly as its `learn` does.
   Each step also samples 16 distinct images per task (seeded, numpy) and opens + preprocesses
@@ -54,7 +54,6 @@ never builds it. Needs torch, transformers (5.x), Pillow, numpy and safetensors.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
 import json
 import os
 import shlex
@@ -68,12 +67,13 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent / "reference")]  # common, reference_adamerging
 
-# Generic process-measuring helpers shared with the other benchmarks.
-from bench_merge import cpu_busy, machine_info, run_child, snapshot_binary  # noqa: E402
-from bench_vision import binary_staleness  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_BIN, GNU_TIME, MIB, binary_staleness, clip_vision_config, cpu_busy, fmt_ratio, have_gnu_time,
+    machine_info, measured_run, package_versions, publish, read_manifest, rerun_prefix, rss_mib,
+    snapshot_binary, staging, write_manifest,
+)
 
 RECIPE = 1  # bump when the generated inputs change
 SEED = 20242
@@ -85,22 +85,12 @@ BATCHES_PER_TASK = 1
 LR = 1e-3
 INIT = 0.3
 EVAL_LIMIT = 16
-MIB = 2**20
 
 
 def vision_config(args) -> dict:
-    return {
-        "hidden_size": args.hidden,
-        "intermediate_size": args.intermediate,
-        "num_hidden_layers": args.layers,
-        "num_attention_heads": args.heads,
-        "num_channels": 3,
-        "image_size": args.image_size,
-        "patch_size": args.patch_size,
-        "projection_dim": args.projection,
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-05,
-    }
+    return clip_vision_config(hidden=args.hidden, intermediate=args.intermediate, layers=args.layers,
+                              heads=args.heads, image=args.image_size, patch=args.patch_size,
+                              projection=args.projection)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -116,9 +106,8 @@ def wanted_manifest(vision: dict, kmax: int, classes: int, per_class: int) -> di
 
 
 def inputs_ok(work: Path, want: dict) -> bool:
-    try:
-        have = json.loads((work / "manifest.json").read_text())
-    except (OSError, ValueError):
+    have = read_manifest(work)
+    if not have:
         return False
     if any(have.get(k) != v for k, v in want.items() if k != "finetuned"):
         return False
@@ -140,12 +129,10 @@ def generate_inputs(work: Path, vision: dict, kmax: int, classes: int, per_class
                                  do_convert_rgb=True)
 
     def save(model, name: str) -> None:
-        final, tmp = work / name, work / f".{name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        final, tmp = work / name, staging(work, name)
         model.save_pretrained(str(tmp), safe_serialization=True)
         proc.save_pretrained(str(tmp))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        publish(tmp, final)
 
     cfg = CLIPVisionConfig(**vision)
     torch.manual_seed(SEED)
@@ -166,8 +153,7 @@ def generate_inputs(work: Path, vision: dict, kmax: int, classes: int, per_class
 
     for k in range(kmax):
         name = task_name(k)
-        final, tmp = work / name, work / f".{name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        final, tmp = work / name, staging(work, name)
         rng = np.random.default_rng([SEED, 100 + k])
         for c in range(classes):
             d = tmp / "images" / f"class{c:02d}"
@@ -178,14 +164,11 @@ def generate_inputs(work: Path, vision: dict, kmax: int, classes: int, per_class
         w = rng.standard_normal((classes, vision["projection_dim"])).astype(np.float32)
         w *= np.float32(HEAD_SCALE) / np.linalg.norm(w, axis=1, keepdims=True).astype(np.float32)
         save_file({"weight": w}, str(tmp / "head.safetensors"))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        publish(tmp, final)
 
     m = wanted_manifest(vision, kmax, classes, per_class)
     m["params"] = sum(int(v.numel()) for v in base.values() if v.is_floating_point())
-    tmp = work / "manifest.json.tmp"
-    tmp.write_text(json.dumps(m, indent=2) + "\n")
-    os.replace(tmp, work / "manifest.json")
+    write_manifest(work, m)
 
 
 def image_paths(root: Path) -> list[str]:
@@ -194,37 +177,6 @@ def image_paths(root: Path) -> list[str]:
     for c in sorted(d for d in root.iterdir() if d.is_dir()):
         out += [str(f) for f in sorted(c.iterdir()) if f.suffix.lower() in (".png", ".jpg", ".jpeg")]
     return out
-
-
-# --------------------------------------------------------------------------- measuring
-
-GNU_TIME = "/usr/bin/time"
-
-
-def have_gnu_time() -> bool:
-    try:
-        r = subprocess.run([GNU_TIME, "-f", "%M", "-o", os.devnull, "true"], capture_output=True, timeout=30)
-        return r.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-def measured_run(cmd: list[str], env: dict, logdir: Path, tag: str, use_time: bool) -> dict:
-    """run_child (wall, CPU, contention), with the peak RSS of the command itself.
-
-    ru_maxrss from os.wait4 of a child of *this* process starts at this process's RSS (Linux carries
-    the pre-exec high-water mark of the forked copy over exec), so the command runs under GNU time,
-    a small C program, whose `%M` is its own child's ru_maxrss; `maxrss_wait4` keeps the other value.
-    """
-    if not use_time:
-        r = run_child(cmd, env, logdir, tag)
-        r["maxrss_wait4"] = r["maxrss"]
-        return r
-    f = logdir / f"{tag}.maxrss"
-    r = run_child([GNU_TIME, "-f", "%M", "-o", str(f), *cmd], env, logdir, tag)
-    r["maxrss_wait4"] = r["maxrss"]
-    r["maxrss"] = int(f.read_text().split()[-1]) * 1024  # KiB -> bytes
-    return r
 
 
 # --------------------------------------------------------------------------- PyTorch child
@@ -241,12 +193,6 @@ def torch_child(spec: dict) -> None:
     from PIL import Image
     from safetensors.torch import load_file
     from transformers import AutoImageProcessor
-
-    def rss_mib():
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return None
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -366,10 +312,6 @@ def median_after_first(xs: list[float]) -> float:
     return statistics.median(xs[1:] if len(xs) > 1 else xs)
 
 
-def fmt_ratio(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}×"
-
-
 def fmt_s(x: float) -> str:
     return f"{x:.4f}" if x < 1 else f"{x:.3f}"
 
@@ -381,7 +323,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="Adam steps per measured run (default 20)")
     ap.add_argument("--threads", type=int, default=2, help="threads for both tools (default 2)")
     ap.add_argument("--device", default="cpu", help="adamerge backend: cpu (= flex) or ndarray")
-    ap.add_argument("--bin", "--binary", dest="bin", default=str(REPO / "target" / "release" / "adamerge"))
+    ap.add_argument("--bin", "--binary", dest="bin", default=str(DEFAULT_BIN))
     ap.add_argument("--wait-bin", type=float, default=0, help="seconds to wait for a missing binary")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
@@ -443,17 +385,12 @@ def main() -> None:
             subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-child", json.dumps(spec)],
                            env=env, check=True)
             log(f"  done ({time.perf_counter() - t:.1f}s)")
-        manifest = json.loads((work / "manifest.json").read_text())
+        manifest = read_manifest(work)
         params = manifest.get("params")
         ckpt_bytes = (work / "pretrained" / "model.safetensors").stat().st_size
 
         machine = machine_info()
-        versions = {}
-        for pkg in ("torch", "transformers", "Pillow", "numpy", "safetensors"):
-            try:
-                versions[pkg] = md.version(pkg)
-            except md.PackageNotFoundError:
-                versions[pkg] = "?"
+        versions = package_versions()
         stale = binary_staleness(Path(args.bin))
         args.use_time = have_gnu_time()
         if not args.use_time:
@@ -511,16 +448,15 @@ def main() -> None:
         rows.append(row)
 
     # ---- report
-    cmd = ["python3", "scripts/bench_learn.py", "--ks", ",".join(map(str, ks)), "--steps", str(args.steps),
+    cmd = [*rerun_prefix(__file__), "--ks", ",".join(map(str, ks)), "--steps", str(args.steps),
            "--threads", str(args.threads)]
-    defaults = {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 512, "image_size": 32, "patch_size": 8,
-                "projection": 64, "classes": 4, "per_class": 16}
-    for name, d in defaults.items():
-        if getattr(args, name) != d:
+    for name in ("hidden", "layers", "heads", "intermediate", "image_size", "patch_size", "projection", "classes",
+                 "per_class"):
+        if getattr(args, name) != ap.get_default(name):
             cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.device != "cpu":
         cmd += ["--device", args.device]
-    if args.bin != str(REPO / "target" / "release" / "adamerge"):
+    if args.bin != str(DEFAULT_BIN):
         cmd += ["--bin", args.bin]
     if args.no_growth:
         cmd += ["--no-growth"]

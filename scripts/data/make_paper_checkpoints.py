@@ -19,7 +19,7 @@ The tokenizer is the small CLIP tokenizer of tests/fixtures/clip/quick_gelu (voc
 text config names its special tokens; the embedding table keeps the real 49408 rows.
 
     pip install numpy safetensors pyarrow pillow
-    python scripts/make_paper_checkpoints.py --arch vit-b32
+    python scripts/data/make_paper_checkpoints.py --arch vit-b32
     ADAMERGE_MODELS=OUT/models ADAMERGE_DATA=OUT/data \\
         adamerge run experiments/paper-vit-b32.toml --limit 4 --steps 2
 """
@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from safetensors.numpy import save_file
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TASKS = ["sun397", "cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
 PARQUET_TASKS = {"sun397", "cars", "resisc45", "gtsrb"}
 TOKENIZER = ROOT / "tests" / "fixtures" / "clip" / "quick_gelu"

@@ -1,10 +1,10 @@
 """Independent PyTorch reference of AdaMerging / AdaMerging++ (Yang et al., ICLR 2024).
 
 This module is the reference the Rust AdaMerging is checked against (through the
-fixtures written by ``scripts/make_adamerging_fixtures.py``). It is importable and
+fixtures written by ``scripts/fixtures/make_adamerging_fixtures.py``). It is importable and
 has a small CLI:
 
-    python scripts/reference_adamerging.py \\
+    python scripts/reference/reference_adamerging.py \\
         --pretrained tests/fixtures/adamerging/pretrained \\
         --finetuned alpha=tests/fixtures/adamerging/finetuned/alpha ... \\
         --heads tests/fixtures/adamerging/heads.safetensors \\

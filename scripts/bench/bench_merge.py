@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark `adamerge merge` against numpy doing the same merge (DESIGN.md §3, §9).
 
-    python3 scripts/bench_merge.py [--tasks 2,4,8] [--methods task-arithmetic,ties]
-                                   [--threads T] [--repeats 2] [--json FILE]
+    python3 scripts/bench/bench_merge.py [--tasks 2,4,8] [--methods task-arithmetic,ties]
+                                         [--threads T] [--repeats 2] [--json FILE]
 
 Inputs: a synthetic ViT-B/32-sized `CLIPVisionModelWithProjection` set (the exact Hugging
 Face tensor names and shapes of openai/clip-vit-base-patch32's vision tower, 87.85 M float32
@@ -15,7 +15,7 @@ For each method and K, two tools merge the pretrained + first K fine-tuned check
 
 * numpy: a child Python process (this script with `--numpy-child`) loads every checkpoint with
   `safetensors.numpy.load_file`, builds tau_k = theta_k - theta_0 (freeing theta_k as it goes),
-  runs scripts/reference_merge.py (float32) and saves with `safetensors.numpy.save_file`; it
+  runs scripts/reference/reference_merge.py (float32) and saves with `safetensors.numpy.save_file`; it
   times its own phases.
 * ours: `adamerge --threads T merge ...`; its phases come from the line
   `load X.XXs, merge Y.YYs, write Z.ZZs on <backend>` (its `load` includes the subtraction).
@@ -34,17 +34,13 @@ start, so a concurrent `cargo build` cannot swap it mid-run; waits for the binar
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -52,8 +48,12 @@ import numpy as np
 
 sys.dont_write_bytecode = True
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent / "reference")]  # common, reference_merge
+
+from common import (  # noqa: E402
+    DEFAULT_BIN, GIB, VIT_B32, cache_dir, cpu_busy, fmt_ratio, lock_inputs, machine_info, num_params, publish,
+    read_manifest, rerun_prefix, run_child, snapshot_binary, staging, vision_tower_shapes, write_manifest,
+)
 
 RECIPE = 1  # bump when the generated inputs change
 SEED = 20240
@@ -61,19 +61,10 @@ NUM_FINETUNED = 8
 STD_BASE = 0.02
 STD_TAU = 0.001
 
-VISION_CONFIG = {
+VISION_CONFIG = {  # the config.json of every generated checkpoint
     "architectures": ["CLIPVisionModelWithProjection"],
     "model_type": "clip_vision_model",
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "num_channels": 3,
-    "image_size": 224,
-    "patch_size": 32,
-    "projection_dim": 512,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-05,
+    **VIT_B32,
     "attention_dropout": 0.0,
     "initializer_factor": 1.0,
     "initializer_range": 0.02,
@@ -85,51 +76,7 @@ TIES_K = 0.2
 TIES_LAMBDA = 1.0
 
 
-def vit_b32_shapes() -> dict[str, tuple[int, ...]]:
-    """Float tensors of openai/clip-vit-base-patch32's vision tower + projection (HF names).
-
-    (The integer `vision_model.embeddings.position_ids` buffer is non-persistent in current
-    transformers and is not written.)
-    """
-    c = VISION_CONFIG
-    h, inter, p = c["hidden_size"], c["intermediate_size"], c["patch_size"]
-    positions = (c["image_size"] // p) ** 2 + 1  # 7*7 patches + class token = 50
-    s: dict[str, tuple[int, ...]] = {
-        "vision_model.embeddings.class_embedding": (h,),
-        "vision_model.embeddings.patch_embedding.weight": (h, c["num_channels"], p, p),
-        "vision_model.embeddings.position_embedding.weight": (positions, h),
-        "vision_model.pre_layrnorm.weight": (h,),  # sic: Hugging Face's spelling
-        "vision_model.pre_layrnorm.bias": (h,),
-    }
-    for i in range(c["num_hidden_layers"]):
-        pre = f"vision_model.encoder.layers.{i}."
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            s[pre + f"self_attn.{proj}.weight"] = (h, h)
-            s[pre + f"self_attn.{proj}.bias"] = (h,)
-        s[pre + "layer_norm1.weight"] = (h,)
-        s[pre + "layer_norm1.bias"] = (h,)
-        s[pre + "mlp.fc1.weight"] = (inter, h)
-        s[pre + "mlp.fc1.bias"] = (inter,)
-        s[pre + "mlp.fc2.weight"] = (h, inter)
-        s[pre + "mlp.fc2.bias"] = (h,)
-        s[pre + "layer_norm2.weight"] = (h,)
-        s[pre + "layer_norm2.bias"] = (h,)
-    s["vision_model.post_layernorm.weight"] = (h,)
-    s["vision_model.post_layernorm.bias"] = (h,)
-    s["visual_projection.weight"] = (c["projection_dim"], h)
-    return s
-
-
-def num_params(shapes: dict[str, tuple[int, ...]]) -> int:
-    return sum(int(np.prod(v)) for v in shapes.values())
-
-
 # --------------------------------------------------------------------------- inputs
-
-
-def default_cache() -> Path:
-    root = os.environ.get("ADAMERGE_CACHE") or str(Path.home() / ".cache" / "adamerge")
-    return Path(root) / "bench-merge-vitb32"
 
 
 def ckpt_names() -> list[str]:
@@ -149,12 +96,8 @@ def expected_manifest_head(shapes) -> dict:
 
 
 def inputs_complete(cache: Path, shapes) -> bool:
-    mf = cache / "manifest.json"
-    if not mf.is_file():
-        return False
-    try:
-        m = json.loads(mf.read_text())
-    except (OSError, ValueError):
+    m = read_manifest(cache)
+    if not m:
         return False
     head = expected_manifest_head(shapes)
     if any(m.get(k) != v for k, v in head.items()):
@@ -181,13 +124,11 @@ def generate_inputs(cache: Path, shapes) -> None:
 
     def write(name: str, tensors: dict) -> None:
         final = cache / name
-        tmp = cache / f".{name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = staging(cache, name)
         tmp.mkdir()
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(cfg)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        publish(tmp, final)
         files[name] = {f.name: f.stat().st_size for f in final.iterdir()}
 
     rng = np.random.default_rng([SEED, 0])
@@ -211,10 +152,8 @@ def generate_inputs(cache: Path, shapes) -> None:
         print(f"  generated ft{k} ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
     manifest = expected_manifest_head(shapes)
     manifest["files"] = files
-    manifest["generated_by"] = "scripts/bench_merge.py"
-    tmp = cache / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, cache / "manifest.json")
+    manifest["generated_by"] = "scripts/bench/bench_merge.py"
+    write_manifest(cache, manifest)
 
 
 # --------------------------------------------------------------------------- numpy child
@@ -269,73 +208,6 @@ def numpy_child(spec: dict) -> None:
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-class ProcSampler(threading.Thread):
-    """Samples /proc/PID/status for peak RssAnon / RssFile (kB) while the child runs."""
-
-    def __init__(self, pid: int, interval: float = 0.02):
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.anon = self.file = self.total = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        path = f"/proc/{self.pid}/status"
-        while not self.stop.is_set():
-            try:
-                with open(path) as f:
-                    txt = f.read()
-            except OSError:
-                return
-            vals = dict(re.findall(r"^(RssAnon|RssFile|VmRSS):\s+(\d+) kB", txt, re.M))
-            if "VmRSS" not in vals:  # zombie: exited, not reaped yet
-                return
-            a, fl, tot = int(vals.get("RssAnon", 0)), int(vals.get("RssFile", 0)), int(vals["VmRSS"])
-            self.anon, self.file = max(self.anon, a), max(self.file, fl)
-            self.total = max(self.total, tot)
-            self.stop.wait(self.interval)
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds spent non-idle by the whole machine since boot (from /proc/stat)."""
-    try:
-        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
-    except (OSError, ValueError, IndexError):
-        return None
-    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def run_child(cmd: list[str], env: dict, logdir: Path, tag: str) -> dict:
-    out_f, err_f = logdir / f"{tag}.out", logdir / f"{tag}.err"
-    with open(out_f, "w") as so, open(err_f, "w") as se:
-        busy0 = busy_cpu_seconds()
-        t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=so, stderr=se, env=env)
-        sampler = ProcSampler(p.pid)
-        sampler.start()
-        _, status, ru = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t
-        busy1 = busy_cpu_seconds()
-        p.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen quiet
-    sampler.stop.set()
-    sampler.join()
-    stdout, stderr = out_f.read_text(), err_f.read_text()
-    if p.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} exited {p.returncode}\n{stdout[-2000:]}\n{stderr[-4000:]}")
-    return {
-        "wall": wall,
-        "maxrss": ru.ru_maxrss * 1024,  # KiB -> bytes
-        "anon": sampler.anon * 1024,
-        "file": sampler.file * 1024,
-        "user": ru.ru_utime,
-        "sys": ru.ru_stime,
-        # Share of the machine's CPU time during the run used by anything but the child (this
-        # script's sampler included, a few %): > ~10 % means other work competed for the cores.
-        "foreign_share": None if busy0 is None or busy1 is None else
-        max(0.0, (busy1 - busy0) - ru.ru_utime - ru.ru_stime) / (wall * (os.cpu_count() or 1)),
-        "stdout": stdout,
-    }
 
 
 def run_numpy(args, cache: Path, method: str, k: int, out: Path, logdir: Path, tag: str) -> dict:
@@ -405,88 +277,7 @@ def compare_outputs(ours: Path, ref: Path) -> dict:
             "entries_differing": ndiff, "entries": total}
 
 
-# --------------------------------------------------------------------------- machine, binary
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
-        mem = int(m[1]) * 1024 if m else None
-    except OSError:
-        pass
-    import safetensors
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_bytes": mem, "kernel": platform.release(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "safetensors": safetensors.__version__}
-
-
-def snapshot_binary(path: Path, wait_s: float, dest: Path) -> dict:
-    """Copies the binary (once it exists and runs) so a rebuild cannot change it mid-run."""
-    deadline = time.monotonic() + wait_s
-    announced = False
-    while True:
-        if path.is_file() and os.access(path, os.X_OK):
-            st = path.stat()
-            if time.time() - st.st_mtime > 5:  # not being written right now
-                shutil.copy2(path, dest)
-                ok = subprocess.run([str(dest), "--version"], capture_output=True, text=True)
-                if ok.returncode == 0 and path.stat().st_mtime == st.st_mtime:
-                    h = hashlib.sha256(dest.read_bytes()).hexdigest()
-                    return {"path": str(path), "version": ok.stdout.strip(), "sha256": h[:16],
-                            "mtime": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st.st_mtime))}
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{path} not available after {wait_s:.0f}s (build it with cargo build --release)")
-        if not announced:
-            print(f"waiting for {path} ...", file=sys.stderr, flush=True)
-            announced = True
-        time.sleep(10)
-
-
-def cpu_busy(seconds: float = 1.0) -> float | None:
-    """Fraction of all cores busy over `seconds` (from /proc/stat), before we start anything."""
-    def snap():
-        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(f), f[3] + (f[4] if len(f) > 4 else 0)
-    try:
-        t0, i0 = snap()
-        time.sleep(seconds)
-        t1, i1 = snap()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-def lock_bench(cache: Path):
-    """One benchmark at a time per input set: a second run waits instead of contending."""
-    import fcntl
-
-    f = open(cache / ".bench.lock", "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print("another bench_merge.py run holds the lock; waiting ...", file=sys.stderr, flush=True)
-        fcntl.flock(f, fcntl.LOCK_EX)
-    return f
-
-
 # --------------------------------------------------------------------------- report
-
-GIB = 2**30
-
-
-def fmt_ratio(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}×"
-
 
 def build_rows(results: list[dict], ckpt_bytes: int, params: int) -> list[dict]:
     rows = []
@@ -553,7 +344,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu", help="adamerge backend: cpu (= flex) or ndarray")
     ap.add_argument("--repeats", type=int, default=2, help="runs per tool; the fastest is kept")
-    ap.add_argument("--bin", default=str(REPO / "target" / "release" / "adamerge"))
+    ap.add_argument("--bin", default=str(DEFAULT_BIN))
     ap.add_argument("--wait-bin", type=float, default=1800, help="seconds to wait for a missing binary")
     ap.add_argument("--cache", default=None, help="input directory (default $ADAMERGE_CACHE/bench-merge-vitb32)")
     ap.add_argument("--tmp", default=None, help="where temporary outputs go (default: system temp dir)")
@@ -574,8 +365,8 @@ def main() -> None:
         if m not in ("task-arithmetic", "ties"):
             ap.error(f"--methods: unknown {m!r} (task-arithmetic, ties)")
 
-    cache = Path(args.cache) if args.cache else default_cache()
-    shapes = vit_b32_shapes()
+    cache = Path(args.cache) if args.cache else cache_dir("bench-merge-vitb32")
+    shapes = vision_tower_shapes(VISION_CONFIG)
     params = num_params(shapes)
     if inputs_complete(cache, shapes):
         print(f"inputs: reusing {cache}", file=sys.stderr, flush=True)
@@ -584,7 +375,7 @@ def main() -> None:
               file=sys.stderr, flush=True)
         generate_inputs(cache, shapes)
     ckpt_bytes = (cache / "pretrained" / "model.safetensors").stat().st_size
-    _lock = lock_bench(cache)  # held until exit
+    _lock = lock_inputs(cache, "bench_merge.py")  # held until exit
     busy = cpu_busy()
 
     machine = machine_info()
@@ -624,11 +415,11 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     rows = build_rows(results, ckpt_bytes, params)
-    cmd = ["python3", "scripts/bench_merge.py", "--tasks", ",".join(map(str, ks)), "--methods", ",".join(methods),
+    cmd = [*rerun_prefix(__file__), "--tasks", ",".join(map(str, ks)), "--methods", ",".join(methods),
            "--threads", str(args.threads), "--device", args.device, "--repeats", str(args.repeats)]
     if args.cache:
         cmd += ["--cache", args.cache]
-    if args.bin != str(REPO / "target" / "release" / "adamerge"):
+    if args.bin != str(DEFAULT_BIN):
         cmd += ["--bin", args.bin]
     if args.no_check:
         cmd += ["--no-check"]
@@ -668,7 +459,7 @@ def main() -> None:
           "(each its own peak; short spikes can be missed). Target: peak RSS ≤ (K + 2) × ckpt.")
     print("- numpy's element-wise ops are single-threaded whatever OMP/OPENBLAS_NUM_THREADS say; np.partition "
           "(TIES trim threshold) is single-threaded too. The numpy child frees θ_k as soon as τ_k is built, "
-          "and otherwise runs scripts/reference_merge.py unchanged (which keeps the K trimmed copies of τ).")
+          "and otherwise runs scripts/reference/reference_merge.py unchanged (which keeps the K trimmed copies of τ).")
     noisy = [f"{r['method']} K={r['K']} {r['tool']} ({100 * r['foreign_cpu_share']:.0f}%)" for r in rows
              if r.get("foreign_cpu_share") is not None and r["foreign_cpu_share"] > 0.10]
     if noisy:

@@ -2,9 +2,9 @@
 broad pretraining, fixed class-mean heads, gentle per-task fine-tuning, and the merges
 (weight averaging, Task Arithmetic, TIES, task-wise and layer-wise AdaMerging).
 
-    python scripts/prototype_suite.py --seed 0 [--layers 6 --width 64 --patch 8 ...] [--json out.json]
+    python scripts/suite_prototype/prototype.py --seed 0 [--layers 6 --width 64 --patch 8 ...] [--json out.json]
 
-Deterministic from --seed (single thread CPU). See scripts/prototype_suite.md for the recipe and results.
+Deterministic from --seed (single thread CPU). See scripts/suite_prototype/NOTES.md for the recipe and results.
 """
 
 from __future__ import annotations

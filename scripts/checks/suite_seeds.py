@@ -2,11 +2,12 @@
 gap of each merge over Task Arithmetic 0.3 (the numbers the README and issue 6 quote).
 
     for s in 0 1 2; do adamerge suite build --seed $s; done
-    python3 scripts/suite_seeds.py $(for s in 0 1 2; do adamerge suite path --seed $s; done)
+    python3 scripts/checks/suite_seeds.py $(for s in 0 1 2; do adamerge suite path --seed $s; done)
 
 Standard library only.
 """
 
+import argparse
 import json
 import statistics
 import sys
@@ -14,7 +15,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    infos = [json.loads((Path(d) / "suite.json").read_text()) for d in sys.argv[1:]]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="*", metavar="DIR", help="built suite directories (each with a suite.json)")
+    infos = [json.loads((Path(d) / "suite.json").read_text()) for d in ap.parse_args().dirs]
     if not infos:
         sys.exit(__doc__)
     rows: dict[str, list[float]] = {}

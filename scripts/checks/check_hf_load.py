@@ -1,7 +1,7 @@
 """Check that a (merged) checkpoint directory loads in transformers, unchanged.
 
-    python scripts/check_hf_load.py MERGED_DIR [--class auto|CLIPModel|CLIPVisionModel|CLIPVisionModelWithProjection]
-                                              [--allow-unused]
+    python scripts/checks/check_hf_load.py MERGED_DIR [--class auto|CLIPModel|CLIPVisionModel|CLIPVisionModelWithProjection]
+                                                     [--allow-unused]
 
 Loads MERGED_DIR with `<class>.from_pretrained` (auto: the first entry of
 config.json "architectures"), keeping the stored dtype, and checks that every

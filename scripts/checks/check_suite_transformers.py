@@ -1,6 +1,6 @@
 """Checks a built suite with Hugging Face `transformers`, independently of adamerge.
 
-    python scripts/check_suite_transformers.py "$(adamerge suite path --size tiny)"
+    python scripts/checks/check_suite_transformers.py "$(adamerge suite path --size tiny)"
 
 For the pretrained model and every fine-tuned one it checks that
 `CLIPVisionModelWithProjection.from_pretrained` loads the directory with no missing or unexpected

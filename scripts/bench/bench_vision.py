@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the CLIP vision forward (images/s): `adamerge eval` against PyTorch + transformers.
 
-    python3 scripts/bench_vision.py [--threads T] [--batch B] [--images N] [--repeats R]
-                                    [--bin PATH] [--cache DIR] [--no-split] [--json FILE]
+    python3 scripts/bench/bench_vision.py [--threads T] [--batch B] [--images N] [--repeats R]
+                                          [--bin PATH] [--cache DIR] [--no-split] [--json FILE]
 
 Inputs (generated once, seeded, cached in `${ADAMERGE_CACHE:-~/.cache/adamerge}/bench-vision-vitb32`
 and reused while their manifest matches this script's recipe):
@@ -42,14 +42,11 @@ than the newest commit or than uncommitted changes under src/.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.metadata as md
 import json
 import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,52 +54,22 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE))  # common
 
-# Generic process-measuring helpers shared with the merge benchmark.
-from bench_merge import cpu_busy, machine_info, run_child, snapshot_binary  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_BIN, MIB, VIT_B32, binary_staleness, cache_dir, cpu_busy, fmt_ratio, lock_inputs, machine_info,
+    package_versions, publish, read_manifest, rerun_prefix, rss_mib, run_child, snapshot_binary, staging,
+    write_manifest,
+)
 
 RECIPE = 1  # bump when the generated inputs change
 SEED = 20241
 NUM_CLASSES = 10
-IMAGE_SIZE = 224
-
-VISION = {
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "num_channels": 3,
-    "image_size": IMAGE_SIZE,
-    "patch_size": 32,
-    "projection_dim": 512,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-05,
-}
-
-MIB = 2**20
+VISION = VIT_B32
+IMAGE_SIZE = VISION["image_size"]
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def default_cache() -> Path:
-    root = os.environ.get("ADAMERGE_CACHE") or str(Path.home() / ".cache" / "adamerge")
-    return Path(root) / "bench-vision-vitb32"
-
-
-def read_manifest(cache: Path) -> dict:
-    try:
-        return json.loads((cache / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_manifest(cache: Path, m: dict) -> None:
-    tmp = cache / f".manifest.json.partial-{os.getpid()}"
-    tmp.write_text(json.dumps(m, indent=2) + "\n")
-    os.replace(tmp, cache / "manifest.json")
 
 
 def files_of(d: Path) -> dict[str, int]:
@@ -136,16 +103,14 @@ def make_model(cache: Path, name: str, layers: int) -> None:
     cfg = CLIPVisionConfig(**{**VISION, "num_hidden_layers": layers})
     torch.manual_seed(SEED + layers)
     model = CLIPVisionModelWithProjection(cfg).to(torch.float32).eval()
-    final, tmp = cache / name, cache / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    final, tmp = cache / name, staging(cache, name)
     model.save_pretrained(str(tmp))
     CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         do_convert_rgb=True,
     ).save_pretrained(str(tmp))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    publish(tmp, final)
     commit_entry(cache, name)
 
 
@@ -155,9 +120,9 @@ def make_head(cache: Path) -> None:
 
     rng = np.random.default_rng([SEED, 1])
     w = rng.standard_normal((NUM_CLASSES, VISION["projection_dim"]), dtype=np.float32)
-    tmp = cache / f".head.safetensors.partial-{os.getpid()}"
+    tmp = staging(cache, "head.safetensors")
     save_file({"weight": w}, str(tmp))
-    os.replace(tmp, cache / "head.safetensors")
+    publish(tmp, cache / "head.safetensors")
     commit_entry(cache, "head.safetensors")
 
 
@@ -166,16 +131,14 @@ def make_images(cache: Path, n: int) -> None:
     from PIL import Image
 
     name = f"images-{n}"
-    final, tmp = cache / name, cache / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    final, tmp = cache / name, staging(cache, name)
     rng = np.random.default_rng([SEED, 2])
     for c in range(NUM_CLASSES):
         (tmp / f"class{c:02d}").mkdir(parents=True)
     for i in range(n):
         a = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         Image.fromarray(a, "RGB").save(tmp / f"class{i % NUM_CLASSES:02d}" / f"img{i:05d}.png")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    publish(tmp, final)
     commit_entry(cache, name)
 
 
@@ -250,10 +213,6 @@ def torch_child(spec: dict) -> None:
             pre, fwd, correct = pre + a, fwd + b, correct + c
         return {"wall": time.perf_counter() - t, "pre": pre, "fwd": fwd, "correct": correct}
 
-    def rss_mib():
-        m = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
-        return int(m[1]) / 1024 if m else None
-
     out = {"threads": torch.get_num_threads(), "attn": getattr(model.config, "_attn_implementation", None),
            "import_s": t_imported - t_start, "load_s": t_loaded - t_imported, "n": len(items),
            "rss_loaded_mib": rss_mib()}
@@ -309,37 +268,7 @@ def run_ours(binary: Path, args, model: Path, images: Path, head: Path, limit: i
     return r
 
 
-def binary_staleness(bin_path: Path) -> list[str]:
-    """Reasons the binary may not reflect the checkout (it is not rebuilt here)."""
-    notes = []
-    try:
-        mtime = bin_path.stat().st_mtime
-    except OSError:
-        return [f"{bin_path} is missing"]
-    try:
-        ct = int(subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%ct"], capture_output=True,
-                                text=True, check=True).stdout.strip())
-        head = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        if mtime < ct:
-            notes.append(f"the binary ({time.strftime('%H:%M:%S', time.localtime(mtime))}) is older than the "
-                         f"newest commit {head} ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ct))})")
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "Cargo.toml",
-                                "Cargo.lock"], capture_output=True, text=True, check=True).stdout.split("\n")
-        newer = [ln[3:] for ln in dirty if ln.strip() and (REPO / ln[3:]).exists()
-                 and (REPO / ln[3:]).stat().st_mtime > mtime]
-        if newer:
-            notes.append(f"uncommitted changes newer than the binary: {', '.join(newer)}")
-    except (OSError, ValueError, subprocess.CalledProcessError):
-        notes.append("could not compare the binary with git")
-    return notes
-
-
 # --------------------------------------------------------------------------- report
-
-
-def fmt_ratio(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}×"
 
 
 def fmt_rate(x: float | None) -> str:
@@ -353,7 +282,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
     ap.add_argument("--images", type=int, default=128, help="images in the set (default 128)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per measurement; the best is kept")
-    ap.add_argument("--bin", default=str(REPO / "target" / "release" / "adamerge"))
+    ap.add_argument("--bin", default=str(DEFAULT_BIN))
     ap.add_argument("--wait-bin", type=float, default=0, help="seconds to wait for a missing binary")
     ap.add_argument("--cache", default=None, help="input directory (default $ADAMERGE_CACHE/bench-vision-vitb32)")
     ap.add_argument("--no-split", action="store_true", help="skip the 1-layer runs that split our time")
@@ -368,26 +297,15 @@ def main() -> None:
         ap.error(f"--threads, --batch, --repeats must be ≥ 1 and --images ≥ {NUM_CLASSES} (one per class)")
     split = not args.no_split
 
-    cache = Path(args.cache) if args.cache else default_cache()
+    cache = Path(args.cache) if args.cache else cache_dir("bench-vision-vitb32")
     ensure_inputs(cache, args.images, split)
     images, head = cache / f"images-{args.images}", cache / "head.safetensors"
     n = args.images
 
-    import fcntl
-    lock = open(cache / ".bench.lock", "w")  # one run at a time: a second waits instead of contending
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print("another bench_vision.py run holds the lock; waiting ...", file=sys.stderr, flush=True)
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    _lock = lock_inputs(cache, "bench_vision.py")  # held until exit
 
     machine = machine_info()
-    versions = {}
-    for pkg in ("torch", "transformers", "Pillow", "numpy", "safetensors"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = "?"
+    versions = package_versions()
     stale = binary_staleness(Path(args.bin))
     busy = cpu_busy()
     work = Path(tempfile.mkdtemp(prefix="bench-vision-"))
@@ -482,11 +400,11 @@ def main() -> None:
                                       if o["images_per_s"] and t["images_per_s"] else None)
 
     # ---- report
-    cmd = ["python3", "scripts/bench_vision.py", "--threads", str(args.threads), "--batch", str(args.batch),
+    cmd = [*rerun_prefix(__file__), "--threads", str(args.threads), "--batch", str(args.batch),
            "--images", str(args.images), "--repeats", str(args.repeats)]
     if args.cache:
         cmd += ["--cache", args.cache]
-    if args.bin != str(REPO / "target" / "release" / "adamerge"):
+    if args.bin != str(DEFAULT_BIN):
         cmd += ["--bin", args.bin]
     if args.no_split:
         cmd += ["--no-split"]

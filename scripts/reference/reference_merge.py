@@ -1,8 +1,10 @@
 """Independent numpy reference of the fixed merge methods of DESIGN.md section 3.
 
 This module is the reference the Rust merges are checked against (through the
-fixtures written by ``scripts/make_merge_fixtures.py``). It depends on numpy
-only and has no CLI.
+fixtures written by ``scripts/fixtures/make_merge_fixtures.py``). It depends on numpy
+only; run as a script it only checks itself on a hand-computed case:
+
+    python scripts/reference/reference_merge.py
 
 Conventions shared by every function:
 
@@ -25,6 +27,7 @@ Conventions shared by every function:
 
 from __future__ import annotations
 
+import argparse
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -228,6 +231,7 @@ def dare(
 
 
 if __name__ == "__main__":  # tiny self-check on a hand-computed case
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     b = {"w": np.zeros(4, np.float32)}
     t1 = {"w": np.array([1.0, -2.0, 0.5, 3.0], np.float32)}
     t2 = {"w": np.array([-1.0, -1.0, 0.25, -4.0], np.float32)}
