@@ -99,14 +99,21 @@ impl TextConfig {
         let Some(section) = value.get("text_config") else {
             return Ok(None);
         };
-        serde_json::from_value(section.clone())
-            .map(Some)
-            .map_err(|e| Error::Config {
-                path: path.to_path_buf(),
-                key: "text_config.<fields>".into(),
-                reason: e.to_string(),
-            })
+        parse_section(section.clone(), "text_config.", path).map(Some)
     }
+}
+
+/// Parses one section of a `config.json`; an error names the key (`vision_config.hidden_size`).
+fn parse_section<T: serde::de::DeserializeOwned>(
+    section: serde_json::Value,
+    prefix: &str,
+    path: &Path,
+) -> Result<T> {
+    serde_path_to_error::deserialize(section).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
+        key: format!("{prefix}{}", e.path()),
+        reason: e.into_inner().to_string(),
+    })
 }
 
 /// Where a vision config was found inside a `config.json`.
@@ -154,11 +161,7 @@ impl VisionConfig {
         } else {
             return Ok(None);
         };
-        let config = serde_json::from_value(section).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            key: format!("{prefix}<fields>"),
-            reason: e.to_string(),
-        })?;
+        let config = parse_section(section, prefix, path)?;
         Ok(Some(LocatedVisionConfig { config, prefix }))
     }
 

@@ -160,6 +160,19 @@ pub enum Error {
         /// The holder's process id, where its lock file says.
         pid: Option<u32>,
     },
+    /// Several problems found at once in one file (every missing path of an experiment).
+    #[error(
+        "{}: {} problem(s):{}",
+        path.display(),
+        problems.len(),
+        problems.iter().map(|p| format!("\n  - {p}")).collect::<String>()
+    )]
+    Problems {
+        /// The file.
+        path: PathBuf,
+        /// One line each, naming the key.
+        problems: Vec<String>,
+    },
     /// Two tasks with the same name.
     #[error("task name `{0}` is given twice; task names must be unique")]
     DuplicateTask(String),

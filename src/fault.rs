@@ -1,11 +1,12 @@
 //! Fault injection for the reliability tests: `ADAMERGE_FAULT=<point>` kills the process at a
-//! named point as `kill -9` would (no destructor runs, no buffer is flushed);
-//! `ADAMERGE_FAULT=<point>:wait=<FILE>` creates FILE there and waits until it is removed, so a
-//! test can act while a run holds that point. Several are separated by `;`. Unset, a point
-//! costs one look at a cached variable.
+//! named point as `kill -9` would (no destructor runs, no buffer is flushed); `<point>@<n>`
+//! kills it the n-th time the point is reached; `<point>:wait=<FILE>` creates FILE there and
+//! waits until it is removed, so a test can act while a run holds that point. Several are
+//! separated by `;`. Unset, a point costs one look at a cached variable.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// The environment variable naming the fault points.
@@ -17,9 +18,23 @@ pub fn point(name: &str) {
     let Some(spec) = SPEC.get_or_init(|| std::env::var(VAR).ok()) else {
         return;
     };
+    static REACHED: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+    let reached = {
+        let mut counts = REACHED.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts
+            .get_or_insert_with(HashMap::new)
+            .entry(name.to_string())
+            .or_default();
+        *n += 1;
+        *n
+    };
     for item in spec.split(';') {
         let (at, action) = item.split_once(':').unwrap_or((item, "kill"));
-        if at != name {
+        let (at, nth) = match at.split_once('@') {
+            Some((at, n)) => (at, n.parse().unwrap_or(1)),
+            None => (at, 1),
+        };
+        if at != name || nth != reached {
             continue;
         }
         match action.strip_prefix("wait=") {

@@ -22,7 +22,7 @@ use adamerge::device::{Backend, init_threads};
 use adamerge::diagnostics::TaskVectorReport;
 use adamerge::eval::{HeadSource, TextTower, accuracy, prepare_task};
 use adamerge::experiment::runner::{
-    RunEnd, RunOptions, resume as resume_experiment, run as run_file,
+    RunEnd, RunOptions, check as check_experiment, resume as resume_experiment, run as run_file,
 };
 use adamerge::experiment::{Experiment, Results};
 use adamerge::merge::{Aggregate, FixedKind, MergeMethod, MethodSpec, TrimScope};
@@ -94,7 +94,8 @@ struct RunArgs {
     /// The experiment file (TOML), e.g. experiments/suite.toml.
     #[arg(required_unless_present = "resume")]
     file: Option<PathBuf>,
-    /// Check the file (keys, values, paths) without running anything.
+    /// Check the file without running anything: keys, values, and every path of every seed
+    /// (variables set, files present); every problem is listed.
     #[arg(long, conflicts_with = "resume")]
     check: bool,
     /// Continue an interrupted run in its directory.
@@ -201,7 +202,7 @@ struct LearnArgs {
     eval_every: usize,
     /// Score at most N images per task.
     #[arg(long)]
-    eval_limit: Option<usize>,
+    eval_limit: Option<std::num::NonZeroUsize>,
     /// Run directory (λ, log, checkpoint, merged model).
     #[arg(long)]
     out: PathBuf,
@@ -260,7 +261,7 @@ struct EvalArgs {
     batch_size: usize,
     /// Score at most N images per task (spread over the classes).
     #[arg(long)]
-    limit: Option<usize>,
+    limit: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Clone)]
@@ -463,7 +464,7 @@ fn run(cli: Cli, backend: Backend) -> Result<()> {
 fn run_experiment(args: RunArgs, backend: Backend) -> Result<()> {
     if args.check {
         let file = args.file.as_deref().unwrap_or(std::path::Path::new(""));
-        let exp = Experiment::load(file)?;
+        let exp = check_experiment(file)?;
         let plan = exp.plan()?;
         println!(
             "{}: {} tasks, {} method runs per seed, seeds {:?}{}",
@@ -671,7 +672,7 @@ fn learn(args: LearnArgs, backend: Backend) -> Result<()> {
             None => Adaptation::Transductive,
         },
         eval_every: args.eval_every,
-        eval_limit: args.eval_limit,
+        eval_limit: args.eval_limit.map(|n| n.get()),
         out: args.out.clone(),
         save_merged: !args.no_merged,
     };
@@ -808,7 +809,13 @@ fn eval(args: EvalArgs, backend: Backend) -> Result<()> {
     let mut tasks = Vec::new();
     for t in &args.tasks {
         let head = HeadSource::for_task(&t.name, t.head.as_deref(), text.as_ref(), &heads_cache)?;
-        tasks.push(prepare_task(&t.name, &t.data, head, args.limit, &device)?);
+        tasks.push(prepare_task(
+            &t.name,
+            &t.data,
+            head,
+            args.limit.map(|n| n.get()),
+            &device,
+        )?);
     }
     let total: usize = tasks.iter().map(|t| t.data.items.len()).sum();
     let bar = ProgressBar::new(total as u64).with_message("evaluating");

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use adamerge::experiment::Results;
 use adamerge::experiment::results::Progress;
+use adamerge::experiment::{Experiment, Results};
 
 const TASKS: [&str; 8] = [
     "colour",
@@ -274,15 +274,54 @@ fn the_shipped_experiment_files_check() {
     let mut checked = 0;
     for entry in std::fs::read_dir(&root).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let out = adamerge(
-                Path::new("/nonexistent-cache"),
-                &["run", "--check", path.to_str().unwrap()],
-            );
-            let said = ok(&out);
-            assert!(said.contains("8 tasks"), "{}: {said}", path.display());
-            checked += 1;
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
         }
+        let tmp = tempfile::tempdir().unwrap();
+        let (models, data) = (tmp.path().join("models"), tmp.path().join("data"));
+        let check = |vars: &[(&str, &Path)]| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_adamerge"));
+            cmd.args(["run", "--check", path.to_str().unwrap()])
+                .env("ADAMERGE_CACHE", "/nonexistent-cache")
+                .env_remove("ADAMERGE_MODELS")
+                .env_remove("ADAMERGE_DATA");
+            for (k, v) in vars {
+                cmd.env(k, v);
+            }
+            cmd.output().unwrap()
+        };
+        let exp = Experiment::load(&path).unwrap();
+        if exp.uses_suite() {
+            let said = ok(&check(&[]));
+            assert!(said.contains("8 tasks"), "{}: {said}", path.display());
+        } else {
+            // Unset variables: every path is named by its key, not just the first.
+            let out = check(&[]);
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            for (key, _) in exp.paths() {
+                assert!(err.contains(&format!("`{key}`")), "{key} not in {err}");
+            }
+            // Set, but the folders missing: each named; present: the file checks.
+            let vars = [
+                ("ADAMERGE_MODELS", models.as_path()),
+                ("ADAMERGE_DATA", data.as_path()),
+            ];
+            let err = String::from_utf8_lossy(&check(&vars).stderr).into_owned();
+            assert!(
+                err.contains("does not exist") && err.contains("`task[7].data`"),
+                "{err}"
+            );
+            for (_, raw) in exp.paths() {
+                let p = raw
+                    .replace("${ADAMERGE_MODELS}", models.to_str().unwrap())
+                    .replace("${ADAMERGE_DATA}", data.to_str().unwrap());
+                std::fs::create_dir_all(p).unwrap();
+            }
+            let said = ok(&check(&vars));
+            assert!(said.contains("8 tasks"), "{}: {said}", path.display());
+        }
+        checked += 1;
     }
     assert_eq!(checked, 3);
 }

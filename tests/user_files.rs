@@ -5,56 +5,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adamerge::data::{LabeledImages, scan_unlabeled};
-use common::{TASKS, adamerge, fixture, learn_args_from, make_data};
-use sha2::{Digest, Sha256};
-
-/// Every entry under `root` (links not followed) → a digest of its contents or link target.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
-    walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| !e.file_type().is_dir())
-        .map(|e| {
-            let digest = if e.path_is_symlink() {
-                format!(
-                    "link to {}",
-                    std::fs::read_link(e.path()).unwrap().display()
-                )
-            } else {
-                let bytes = std::fs::read(e.path()).unwrap();
-                format!("{:x}", Sha256::digest(&bytes))
-            };
-            (e.path().strip_prefix(root).unwrap().to_path_buf(), digest)
-        })
-        .collect()
-}
-
-/// Copies of the fixture models under `root/models` (`pretrained`, `finetuned/<task>`).
-fn copy_models(root: &Path) -> PathBuf {
-    let models = root.join("models");
-    let from = fixture("adamerging");
-    for rel in [
-        "pretrained",
-        "finetuned/alpha",
-        "finetuned/beta",
-        "finetuned/gamma",
-    ] {
-        std::fs::create_dir_all(models.join(rel)).unwrap();
-        for f in ["config.json", "model.safetensors"] {
-            std::fs::copy(from.join(rel).join(f), models.join(rel).join(f)).unwrap();
-        }
-    }
-    models
-}
+use common::{
+    AVERAGE_ONLY, TASKS, adamerge, copy_models, experiment, fixture, learn_args_from, make_data,
+    snapshot,
+};
 
 fn merge_args(models: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -191,23 +152,6 @@ fn force_replaces_only_a_folder_adamerge_wrote() {
     assert!(hidden.is_empty(), "{hidden:?}");
 }
 
-/// An experiment over copies of the fixture models and `make_data`'s sets.
-fn experiment(name: &str, models: &Path, data: &[(String, PathBuf, PathBuf)]) -> String {
-    let mut s = format!(
-        "name = \"{name}\"\nseeds = [0]\n[model]\npretrained = \"{}\"\n",
-        models.join("pretrained").display()
-    );
-    for (t, dir, head) in data {
-        s += &format!(
-            "[[task]]\nname = \"{t}\"\ncheckpoint = \"{}\"\ndata = \"{}\"\nhead = \"{}\"\n",
-            models.join("finetuned").join(t).display(),
-            dir.display(),
-            head.display()
-        );
-    }
-    s + "[[method]]\nkind = \"weight-average\"\n"
-}
-
 #[test]
 fn learn_and_run_refuse_outputs_over_their_inputs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -217,7 +161,7 @@ fn learn_and_run_refuse_outputs_over_their_inputs() {
     let exp_dir = tmp.path().join("fx");
     std::fs::create_dir_all(&exp_dir).unwrap();
     let file = exp_dir.join("experiment.toml");
-    std::fs::write(&file, experiment("fx", &models, &data)).unwrap();
+    std::fs::write(&file, experiment("fx", &models, &data, AVERAGE_ONLY)).unwrap();
     let before = snapshot(tmp.path());
 
     for out in [
@@ -243,7 +187,7 @@ fn learn_and_run_refuse_outputs_over_their_inputs() {
     let f = file.display().to_string();
     for (runs, what) in [
         (tmp.path().to_path_buf(), "the experiment file"),
-        (data[0].1.clone(), "task `alpha`'s data"),
+        (data[0].1.clone(), "task[0].data"),
     ] {
         let args = [
             "run".to_string(),
@@ -545,7 +489,7 @@ fn one_writer_per_run_folder() {
 
     // run: a resume of a run that is running is refused.
     let file = tmp.path().join("fx.toml");
-    std::fs::write(&file, experiment("fx", &models, &data)).unwrap();
+    std::fs::write(&file, experiment("fx", &models, &data, AVERAGE_ONLY)).unwrap();
     let runs = tmp.path().join("runs");
     let args = [
         "run",

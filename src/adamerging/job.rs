@@ -130,9 +130,12 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
         return Err(Error::invalid("--task", "at least one task is needed"));
     }
     job.inputs().check(&job.out)?;
-    if resume {
-        // Nothing to create for a resume that cannot start.
-        prepare_dir(&job.out, resume)?;
+    if resume && !job.out.is_dir() {
+        return Err(Error::Output {
+            path: job.out.clone(),
+            reason: "nothing to resume: no such folder (leave out --resume to start a run here)"
+                .into(),
+        });
     }
     std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
     let _lock = RunLock::folder(&job.out)?;
@@ -264,7 +267,9 @@ pub fn learn_with(
     let done = if resume { session.resume()? } else { 0 };
     // The start is scored (and logged) once; a resumed run scores it again without logging.
     let before = if done == 0 {
-        session.evaluate(&eval)?
+        let before = session.evaluate(&eval)?;
+        crate::fault::point("started");
+        before
     } else {
         eval.score(&initial)?
     };
@@ -335,7 +340,8 @@ fn record_inputs(job: &Job, resume: bool) -> Result<()> {
         "config": config,
     });
     let path = job.out.join("job.json");
-    if resume && path.exists() {
+    // Only a run with a step done has inputs to keep; a folder that never stepped takes new ones.
+    if resume && job.out.join(super::session::CHECKPOINT).exists() {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
             path: path.clone(),
@@ -357,26 +363,48 @@ fn record_inputs(job: &Job, resume: bool) -> Result<()> {
     crate::checkpoint::write_atomic(&path, &text)
 }
 
-/// A fresh run needs an empty (or new) directory; a resumed one needs its checkpoint.
+/// What a run writes before its first step: a folder holding only these (and no checkpoint)
+/// has nothing to lose, so it is started again as it is, with or without `--resume`.
+const START_FILES: [&str; 2] = ["job.json", super::session::LOG];
+
+/// A fresh run needs a new, empty or never-stepped folder; a resume needs a checkpoint or a
+/// never-stepped folder (which it starts from step 0). Every refusal says what works instead.
 fn prepare_dir(out: &Path, resume: bool) -> Result<()> {
-    let has_files = std::fs::read_dir(out)
-        .is_ok_and(|mut e| e.any(|e| e.is_ok_and(|e| e.file_name() != LOCK_FILE)));
-    let has_checkpoint = out.join(super::session::CHECKPOINT).exists();
-    if resume && !has_checkpoint {
-        return Err(Error::Output {
-            path: out.to_path_buf(),
-            reason: "nothing to resume: no checkpoint.safetensors here".into(),
-        });
+    let mut others = Vec::new();
+    let mut has_checkpoint = false;
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == super::session::CHECKPOINT {
+                has_checkpoint = true;
+            } else if name != LOCK_FILE && !START_FILES.contains(&name.as_str()) {
+                others.push(name);
+            }
+        }
     }
-    if !resume && has_files {
+    if has_checkpoint {
+        if resume {
+            return Ok(());
+        }
         return Err(Error::Output {
             path: out.to_path_buf(),
-            reason: "the output folder exists and is not empty (pass --resume to continue its \
-                     run, or choose a new folder)"
+            reason: "this folder holds a learning run (pass --resume to continue it, or choose a \
+                     new folder)"
                 .into(),
         });
     }
-    Ok(())
+    if others.is_empty() {
+        return Ok(());
+    }
+    others.sort();
+    Err(Error::Output {
+        path: out.to_path_buf(),
+        reason: format!(
+            "the folder is not empty and holds no learning run to {} ({}); choose a new folder",
+            if resume { "resume" } else { "continue" },
+            others.join(", ")
+        ),
+    })
 }
 
 /// Accuracy rows as a Markdown table: task, images, before, after.

@@ -1,7 +1,7 @@
 //! What a learning run leaves on disk: the learned λ (JSON with unit names, and safetensors),
 //! the resume checkpoint, and the JSON-lines log. Every file is written whole or not at all.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::learner::{LearnConfig, Learner};
-use crate::checkpoint::{StoredDtype, decode_f32, encode_f32, write_atomic};
+use crate::checkpoint::{StoredDtype, decode_f32, encode_f32, serialize_canonical, write_atomic};
 use crate::error::{Error, Result};
 use crate::merge::{MergeMethod, TensorMerge, WeightedSum};
 use crate::task_vector::{Layering, TaskVectors, Unit};
@@ -62,16 +62,16 @@ impl LearnedLambda {
             ("lambda", TensorView::new(Dtype::F32, vec![k, l], &raw)),
             ("effective", TensorView::new(Dtype::F32, vec![k, l], &eff)),
         ];
-        let mut meta = HashMap::new();
-        meta.insert("tasks".to_string(), self.tasks.join(","));
-        meta.insert("method".to_string(), self.method.clone());
+        let meta = BTreeMap::from([
+            ("tasks".to_string(), self.tasks.join(",")),
+            ("method".to_string(), self.method.clone()),
+        ]);
         let views = views
             .into_iter()
             .map(|(n, v)| v.map(|v| (n, v)))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::invalid("lambda", e.to_string()))?;
-        let bytes = safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::invalid("lambda", e.to_string()))?;
+        let bytes = serialize_canonical(views, meta).map_err(|e| Error::invalid("lambda", e))?;
         write_atomic(&dir.join(format!("{stem}.safetensors")), &bytes)
     }
 
@@ -99,6 +99,33 @@ impl LearnedLambda {
         }
         if k == 0 || l == 0 {
             return Err(bad("tasks", "no task or no unit".into()));
+        }
+        if this.config.clamp {
+            // A run that clamps never applies λ outside [0, 1]: such a file was edited or is
+            // not what its run wrote.
+            let outside: Vec<String> = this
+                .effective
+                .iter()
+                .enumerate()
+                .flat_map(|(t, row)| row.iter().enumerate().map(move |(u, v)| (t, u, *v)))
+                .filter(|(_, _, v)| !(0.0..=1.0).contains(v))
+                .map(|(t, u, v)| format!("effective[{t}][{u}] = {}", readable(v)))
+                .collect();
+            if !outside.is_empty() {
+                let shown = outside
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(bad(
+                    "effective",
+                    format!(
+                        "{} value(s) lie outside [0, 1], the range its run clamped λ to: {shown}",
+                        outside.len()
+                    ),
+                ));
+            }
         }
         Ok(this)
     }
@@ -164,6 +191,15 @@ impl MergeMethod for LearnedLambda {
     }
 }
 
+/// A number as a person reads it: plain when moderate, in exponent form when huge or tiny.
+fn readable(v: f32) -> String {
+    if v != 0.0 && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 fn f32_bytes<'a>(values: impl Iterator<Item = &'a f32>) -> Vec<u8> {
     let values: Vec<f32> = values.copied().collect();
     encode_f32(StoredDtype::F32, &values).unwrap_or_default()
@@ -198,10 +234,12 @@ impl ResumePoint {
                     .map_err(wrap)?,
             ),
         ];
-        let mut meta = HashMap::new();
-        meta.insert("steps_done".to_string(), self.steps_done.to_string());
-        meta.insert("fingerprint".to_string(), self.fingerprint.clone());
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(wrap)?;
+        let meta = BTreeMap::from([
+            ("steps_done".to_string(), self.steps_done.to_string()),
+            ("fingerprint".to_string(), self.fingerprint.clone()),
+        ]);
+        let bytes =
+            serialize_canonical(views, meta).map_err(|e| Error::invalid("checkpoint", e))?;
         write_atomic(path, &bytes)
     }
 
@@ -241,24 +279,33 @@ impl ResumePoint {
 pub struct RunLog {
     path: PathBuf,
     file: std::fs::File,
+    evals: Vec<u64>,
 }
 
 impl RunLog {
-    /// Opens `path` for appending, first dropping every line whose `step` is beyond
-    /// `keep_through` (events of steps a resumed run will redo).
-    pub fn open(path: &Path, keep_through: usize) -> Result<Self> {
+    /// Opens `path` for appending, keeping only the events of steps up to `keep_through` (a
+    /// resumed run redoes the later ones); `None` starts it empty, for a run from step 0.
+    pub fn open(path: &Path, keep_through: Option<usize>) -> Result<Self> {
+        let step_of = |line: &str| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+        };
+        let mut evals = Vec::new();
         if path.exists() {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let kept: String = text
-                .lines()
-                .filter(|line| {
-                    serde_json::from_str::<serde_json::Value>(line)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
-                        .is_some_and(|s| s as usize <= keep_through)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
+            let mut kept = String::new();
+            for line in text.lines() {
+                let keep =
+                    keep_through.is_some_and(|k| step_of(line).is_some_and(|s| s <= k as u64));
+                if keep {
+                    if line.contains("\"event\":\"eval\"") {
+                        evals.extend(step_of(line));
+                    }
+                    kept += line;
+                    kept.push('\n');
+                }
+            }
             write_atomic(path, kept.as_bytes())?;
         }
         let file = std::fs::OpenOptions::new()
@@ -269,7 +316,13 @@ impl RunLog {
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            evals,
         })
+    }
+
+    /// Whether the log holds an evaluation at `step`.
+    pub fn has_eval(&self, step: usize) -> bool {
+        self.evals.contains(&(step as u64))
     }
 
     /// Appends one event.
@@ -279,6 +332,12 @@ impl RunLog {
         self.file
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        if event["event"] == "eval"
+            && let Some(step) = event["step"].as_u64()
+        {
+            self.evals.push(step);
+        }
+        Ok(())
     }
 }

@@ -61,6 +61,11 @@ pub enum Outcome {
     Interrupted(usize),
 }
 
+/// Whether step `done` of `total` is scored: every `every` steps (0: never) and at the end.
+fn is_eval_step(done: usize, total: usize, every: usize) -> bool {
+    done == total || (every > 0 && done.is_multiple_of(every))
+}
+
 /// A learner bound to its run directory.
 pub struct Session<'l, 'a> {
     learner: &'l mut Learner<'a>,
@@ -137,9 +142,18 @@ impl<'l, 'a> Session<'l, 'a> {
         stop: &AtomicBool,
     ) -> Result<Outcome> {
         let total = self.learner.config().steps;
-        let mut log = RunLog::open(&self.dir.join(LOG), self.learner.steps_done())?;
+        let done = self.learner.steps_done();
+        let mut log = RunLog::open(&self.dir.join(LOG), Some(done))?;
+        // A run stopped between a step's checkpoint and its evaluation scores it now.
+        if let Some(eval) = eval
+            && done > 0
+            && is_eval_step(done, total, eval.every)
+            && !log.has_eval(done)
+        {
+            self.evaluate_into(eval, &mut log)?;
+        }
         progress.set_length(total as u64);
-        progress.set_position(self.learner.steps_done() as u64);
+        progress.set_position(done as u64);
         while self.learner.steps_done() < total {
             if stop.load(Ordering::SeqCst) {
                 return Ok(Outcome::Interrupted(self.learner.steps_done()));
@@ -150,8 +164,9 @@ impl<'l, 'a> Session<'l, 'a> {
             progress.set_message(format!("entropy {:.4}", record.loss));
             progress.inc(1);
             let done = self.learner.steps_done();
+            crate::fault::point(&format!("step-{done}-saved"));
             if let Some(eval) = eval
-                && (done == total || (eval.every > 0 && done.is_multiple_of(eval.every)))
+                && is_eval_step(done, total, eval.every)
             {
                 self.evaluate_into(eval, &mut log)?;
             }
@@ -180,9 +195,11 @@ impl<'l, 'a> Session<'l, 'a> {
         &self.last_eval
     }
 
-    /// Scores the merged model at the current λ on every evaluation task and logs it.
+    /// Scores the merged model at the current λ on every evaluation task and logs it; at
+    /// step 0 the log starts anew (whatever an earlier start that did no step left in it).
     pub fn evaluate(&mut self, eval: &EvalSet<'_>) -> Result<Vec<f64>> {
-        let mut log = RunLog::open(&self.dir.join(LOG), self.learner.steps_done())?;
+        let done = self.learner.steps_done();
+        let mut log = RunLog::open(&self.dir.join(LOG), (done > 0).then_some(done))?;
         self.evaluate_into(eval, &mut log)
     }
 

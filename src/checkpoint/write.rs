@@ -68,20 +68,84 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A uniquely named temporary file beside `path` (removed when dropped unpersisted), with an
-/// ordinary file's permissions rather than a temporary file's private ones.
+/// ordinary file's permissions rather than a temporary file's private ones. Its name carries
+/// the process id, so the temporary files of writers killed mid-write are recognised and
+/// removed by the next writer in the folder.
 fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    remove_dead_temps(dir);
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".adamerge-").suffix(".tmp");
+    let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
+    builder.prefix(&prefix).suffix(".tmp");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o644));
     }
     builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// The start of every temporary file's name: `.adamerge-<pid>-<random>.tmp`.
+const TEMP_PREFIX: &str = ".adamerge-";
+
+/// Removes `dir`'s temporary files whose writer no longer runs (best effort: a file that
+/// cannot be removed stays for the next writer).
+fn remove_dead_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .filter(|n| n.ends_with(".tmp"))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !crate::output::process_alive(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Serialises tensors and string metadata as safetensors bytes with a canonical header (keys
+/// sorted), so the same values always give the same bytes; `safetensors` itself writes its
+/// metadata map in a random order.
+pub fn serialize_canonical(
+    views: Vec<(&str, safetensors::tensor::TensorView<'_>)>,
+    metadata: std::collections::BTreeMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    let bytes = safetensors::serialize(views, Some(metadata.into_iter().collect()))
+        .map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(
+        bytes[..8]
+            .try_into()
+            .map_err(|_| "a header of under 8 bytes")?,
+    );
+    let end = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .filter(|&e| e <= bytes.len())
+        .ok_or("a header longer than the file")?;
+    // serde_json's maps are sorted by key, and the data offsets in the header are explicit, so
+    // re-serialising the header reorders it without moving any data.
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| e.to_string())?;
+    let mut text = serde_json::to_string(&header).map_err(|e| e.to_string())?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// Reads a JSON file, naming it on failure.

@@ -301,11 +301,21 @@ impl Experiment {
             key,
             reason,
         };
+        // TOML errors say where: line and column (1-based) of the offending text.
+        let located = |e: &toml::de::Error| match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+                format!("line {line}, column {column}: {}", e.message())
+            }
+            None => e.message().to_string(),
+        };
         let de = toml::Deserializer::parse(text)
-            .map_err(|e| config_error("<root>".into(), e.message().to_string()))?;
+            .map_err(|e| config_error("<syntax>".into(), located(&e)))?;
         let exp: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            config_error(key, e.into_inner().message().to_string())
+            config_error(key, located(&e.into_inner()))
         })?;
         exp.check().map_err(|e| match e {
             Error::InvalidArgument { name, reason } => config_error(name, reason),
@@ -369,21 +379,33 @@ impl Experiment {
         Ok(out)
     }
 
+    /// Every path of the file with its key, as written (`model.pretrained`, `task[2].data`).
+    pub fn paths(&self) -> Vec<(String, &str)> {
+        let mut out = vec![(
+            "model.pretrained".to_string(),
+            self.model.pretrained.as_str(),
+        )];
+        if let Some(p) = &self.model.heads_from {
+            out.push(("model.heads_from".into(), p.as_str()));
+        }
+        for (i, t) in self.tasks.iter().enumerate() {
+            out.push((format!("task[{i}].checkpoint"), t.checkpoint.as_str()));
+            out.push((format!("task[{i}].data"), t.data.as_str()));
+            if let Some(p) = &t.head {
+                out.push((format!("task[{i}].head"), p.as_str()));
+            }
+            if let Some(p) = &t.adapt {
+                out.push((format!("task[{i}].adapt"), p.as_str()));
+            }
+        }
+        out
+    }
+
     /// Whether any path points into the built-in suite.
     pub fn uses_suite(&self) -> bool {
-        let mut paths = vec![Some(&self.model.pretrained), self.model.heads_from.as_ref()];
-        for t in &self.tasks {
-            paths.extend([
-                Some(&t.checkpoint),
-                Some(&t.data),
-                t.head.as_ref(),
-                t.adapt.as_ref(),
-            ]);
-        }
-        paths
-            .into_iter()
-            .flatten()
-            .any(|p| p.starts_with(SUITE_PREFIX))
+        self.paths()
+            .iter()
+            .any(|(_, p)| p.starts_with(SUITE_PREFIX))
     }
 }
 

@@ -11,7 +11,7 @@ use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::config::{Experiment, MethodKind, Planned, resolve};
+use super::config::{Experiment, MethodKind, Planned, SUITE_PREFIX, resolve};
 use super::results::{INDIVIDUAL, PRETRAINED, Progress, Record, Results, Role};
 use crate::adamerging::{
     Adaptation, BatchSource, EvalSet, ImageSampler, Job, JobTask, LearnConfig, Outcome, learn_with,
@@ -23,8 +23,8 @@ use crate::data::Preprocessor;
 use crate::error::{Error, Result};
 use crate::eval::{EvalTask, TextTower};
 use crate::model::{logits, vision_forward};
-use crate::output::{Inputs, RunLock};
-use crate::suite::{SuiteSpec, ensure, suite_dir};
+use crate::output::{Inputs, LOCK_FILE, RunLock};
+use crate::suite::{SuiteSpec, ensure, provides, suite_dir};
 use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
 use crate::weights::{Weights, scalar};
 
@@ -79,7 +79,27 @@ pub fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
     unreachable!("an unbounded range")
 }
 
-/// Starts a run of the experiment file `path` in a new directory.
+/// The folder an experiment file's relative paths start from (its own folder).
+fn base_of(path: &Path) -> Result<PathBuf> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parent.canonicalize().map_err(|e| Error::io(path, e))
+}
+
+/// Checks an experiment file without running it: its keys and values, and that every path of
+/// every seed resolves (variables set) and exists (a `suite:` path in the built suite, or among
+/// what a build writes). Every problem is reported, each by its key.
+pub fn check(path: &Path) -> Result<Experiment> {
+    let exp = Experiment::load(path)?;
+    existing_paths(&exp, &base_of(path)?, path)?;
+    Ok(exp)
+}
+
+/// Starts a run of the experiment file `path` in a new directory. Nothing is created when the
+/// file, a path or the run folder's place is wrong, and a run that fails before its first
+/// result removes its folder.
 pub fn run(path: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<(PathBuf, RunEnd)> {
     let mut exp = Experiment::load(path)?;
     // Overrides go into the run's config.toml, so a resumed run keeps them.
@@ -93,17 +113,15 @@ pub fn run(path: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<(PathBuf
             }
         }
     }
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-        .canonicalize()
-        .map_err(|e| Error::io(path, e))?;
-    let mut inputs = inputs(&exp, &base)?;
+    let base = base_of(path)?;
+    let mut inputs = Inputs::new();
+    for (key, p) in existing_paths(&exp, &base, path)? {
+        inputs.add(key, &p);
+    }
     inputs.add("the experiment file", path);
     inputs.check(&opts.runs_root.join(&exp.name))?;
     let dir = new_run_dir(&opts.runs_root, &exp.name)?;
-    let _lock = RunLock::folder(&dir)?;
+    let lock = RunLock::folder(&dir)?;
     let text = toml::to_string_pretty(&exp).map_err(|e| Error::invalid(CONFIG, e.to_string()))?;
     // The base folder travels with the config so a resumed run resolves paths as this one did.
     let text = format!("# base = {}\n{text}", base.display());
@@ -113,8 +131,36 @@ pub fn run(path: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<(PathBuf
         eprintln!("run directory: {}", dir.display());
     }
     crate::fault::point("run-locked");
-    let end = execute(&exp, &base, &dir, opts, stop)?;
-    Ok((dir, end))
+    match execute(&exp, &base, &dir, opts, stop) {
+        Ok(end) => Ok((dir, end)),
+        Err(e) => {
+            remove_unstarted(&dir, lock);
+            Err(e)
+        }
+    }
+}
+
+/// Removes a new run folder that holds no result yet, only what a run writes at its start; a
+/// folder holding anything else is left as it is.
+fn remove_unstarted(dir: &Path, lock: RunLock) {
+    let started = Progress::read(dir).map_or(true, |p| !p.records.is_empty());
+    let ours = [CONFIG, LOG, super::results::PROGRESS, LOCK_FILE];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+    if started
+        || names
+            .iter()
+            .any(|n| !ours.iter().any(|o| n.as_os_str() == *o))
+    {
+        return;
+    }
+    for n in names.iter().filter(|n| n.as_os_str() != LOCK_FILE) {
+        let _ = std::fs::remove_file(dir.join(n));
+    }
+    drop(lock);
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Continues an interrupted run in its directory.
@@ -132,16 +178,21 @@ pub fn resume(dir: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<RunEnd
             reason: "not a run directory's config (its first line names the base folder)".into(),
         })?;
     let exp = Experiment::parse(&text, &path)?;
-    inputs(&exp, &base)?.check(dir)?;
+    let mut inputs = Inputs::new();
+    for (key, p) in resolved_paths(&exp, &base, &path)? {
+        inputs.add(key, &p);
+    }
+    inputs.check(dir)?;
     let _lock = RunLock::folder(dir)?;
     crate::fault::point("run-locked");
     execute(&exp, &base, dir, opts, stop)
 }
 
-/// Every path the experiment reads, for every seed (a `suite:` path where that seed's suite is
-/// or will be built), so a run folder is kept apart from all of them.
-fn inputs(exp: &Experiment, base: &Path) -> Result<Inputs> {
-    let mut inputs = Inputs::new();
+/// Every path of the experiment resolved for every seed (a `suite:` path where that seed's
+/// suite is or will be built), with its key, and a line for each that does not resolve.
+fn resolve_all(exp: &Experiment, base: &Path) -> (Vec<(String, PathBuf)>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
     for &seed in &exp.seeds {
         let suite_root = exp.uses_suite().then(|| {
             suite_dir(&SuiteSpec {
@@ -149,24 +200,67 @@ fn inputs(exp: &Experiment, base: &Path) -> Result<Inputs> {
                 size: exp.suite.size,
             })
         });
-        let r = |p: &str| resolve(p, base, suite_root.as_deref());
-        inputs.add("the pretrained checkpoint", &r(&exp.model.pretrained)?);
-        if let Some(dir) = &exp.model.heads_from {
-            inputs.add("the text tower (model.heads_from)", &r(dir)?);
-        }
-        for t in &exp.tasks {
-            let n = &t.name;
-            inputs.add(format!("task `{n}`'s checkpoint"), &r(&t.checkpoint)?);
-            inputs.add(format!("task `{n}`'s data"), &r(&t.data)?);
-            if let Some(head) = &t.head {
-                inputs.add(format!("task `{n}`'s head"), &r(head)?);
-            }
-            if let Some(adapt) = &t.adapt {
-                inputs.add(format!("task `{n}`'s adaptation images"), &r(adapt)?);
+        for (key, raw) in exp.paths() {
+            match resolve(raw, base, suite_root.as_deref()) {
+                Ok(p) => out.push((key, p)),
+                Err(e) => problems.push(format!("`{key}`: {}", reason_of(e))),
             }
         }
     }
-    Ok(inputs)
+    (out, problems)
+}
+
+/// Fails listing every problem (each once), or passes `value` on.
+fn or_problems<T>(value: T, mut problems: Vec<String>, file: &Path) -> Result<T> {
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
+    if problems.is_empty() {
+        Ok(value)
+    } else {
+        Err(Error::Problems {
+            path: file.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Every path of the experiment, resolved; an unset variable is an error naming every key.
+fn resolved_paths(exp: &Experiment, base: &Path, file: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let (paths, problems) = resolve_all(exp, base);
+    or_problems(paths, problems, file)
+}
+
+/// Every path of the experiment, resolved and present; the error lists every key that does
+/// not resolve or names nothing.
+fn existing_paths(exp: &Experiment, base: &Path, file: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let (paths, mut problems) = resolve_all(exp, base);
+    let raw: std::collections::HashMap<String, &str> = exp.paths().into_iter().collect();
+    for (key, p) in &paths {
+        let written = raw.get(key).copied().unwrap_or_default();
+        let text = p.to_string_lossy();
+        let found = match written.strip_prefix(SUITE_PREFIX) {
+            // A suite not built yet will hold exactly what a build writes.
+            Some(rel) if !p.exists() => {
+                !p.ancestors().any(|a| a.join("suite.json").is_file()) && provides(rel)
+            }
+            _ if text.contains(['*', '?', '[']) => {
+                glob::glob(&text).is_ok_and(|mut m| m.next().is_some())
+            }
+            _ => p.exists(),
+        };
+        if !found {
+            problems.push(format!("`{key}`: {} does not exist", p.display()));
+        }
+    }
+    or_problems(paths, problems, file)
+}
+
+/// The reason of an argument error, without its name (the caller names the key).
+fn reason_of(e: Error) -> String {
+    match e {
+        Error::InvalidArgument { reason, .. } => reason,
+        other => other.to_string(),
+    }
 }
 
 fn bar(progress: bool, len: usize, msg: &str) -> ProgressBar {
@@ -383,21 +477,50 @@ fn adaptation_entropy(
 
 const ENTROPY_STEPS: usize = 4;
 
-fn append_log(dir: &Path, events: &[serde_json::Value]) -> Result<()> {
+/// Appends `events` of one method and seed to the run's log, first dropping the events of the
+/// same method, seed and kinds that an interrupted attempt logged, so that whatever point a run
+/// was killed at, a resumed one logs every event once.
+fn log_events(
+    dir: &Path,
+    method: &str,
+    seed: u64,
+    kinds: &[&str],
+    events: &[serde_json::Value],
+) -> Result<()> {
     use std::io::Write;
     let path = dir.join(LOG);
+    let old = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let earlier = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+            v["method"] == method
+                && v["seed"] == seed
+                && v["event"].as_str().is_some_and(|k| kinds.contains(&k))
+        })
+    };
+    let mut new = String::new();
+    for e in events {
+        new += &e.to_string();
+        new.push('\n');
+    }
+    if old.lines().any(earlier) {
+        let mut kept: String = old
+            .lines()
+            .filter(|l| !earlier(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        kept += &new;
+        return write_atomic(&path, kept.as_bytes());
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    let mut text = String::new();
-    for e in events {
-        text += &e.to_string();
-        text.push('\n');
-    }
-    f.write_all(text.as_bytes())
-        .map_err(|e| Error::io(&path, e))
+    f.write_all(new.as_bytes()).map_err(|e| Error::io(&path, e))
 }
 
 fn execute(
@@ -451,8 +574,11 @@ fn execute(
             &opts.device,
         )?;
         let finish = |progress: &mut Progress, record: Record| -> Result<()> {
-            append_log(
+            log_events(
                 dir,
+                &record.method,
+                record.seed,
+                &["method"],
                 &[json!({
                     "event": "method",
                     "seed": record.seed,
@@ -463,6 +589,7 @@ fn execute(
                     "seconds": record.seconds,
                 })],
             )?;
+            crate::fault::point("events-logged");
             progress.records.push(record);
             progress.write(dir)
         };
@@ -666,7 +793,7 @@ fn copy_events(job_log: &Path, dir: &Path, label: &str, seed: u64) -> Result<()>
             v
         })
         .collect();
-    append_log(dir, &events)
+    log_events(dir, label, seed, &["step", "eval"], &events)
 }
 
 fn reference(label: &str, seed: u64, accuracy: Vec<f64>, entropy: Option<f64>) -> Record {

@@ -153,6 +153,14 @@ pub(crate) fn check_range(name: &str, value: f64, lo: f64, hi: f64) -> Result<()
     Ok(())
 }
 
+/// Checks that a fraction is finite and inside `(0, 1]`.
+pub(crate) fn check_fraction(name: &str, value: f64) -> Result<()> {
+    if !(value > 0.0 && value <= 1.0) {
+        return Err(Error::invalid(name, format!("{value} is not in (0, 1]")));
+    }
+    Ok(())
+}
+
 /// Formats a hyper-parameter for a label without trailing zeros (`0.3`, `1`).
 pub(crate) fn fmt_param(v: f64) -> String {
     let s = format!("{v:.6}");

@@ -6,7 +6,8 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    MergeMethod, TensorMerge, VectorSource, by_chunks, check_range, chunks, fmt_param, part,
+    MergeMethod, TensorMerge, VectorSource, by_chunks, check_fraction, check_range, chunks,
+    fmt_param, part,
 };
 use crate::error::Result;
 use crate::task_vector::TaskVectors;
@@ -61,7 +62,7 @@ impl Default for Ties {
 impl Ties {
     /// Validates `k` ∈ (0, 1] and λ.
     pub fn new(k: f64, lambda: f64, aggregate: Aggregate, scope: TrimScope) -> Result<Self> {
-        check_range("--k", k, f64::MIN_POSITIVE, 1.0)?;
+        check_fraction("--k", k)?;
         check_range("--lambda", lambda, -10.0, 10.0)?;
         Ok(Self {
             k,

@@ -11,3 +11,4 @@ pub use lock::{LOCK_FILE, RunLock};
 pub use manifest::{MANIFEST, Manifest};
 pub use overlap::Inputs;
 pub use staged::OutputDir;
+pub(crate) use staged::process_alive;

@@ -80,7 +80,7 @@ fn write_plots(dir: &Path, r: &Results) -> Result<()> {
                 &plots.join(format!("lambda-{stem}.svg")),
                 &format!("{label} λ, task × unit"),
                 &l.tasks,
-                l.units.len(),
+                &l.units.iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
                 &flat,
             )?;
         }

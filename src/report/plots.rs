@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
@@ -59,174 +60,455 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Accuracy (%) against learning step: one thin line per task and a thick one for the average.
+/// Accuracy (%) against learning step: one thin line per task and a thick one for the average,
+/// the legend beside the plot.
 pub fn accuracy_curves(path: &Path, title: &str, tasks: &[Curve], average: &Curve) -> Result<()> {
     let max_step = tasks
         .iter()
         .chain([average])
-        .flat_map(|c| c.points.iter().map(|p| p.0))
-        .fold(1.0f64, f64::max);
-    render(path, (900, 540), |root| {
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
+        .flat_map(|c| c.points.iter().map(|p| p.0.round() as i64))
+        .fold(1, i64::max);
+    let names: Vec<&str> = tasks.iter().map(|c| c.name.as_str()).collect();
+    let legend_w = legend_width(names.iter().copied().chain([average.name.as_str()]));
+    render(path, (760 + legend_w, 500), |root| {
+        let (plot, side) = root.split_horizontally(760);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(title, ("sans-serif", 20))
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..max_step, 0f64..100f64)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0i64..max_step, 0f64..100f64)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc("step")
             .y_desc("test accuracy (%)")
+            .x_label_formatter(&|x| x.to_string())
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style(("sans-serif", 14))
+            .light_line_style(RGBColor(242, 242, 242))
             .draw()
             .map_err(|e| e.to_string())?;
+        let mut entries = Vec::new();
         for (i, c) in tasks.iter().enumerate() {
             let col = colour(i);
             chart
                 .draw_series(LineSeries::new(
-                    c.points.iter().map(|&(x, y)| (x, 100.0 * y)),
+                    c.points.iter().map(|&(x, y)| (x.round() as i64, 100.0 * y)),
                     col.stroke_width(2),
                 ))
-                .map_err(|e| e.to_string())?
-                .label(c.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2))
-                });
+                .map_err(|e| e.to_string())?;
+            entries.push((c.name.clone(), col, 2));
         }
         chart
             .draw_series(LineSeries::new(
-                average.points.iter().map(|&(x, y)| (x, 100.0 * y)),
+                average
+                    .points
+                    .iter()
+                    .map(|&(x, y)| (x.round() as i64, 100.0 * y)),
                 BLACK.stroke_width(4),
             ))
-            .map_err(|e| e.to_string())?
-            .label(average.name.clone())
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(4)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        entries.push((average.name.clone(), BLACK, 4));
+        let items: Vec<LegendItem> = entries
+            .into_iter()
+            .map(|(name, col, w)| LegendItem::Line(name, col, w))
+            .collect();
+        draw_legend(&side, &items, 56)
     })
 }
 
-/// λ as a heatmap: one row per task, one column per unit, white (0) to dark blue (1), with the
-/// value range in the title.
+/// A text style anchored at a side of its position.
+fn anchored<'a>(font: &FontDesc<'a>, h: HPos, v: VPos) -> TextStyle<'a> {
+    TextStyle::from(font.clone()).pos(Pos::new(h, v))
+}
+
+/// A legend entry: a line of a width, or a filled box.
+enum LegendItem {
+    Line(String, RGBColor, u32),
+    Box(String, RGBColor),
+}
+
+/// Pixels a legend of these labels needs beside a plot.
+fn legend_width<'a>(labels: impl Iterator<Item = &'a str>) -> u32 {
+    let longest = labels.map(|l| l.chars().count()).max().unwrap_or(0) as u32;
+    (60 + 8 * longest).clamp(140, 420)
+}
+
+/// Draws a legend in its own area beside the plot, so it never hides data.
+fn draw_legend(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    items: &[LegendItem],
+    top: i32,
+) -> std::result::Result<(), String> {
+    let font = ("sans-serif", 14).into_font();
+    for (i, item) in items.iter().enumerate() {
+        let y = top + 24 * i as i32;
+        let label = match item {
+            LegendItem::Line(label, col, w) => {
+                area.draw(&PathElement::new(
+                    vec![(8, y), (34, y)],
+                    col.stroke_width(*w),
+                ))
+                .map_err(|e| e.to_string())?;
+                label
+            }
+            LegendItem::Box(label, col) => {
+                area.draw(&Rectangle::new([(12, y - 7), (30, y + 7)], col.filled()))
+                    .map_err(|e| e.to_string())?;
+                label
+            }
+        };
+        area.draw(&Text::new(
+            label.clone(),
+            (42, y),
+            anchored(&font, HPos::Left, VPos::Center),
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Where a unit sits in the forward pass (stage, block, part, weight before bias), so the
+/// heatmap's columns read in the order the model computes, whatever the checkpoint's order.
+fn forward_position(name: &str) -> (u8, usize, usize, u8) {
+    let part = |parts: &[&str]| {
+        parts
+            .iter()
+            .position(|p| name.contains(p))
+            .unwrap_or(parts.len())
+    };
+    let wb = if name.ends_with("weight") {
+        0
+    } else if name.ends_with("bias") {
+        1
+    } else {
+        2
+    };
+    if let Some(pos) = name.find(".layers.") {
+        let digits: String = name[pos + ".layers.".len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let inner = [
+            "layer_norm1",
+            "q_proj",
+            "in_proj",
+            "k_proj",
+            "v_proj",
+            "out_proj",
+            "layer_norm2",
+            "fc1",
+            "fc2",
+        ];
+        return (1, digits.parse().unwrap_or(0), part(&inner), wb);
+    }
+    let embeddings = [
+        "class_embedding",
+        "patch_embedding",
+        "position_embedding",
+        "pre_layrnorm",
+    ];
+    if name == "embeddings" || embeddings.iter().any(|e| name.contains(e)) {
+        return (0, 0, part(&embeddings), wb);
+    }
+    (2, 0, part(&["post_layernorm", "visual_projection"]), wb)
+}
+
+/// A unit's group (`embeddings`, `block 3`, `head`; `all` for task-wise λ) and its short name
+/// within the group (`qkv.w`, `fc1.b`, `pos`).
+fn unit_label(name: &str) -> (String, String) {
+    const SHORT: [(&str, &str); 16] = [
+        ("self_attn.in_proj", "qkv"),
+        ("self_attn.q_proj", "q"),
+        ("self_attn.k_proj", "k"),
+        ("self_attn.v_proj", "v"),
+        ("self_attn.out_proj", "out"),
+        ("layer_norm1", "ln1"),
+        ("layer_norm2", "ln2"),
+        ("mlp.fc1", "fc1"),
+        ("mlp.fc2", "fc2"),
+        ("class_embedding", "cls"),
+        ("patch_embedding", "patch"),
+        ("position_embedding", "pos"),
+        ("pre_layrnorm", "pre-ln"),
+        ("post_layernorm", "post-ln"),
+        ("visual_projection", "proj"),
+        ("embeddings.", ""),
+    ];
+    let shorten = |rest: &str| {
+        let mut s = rest.trim_start_matches("vision_model.").to_string();
+        for (long, short) in SHORT {
+            s = s.replace(long, short);
+        }
+        s.replace(".weight", ".w").replace(".bias", ".b")
+    };
+    if name == "all" {
+        return ("all".into(), String::new());
+    }
+    let (stage, block, _, _) = forward_position(name);
+    match stage {
+        1 => {
+            let rest = name
+                .split(".layers.")
+                .nth(1)
+                .map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit()))
+                .unwrap_or_default()
+                .trim_start_matches('.');
+            (format!("block {block}"), shorten(rest))
+        }
+        0 => ("embeddings".into(), shorten(name)),
+        _ => ("head".into(), shorten(name)),
+    }
+}
+
+/// λ as a heatmap, white (0) to dark blue (1) with a colour bar: one row per task, one column
+/// per unit in forward order, the columns named (embeddings, each block's norms, q/k/v,
+/// attention output and MLP units, the head) and grouped by block.
 pub fn lambda_heatmap(
     path: &Path,
     title: &str,
     tasks: &[String],
-    units: usize,
+    units: &[String],
     lambda: &[f32],
 ) -> Result<()> {
-    let k = tasks.len();
+    let (k, n) = (tasks.len(), units.len());
     let (lo, hi) = lambda
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
-    let width = (240 + 10 * units as u32).clamp(600, 1800);
-    render(path, (width, 140 + 36 * k as u32), |root| {
-        let caption = format!("{title} (λ from {lo:.2} to {hi:.2}; white 0, dark blue 1)");
-        let mut chart = ChartBuilder::on(&root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(110)
-            .build_cartesian_2d(0f64..units as f64, 0f64..k as f64)
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&u| forward_position(&units[u]));
+    let labels: Vec<(String, String)> = order.iter().map(|&u| unit_label(&units[u])).collect();
+    let longest = labels.iter().map(|l| l.1.len()).max().unwrap_or(0) as u32;
+    // Few units (task-wise λ) get wide cells with their values written in.
+    let cell = (360 / n.max(1) as u32).clamp(14, 72);
+    let (left, right) = (120u32, 110u32);
+    let bottom = 40 + 7 * longest + 30;
+    let caption = format!("{title} (λ from {lo:.2} to {hi:.2})");
+    let width = (left + cell * n as u32 + right).max(24 + 9 * caption.chars().count() as u32);
+    let height = 60 + 28 * k as u32 + bottom;
+    render(path, (width, height), |root| {
+        root.draw(&Text::new(
+            caption,
+            (12, 12),
+            ("sans-serif", 18).into_font(),
+        ))
+        .map_err(|e| e.to_string())?;
+        let grid_w = cell as i32 * n as i32;
+        let (x0, y0, row_h) = (left as i32, 48, 28);
+        let fill = |v: f64| {
+            let v = v.clamp(0.0, 1.0);
+            let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * v).round() as u8;
+            RGBColor(mix(255, 8), mix(255, 48), mix(255, 107))
+        };
+        let label_font = ("sans-serif", 14).into_font();
+        for (t, name) in tasks.iter().enumerate() {
+            let y = y0 + row_h * t as i32;
+            root.draw(&Text::new(
+                name.clone(),
+                (x0 - 8, y + row_h / 2),
+                anchored(&label_font, HPos::Right, VPos::Center),
+            ))
             .map_err(|e| e.to_string())?;
-        let names = tasks.to_vec();
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_desc("unit (embeddings … blocks … projection)")
-            .y_labels(2 * k + 1)
-            .y_label_formatter(&|y| {
-                let i = (k as f64 - y - 0.5).round();
-                if (y.fract() - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < k {
-                    names[i as usize].clone()
-                } else {
-                    String::new()
+            for (col, &u) in order.iter().enumerate() {
+                let x = x0 + cell as i32 * col as i32;
+                let v = lambda.get(t * n + u).copied().unwrap_or(0.0) as f64;
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell as i32, y + row_h)],
+                    fill(v).filled(),
+                ))
+                .map_err(|e| e.to_string())?;
+                if cell >= 40 {
+                    let ink = if v > 0.55 { WHITE } else { BLACK };
+                    let font = ("sans-serif", 12).into_font();
+                    root.draw(&Text::new(
+                        format!("{v:.2}"),
+                        (x + cell as i32 / 2, y + row_h / 2),
+                        anchored(&font, HPos::Center, VPos::Center).color(&ink),
+                    ))
+                    .map_err(|e| e.to_string())?;
                 }
-            })
-            .draw()
+            }
+        }
+        let y_end = y0 + row_h * k as i32;
+        root.draw(&Rectangle::new(
+            [(x0, y0), (x0 + grid_w, y_end)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?;
+        // Unit names, turned upright under their columns; group names and separators below.
+        let upright = ("sans-serif", 11)
+            .into_font()
+            .transform(FontTransform::Rotate270);
+        let small = anchored(&upright, HPos::Right, VPos::Center);
+        for (u, (_, short)) in labels.iter().enumerate() {
+            let x = x0 + cell as i32 * u as i32 + cell as i32 / 2;
+            root.draw(&Text::new(short.clone(), (x, y_end + 4), small.clone()))
+                .map_err(|e| e.to_string())?;
+        }
+        let group_y = y_end + 10 + 7 * longest as i32;
+        let mut start = 0;
+        for u in 1..=n {
+            if u < n && labels[u].0 == labels[start].0 {
+                continue;
+            }
+            let (a, b) = (x0 + cell as i32 * start as i32, x0 + cell as i32 * u as i32);
+            root.draw(&PathElement::new(
+                vec![(a, y0), (a, group_y + 20)],
+                BLACK.stroke_width(1),
+            ))
             .map_err(|e| e.to_string())?;
-        let cells = (0..k).flat_map(|t| (0..units).map(move |u| (t, u)));
-        chart
-            .draw_series(cells.map(|(t, u)| {
-                let v = lambda[t * units + u].clamp(0.0, 1.0) as f64;
-                let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * v).round() as u8;
-                let c = RGBColor(mix(255, 8), mix(255, 48), mix(255, 107));
-                let row = (k - 1 - t) as f64;
-                Rectangle::new([(u as f64, row), (u as f64 + 1.0, row + 1.0)], c.filled())
-            }))
+            let group = &labels[start].0;
+            let text = match group.strip_prefix("block ") {
+                Some(l) if b - a < 60 => l.to_string(),
+                _ => group.clone(),
+            };
+            root.draw(&Text::new(
+                text,
+                ((a + b) / 2, group_y + 4),
+                anchored(&label_font, HPos::Center, VPos::Top),
+            ))
             .map_err(|e| e.to_string())?;
+            start = u;
+        }
+        root.draw(&PathElement::new(
+            vec![(x0 + grid_w, y0), (x0 + grid_w, group_y + 20)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?;
+        // The colour bar, 0 at the bottom and 1 at the top.
+        let (bx, bh) = (x0 + grid_w + 30, (y_end - y0).max(80));
+        for i in 0..bh {
+            let v = 1.0 - i as f64 / (bh - 1).max(1) as f64;
+            root.draw(&Rectangle::new(
+                [(bx, y0 + i), (bx + 16, y0 + i + 1)],
+                fill(v).filled(),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        root.draw(&Rectangle::new(
+            [(bx, y0), (bx + 16, y0 + bh)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?;
+        for (v, label) in [(1.0, "1"), (0.5, "0.5"), (0.0, "0")] {
+            let y = y0 + ((1.0 - v) * (bh - 1) as f64).round() as i32;
+            root.draw(&Text::new(
+                label,
+                (bx + 22, y),
+                anchored(&label_font, HPos::Left, VPos::Center),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        root.draw(&Text::new(
+            "λ",
+            (bx + 8, y0 - 6),
+            anchored(&label_font, HPos::Center, VPos::Bottom),
+        ))
+        .map_err(|e| e.to_string())?;
         Ok(())
     })
 }
 
-/// Grouped bars: accuracy (%) per task for each method.
+/// Grouped bars: accuracy (%) per task and on average for each method, the axis fitted to the
+/// data and the legend beside the plot.
 pub fn method_bars(
     path: &Path,
     title: &str,
     tasks: &[String],
     methods: &[(String, Vec<f64>)],
 ) -> Result<()> {
-    let k = tasks.len();
+    let mut groups = tasks.to_vec();
+    groups.push("average".into());
+    let with_average: Vec<(String, Vec<f64>)> = methods
+        .iter()
+        .map(|(name, acc)| {
+            let avg = acc.iter().sum::<f64>() / acc.len().max(1) as f64;
+            let mut row = acc.clone();
+            row.push(avg);
+            (name.clone(), row)
+        })
+        .collect();
+    let g = groups.len();
     let m = methods.len().max(1);
-    // Headroom above 100 % holds the legend, so it never hides a bar.
-    let top = 104.0 + 5.5 * m as f64;
-    render(path, ((160 + 90 * k as u32).max(700), 620), |root| {
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
+    let highest = with_average
+        .iter()
+        .flat_map(|(_, a)| a.iter())
+        .fold(0.0f64, |a, &b| a.max(100.0 * b));
+    let top = ((highest / 10.0).ceil() * 10.0).clamp(10.0, 100.0);
+    let legend_w = legend_width(methods.iter().map(|(n, _)| n.as_str()));
+    let plot_w = (140 + 80 * g as u32).max(640);
+    render(path, (plot_w + legend_w, 560), |root| {
+        let (plot, side) = root.split_horizontally(plot_w);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(title, ("sans-serif", 20))
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..k as f64, 0f64..top)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..g as f64 + 0.3, 0f64..top)
             .map_err(|e| e.to_string())?;
-        let names = tasks.to_vec();
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(2 * k + 1)
-            .x_label_formatter(&|x| {
-                let i = (x - 0.5).round();
-                if (x.fract() - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < k {
-                    names[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            })
+            .x_labels(0)
             .y_desc("test accuracy (%)")
-            .y_label_formatter(&|y| {
-                if *y <= 100.0 {
-                    format!("{y:.0}")
-                } else {
-                    String::new()
-                }
-            })
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style(("sans-serif", 14))
+            .light_line_style(RGBColor(242, 242, 242))
             .draw()
             .map_err(|e| e.to_string())?;
+        // Group names under the axis; the average group sits after a gap, its name in bold.
+        let shift = |i: usize| if i + 1 == g { 0.3 } else { 0.0 };
+        for (i, name) in groups.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(i as f64 + 0.5 + shift(i), 0.0));
+            let font = if i + 1 == g {
+                ("sans-serif", 14).into_font().style(FontStyle::Bold)
+            } else {
+                ("sans-serif", 14).into_font()
+            };
+            root.draw(&Text::new(
+                name.clone(),
+                (x, y + 8),
+                anchored(&font, HPos::Center, VPos::Top),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
         let bar = 0.8 / m as f64;
-        for (j, (name, acc)) in methods.iter().enumerate() {
+        let mut items = Vec::new();
+        let value_font = ("sans-serif", 11).into_font();
+        for (j, (name, acc)) in with_average.iter().enumerate() {
             let col = colour(j);
+            let x0 = |t: usize| t as f64 + shift(t) + 0.1 + j as f64 * bar;
             chart
                 .draw_series(acc.iter().enumerate().map(|(t, a)| {
-                    let x0 = t as f64 + 0.1 + j as f64 * bar;
-                    Rectangle::new([(x0, 0.0), (x0 + bar * 0.92, 100.0 * a)], col.filled())
+                    Rectangle::new(
+                        [(x0(t), 0.0), (x0(t) + bar * 0.92, 100.0 * a)],
+                        col.filled(),
+                    )
                 }))
-                .map_err(|e| e.to_string())?
-                .label(name.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], col.filled()));
+                .map_err(|e| e.to_string())?;
+            // The averages, the numbers readers compare, are written inside their bars.
+            let avg = acc[g - 1];
+            let (x, y) = chart.backend_coord(&(x0(g - 1) + bar * 0.46, 100.0 * avg));
+            let upright = value_font.clone().transform(FontTransform::Rotate270);
+            root.draw(&Text::new(
+                format!("{:.1}", 100.0 * avg),
+                (x, y + 4),
+                anchored(&upright, HPos::Right, VPos::Center).color(&WHITE),
+            ))
+            .map_err(|e| e.to_string())?;
+            items.push(LegendItem::Box(name.clone(), col));
         }
+        // A line between the tasks and their average.
         chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(g as f64 - 0.85, 0.0), (g as f64 - 0.85, top)],
+                BLACK.mix(0.4).stroke_width(1),
+            )))
+            .map_err(|e| e.to_string())?;
+        draw_legend(&side, &items, 56)
     })
 }
 
@@ -251,7 +533,12 @@ mod tests {
         )
         .unwrap();
         let h = dir.path().join("lambda.svg");
-        lambda_heatmap(&h, "λ", &tasks, 3, &[0.0, 0.5, 1.0, 0.3, 0.3, 0.3]).unwrap();
+        let units = [
+            "vision_model.embeddings.class_embedding".to_string(),
+            "vision_model.encoder.layers.0.self_attn.in_proj.weight".to_string(),
+            "visual_projection.weight".to_string(),
+        ];
+        lambda_heatmap(&h, "λ", &tasks, &units, &[0.0, 0.5, 1.0, 0.3, 0.3, 0.3]).unwrap();
         let b = dir.path().join("bars.svg");
         method_bars(
             &b,

@@ -120,6 +120,22 @@ pub fn suite_dir(spec: &SuiteSpec) -> PathBuf {
     cache_dir().join("suite").join(spec.key())
 }
 
+/// Whether a built suite holds `rel` (a path relative to its root), known before it is built.
+pub fn provides(rel: &str) -> bool {
+    let rel = rel.trim_start_matches('/').trim_end_matches('/');
+    rel == "models/pretrained"
+        || TASKS.iter().any(|t| {
+            [
+                format!("models/{}", t.name),
+                format!("heads/{}.safetensors", t.name),
+                format!("data/{}", t.name),
+                format!("data/{}/train", t.name),
+                format!("data/{}/test", t.name),
+            ]
+            .contains(&rel.to_string())
+        })
+}
+
 /// The cached suite of `spec`, built first when missing.
 pub fn ensure(spec: &SuiteSpec, device: &Device, progress: bool) -> Result<PathBuf> {
     let dir = suite_dir(spec);

@@ -9,6 +9,6 @@ pub mod recipe;
 pub mod tiny_clip;
 pub mod train;
 
-pub use build::{SuiteInfo, SuiteTask, build, ensure, suite_dir};
+pub use build::{SuiteInfo, SuiteTask, build, ensure, provides, suite_dir};
 pub use compare::{AdaMergingRun, MethodScore, compare};
 pub use recipe::{RECIPE_VERSION, Recipe, Size, SuiteSpec};

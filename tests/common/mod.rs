@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,6 +10,7 @@ use adamerge::config::VisionConfig;
 use adamerge::eval::save_head;
 use adamerge::weights::{FlatTensor, Weights};
 use burn::tensor::{Device, Tensor, TensorData};
+use sha2::{Digest, Sha256};
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -185,4 +186,70 @@ pub fn learn_args_from(
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
+}
+
+/// Every entry under `root` (links not followed) → a digest of its contents or link target.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| {
+            let digest = if e.path_is_symlink() {
+                format!(
+                    "link to {}",
+                    std::fs::read_link(e.path()).unwrap().display()
+                )
+            } else {
+                let bytes = std::fs::read(e.path()).unwrap();
+                format!("{:x}", Sha256::digest(&bytes))
+            };
+            (e.path().strip_prefix(root).unwrap().to_path_buf(), digest)
+        })
+        .collect()
+}
+
+/// Copies of the fixture models under `root/models` (`pretrained`, `finetuned/<task>`).
+pub fn copy_models(root: &Path) -> PathBuf {
+    let models = root.join("models");
+    let from = fixture("adamerging");
+    for rel in [
+        "pretrained",
+        "finetuned/alpha",
+        "finetuned/beta",
+        "finetuned/gamma",
+    ] {
+        std::fs::create_dir_all(models.join(rel)).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(from.join(rel).join(f), models.join(rel).join(f)).unwrap();
+        }
+    }
+    models
+}
+
+/// The methods of a quick experiment: weight averaging alone.
+pub const AVERAGE_ONLY: &str = "[[method]]\nkind = \"weight-average\"\n";
+
+/// An experiment over copies of the fixture models and `make_data`'s sets, with `methods`
+/// (TOML `[[method]]` tables).
+pub fn experiment(
+    name: &str,
+    models: &Path,
+    data: &[(String, PathBuf, PathBuf)],
+    methods: &str,
+) -> String {
+    let mut s = format!(
+        "name = \"{name}\"\nseeds = [0]\n[model]\npretrained = \"{}\"\n",
+        models.join("pretrained").display()
+    );
+    for (t, dir, head) in data {
+        s += &format!(
+            "[[task]]\nname = \"{t}\"\ncheckpoint = \"{}\"\ndata = \"{}\"\nhead = \"{}\"\n",
+            models.join("finetuned").join(t).display(),
+            dir.display(),
+            head.display()
+        );
+    }
+    s + methods
 }
