@@ -7,6 +7,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The MLP activation of a CLIP tower, as `hidden_act` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// x·σ(1.702x), the original CLIP's.
+    QuickGelu,
+    /// Exact (erf) GELU.
+    Gelu,
+}
+
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::QuickGelu => "quick_gelu",
+            Self::Gelu => "gelu",
+        })
+    }
+}
+
 /// The vision tower's hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -28,7 +47,7 @@ pub struct VisionConfig {
     /// Patch size.
     pub patch_size: usize,
     /// MLP activation (`quick_gelu` or `gelu`).
-    pub hidden_act: String,
+    pub hidden_act: Activation,
     /// Layer-norm epsilon.
     pub layer_norm_eps: f64,
 }
@@ -44,7 +63,7 @@ impl Default for VisionConfig {
             num_channels: 3,
             image_size: 224,
             patch_size: 32,
-            hidden_act: "quick_gelu".into(),
+            hidden_act: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
         }
     }
@@ -69,7 +88,7 @@ pub struct TextConfig {
     /// Context length.
     pub max_position_embeddings: usize,
     /// MLP activation.
-    pub hidden_act: String,
+    pub hidden_act: Activation,
     /// Layer-norm epsilon.
     pub layer_norm_eps: f64,
     /// End-of-text id; 2 marks the legacy configs that pool at the largest id instead.
@@ -86,7 +105,7 @@ impl Default for TextConfig {
             num_hidden_layers: 12,
             num_attention_heads: 8,
             max_position_embeddings: 77,
-            hidden_act: "quick_gelu".into(),
+            hidden_act: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
             eos_token_id: 49407,
         }
@@ -175,7 +194,7 @@ impl VisionConfig {
             ("num_channels", self.num_channels.to_string()),
             ("image_size", self.image_size.to_string()),
             ("patch_size", self.patch_size.to_string()),
-            ("hidden_act", self.hidden_act.clone()),
+            ("hidden_act", self.hidden_act.to_string()),
         ]
     }
 }

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::error::Result;
 use crate::task_vector::TaskVectors;
 use crate::weights::{int_sum, scalar};
 
@@ -28,7 +29,7 @@ pub struct TaskVectorReport {
 
 impl TaskVectorReport {
     /// Computes every diagnostic in one pass over the tensors.
-    pub fn compute(tv: &TaskVectors) -> Self {
+    pub fn compute(tv: &TaskVectors) -> Result<Self> {
         let k = tv.num_tasks();
         let mut dots = vec![vec![0f64; k]; k];
         let mut opposite = vec![vec![0i64; k]; k];
@@ -36,22 +37,18 @@ impl TaskVectorReport {
         let mut base_sq = 0f64;
         let (mut conflicts, mut multi) = (0i64, 0i64);
         for (name, t0) in tv.base().iter() {
-            base_sq += scalar(t0.data.clone().powf_scalar(2.0).sum());
+            base_sq += scalar(t0.data.clone().powf_scalar(2.0).sum())?;
             let taus: Vec<_> = (0..k)
-                .map(|i| tv.vector(i).get(name).map(|t| t.data.clone()))
-                .collect::<Option<Vec<_>>>()
-                .unwrap_or_default();
-            if taus.len() != k {
-                continue;
-            }
+                .map(|i| tv.vector(i).require(name).map(|t| t.data.clone()))
+                .collect::<Result<Vec<_>>>()?;
             let signs: Vec<_> = taus.iter().map(|t| t.clone().sign()).collect();
             for i in 0..k {
                 for j in i..k {
-                    dots[i][j] += scalar((taus[i].clone() * taus[j].clone()).sum());
+                    dots[i][j] += scalar((taus[i].clone() * taus[j].clone()).sum())?;
                     if i != j {
                         let prod = signs[i].clone() * signs[j].clone();
-                        opposite[i][j] += int_sum(prod.clone().lower_elem(0.0).int());
-                        both[i][j] += int_sum(prod.not_equal_elem(0.0).int());
+                        opposite[i][j] += int_sum(prod.clone().lower_elem(0.0).int())?;
+                        both[i][j] += int_sum(prod.not_equal_elem(0.0).int())?;
                     }
                 }
             }
@@ -61,8 +58,8 @@ impl TaskVectorReport {
                 pos = pos + t.clone().greater_elem(0.0).int();
                 neg = neg + t.clone().lower_elem(0.0).int();
             }
-            multi += int_sum((pos.clone() + neg.clone()).greater_equal_elem(2).int());
-            conflicts += int_sum(pos.greater_elem(0).bool_and(neg.greater_elem(0)).int());
+            multi += int_sum((pos.clone() + neg.clone()).greater_equal_elem(2).int())?;
+            conflicts += int_sum(pos.greater_elem(0).bool_and(neg.greater_elem(0)).int())?;
         }
         let norms: Vec<f64> = (0..k).map(|i| dots[i][i].sqrt()).collect();
         let mut cosine = vec![vec![1f64; k]; k];
@@ -77,7 +74,7 @@ impl TaskVectorReport {
                 pairwise[j][i] = r;
             }
         }
-        Self {
+        Ok(Self {
             tasks: tv.tasks().to_vec(),
             num_params: tv.base().num_params(),
             base_norm: base_sq.sqrt(),
@@ -85,7 +82,7 @@ impl TaskVectorReport {
             cosine,
             pairwise_sign_conflict: pairwise,
             sign_conflict_rate: conflicts as f64 / multi.max(1) as f64,
-        }
+        })
     }
 
     /// Markdown: a norm table, the cosine matrix and the sign-conflict matrix.

@@ -173,6 +173,12 @@ pub enum Error {
         /// One line each, naming the key.
         problems: Vec<String>,
     },
+    /// A computation on the device that failed (a read-back of a tensor to the host).
+    #[error("device: {reason}")]
+    Device {
+        /// What failed.
+        reason: String,
+    },
     /// Two tasks with the same name.
     #[error("task name `{0}` is given twice; task names must be unique")]
     DuplicateTask(String),

@@ -7,8 +7,8 @@ use rayon::prelude::*;
 use crate::config::VisionConfig;
 use crate::data::{ImageRef, LabeledImages, Preprocessor};
 use crate::error::{Error, Result};
-use crate::model::{logits, vision_forward};
-use crate::weights::Weights;
+use crate::model::{VisionTower, logits};
+use crate::weights::{Weights, int_vec};
 
 /// A task to score: its head and its labelled images.
 pub struct EvalTask {
@@ -71,23 +71,17 @@ pub fn accuracy(
             ),
         ));
     }
+    let tower = VisionTower::new(cfg, w)?;
     let mut correct = 0usize;
     for chunk in task.data.items.chunks(batch_size.max(1)) {
         let images: Vec<&ImageRef> = chunk.iter().map(|(p, _)| p).collect();
         let pixels = load_batch(&images, pre, device)?;
-        let embeds = vision_forward(cfg, w, pixels)?
-            .image_embeds
-            .ok_or_else(|| Error::Tensor {
-                tensor: "visual_projection.weight".into(),
-                reason: "missing: scoring with a head needs the visual projection".into(),
-            })?;
-        let predicted: Vec<i64> = logits(embeds, task.head.clone())
-            .argmax(1)
-            .reshape([chunk.len()])
-            .into_data()
-            .convert::<i64>()
-            .try_into_vec::<i64>()
-            .unwrap_or_default();
+        let embeds = tower.image_embeds(pixels)?;
+        let predicted = int_vec(
+            logits(embeds, task.head.clone())
+                .argmax(1)
+                .reshape([chunk.len()]),
+        )?;
         correct += predicted
             .iter()
             .zip(chunk)
@@ -215,7 +209,7 @@ pub fn save_head(path: &std::path::Path, head: &Tensor<2>) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let [c, p] = head.dims();
-    let values = crate::weights::tensor_to_vec(head.clone().reshape([c * p]));
+    let values = crate::weights::tensor_to_vec(head.clone().reshape([c * p]))?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let tensor = PendingTensor {
         dtype: StoredDtype::F32,

@@ -626,7 +626,7 @@ fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
         .collect();
     let replacement = Replacement::new(shapes, |name| {
         let t = Instant::now();
-        let values = tensor_to_vec(merger.tensor(name)?);
+        let values = tensor_to_vec(merger.tensor(name)?)?;
         merging.set(merging.get() + t.elapsed());
         Ok(values)
     });
@@ -726,12 +726,9 @@ fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
             &bar,
         )?;
         bar.finish_and_clear();
-        let report = TaskVectorReport::compute(&tv);
+        let report = TaskVectorReport::compute(&tv)?;
         if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
+            println!("{}", to_json(&report)?);
         } else {
             println!(
                 "{} merged tensors, {} carried over\n\n{}",
@@ -762,7 +759,7 @@ fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
             .map(|(n, d, s, c)| serde_json::json!({"name": n, "dtype": d, "shape": s, "params": c}))
             .collect();
         let doc = serde_json::json!({"path": dir, "tensors": tensors, "params": ckpt.num_params()});
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        println!("{}", to_json(&doc)?);
         return Ok(());
     }
     println!("| tensor | dtype | shape | parameters |\n|---|---|---|---|");
@@ -784,6 +781,10 @@ fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
         dtypes.join(", ")
     );
     Ok(())
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::invalid("--json", e.to_string()))
 }
 
 fn eval(args: EvalArgs, backend: Backend) -> Result<()> {

@@ -152,7 +152,7 @@ impl TaskVectors {
             let meta = base_ckpt
                 .meta(name)
                 .map(|m| m.shape.clone())
-                .unwrap_or_default();
+                .expect("the merge plan lists only tensors of the pretrained checkpoint");
             let values = base_ckpt.read_f32(name)?;
             progress.inc(values.len() as u64);
             base.insert(name.clone(), FlatTensor::from_vec(values, meta, device));

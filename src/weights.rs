@@ -34,7 +34,7 @@ impl FlatTensor {
     }
 
     /// Copies the values to the host.
-    pub fn to_vec(&self) -> Vec<f32> {
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
         tensor_to_vec(self.data.clone())
     }
 
@@ -47,28 +47,49 @@ impl FlatTensor {
     }
 }
 
+fn read_back(e: impl std::fmt::Debug) -> Error {
+    Error::Device {
+        reason: format!("reading a tensor back to the host failed: {e:?}"),
+    }
+}
+
 /// Copies a rank-1 tensor's values to the host as f32.
-pub fn tensor_to_vec(t: Tensor<1>) -> Vec<f32> {
+pub fn tensor_to_vec(t: Tensor<1>) -> Result<Vec<f32>> {
     t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .unwrap_or_default()
+        .map_err(read_back)
 }
 
 /// Reads a scalar (a one-element tensor) to the host as f64.
-pub fn scalar(t: Tensor<1>) -> f64 {
-    tensor_to_vec(t).first().copied().unwrap_or(0.0) as f64
+pub fn scalar(t: Tensor<1>) -> Result<f64> {
+    let v = tensor_to_vec(t)?;
+    match v.as_slice() {
+        [x] => Ok(*x as f64),
+        other => Err(read_back(format!(
+            "{} values where one was expected",
+            other.len()
+        ))),
+    }
+}
+
+/// Copies an integer tensor's values (class indices, counts) to the host.
+pub fn int_vec<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
+    t.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(read_back)
 }
 
 /// Exact sum of an integer tensor (counts, signs), read to the host.
-pub fn int_sum(t: Tensor<1, Int>) -> i64 {
-    t.sum()
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .ok()
-        .and_then(|v| v.first().copied())
-        .unwrap_or(0)
+pub fn int_sum(t: Tensor<1, Int>) -> Result<i64> {
+    match int_vec(t.sum())?.as_slice() {
+        [x] => Ok(*x),
+        other => Err(read_back(format!(
+            "{} values where one was expected",
+            other.len()
+        ))),
+    }
 }
 
 /// Named flat tensors in a fixed order.

@@ -6,7 +6,10 @@ mod common;
 
 use adamerge::checkpoint::{Checkpoint, load_weights};
 use adamerge::config::{TextConfig, VisionConfig};
-use adamerge::model::{ClipTokenizer, logits, text_forward, vision_forward, zero_shot_head};
+use adamerge::model::{
+    ClipTokenizer, LinearKind, Observer, VisionTower, logits, text_forward, vision_forward,
+    zero_shot_head,
+};
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 
@@ -30,7 +33,7 @@ fn vision_tower_matches_transformers_for_both_activations() {
     for cfg_name in ["quick_gelu", "gelu"] {
         let dir = fixture("clip").join(cfg_name);
         let (cfg, w) = vision_tower(&dir, &device);
-        assert_eq!(cfg.hidden_act, cfg_name);
+        assert_eq!(cfg.hidden_act.to_string(), cfg_name);
         let expected = read_all(&dir.join("expected.safetensors"));
         let pixels = Tensor::<4>::from_data(
             TensorData::new(expected["pixel_values"].clone(), [4, 3, 32, 32]),
@@ -65,13 +68,17 @@ fn vision_config_and_weight_errors_name_the_key_or_tensor() {
         "no projection in the weights, no embeds"
     );
 
-    cfg.hidden_act = "swish".into();
-    let e = vision_forward(&cfg, &w, pixels.clone())
-        .err()
-        .unwrap()
-        .to_string();
+    // An unknown activation is refused where config.json is read, naming the key.
+    let mut raw = ckpt.config().unwrap().clone();
+    let section = if raw.get("vision_config").is_some() {
+        &mut raw["vision_config"]
+    } else {
+        &mut raw
+    };
+    section["hidden_act"] = "swish".into();
+    let e = VisionConfig::locate(&raw, &dir).err().unwrap().to_string();
     assert!(e.contains("hidden_act") && e.contains("swish"), "{e}");
-    cfg.hidden_act = "gelu".into();
+    cfg.hidden_act = adamerge::config::Activation::Gelu;
     cfg.intermediate_size = 48;
     let e = vision_forward(&cfg, &w, pixels.clone())
         .err()
@@ -182,4 +189,68 @@ fn a_missing_tokenizer_is_named() {
         .unwrap()
         .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
+}
+
+/// Records every linear layer's input.
+#[derive(Default)]
+struct Recorder(std::collections::HashMap<(usize, LinearKind), Tensor<3>>);
+
+impl Observer for Recorder {
+    fn linear_input(&mut self, layer: usize, kind: LinearKind, x: &Tensor<3>) {
+        self.0.insert((layer, kind), x.clone());
+    }
+}
+
+#[test]
+fn the_tower_runs_block_by_block_and_shows_every_linear_input() {
+    let device = Device::flex();
+    let dir = fixture("clip").join("quick_gelu");
+    let (cfg, w) = vision_tower(&dir, &device);
+    let expected = read_all(&dir.join("expected.safetensors"));
+    let pixels = Tensor::<4>::from_data(
+        TensorData::new(expected["pixel_values"].clone(), [4, 3, 32, 32]),
+        &device,
+    );
+    let tower = VisionTower::new(&cfg, &w).unwrap();
+    let whole = tower.forward(pixels.clone()).unwrap();
+
+    let mut seen = Recorder::default();
+    let mut x = tower.embed(pixels).unwrap();
+    let mut inputs = vec![x.clone()];
+    for l in 0..cfg.num_hidden_layers {
+        x = tower.block(l, x, &mut seen);
+        inputs.push(x.clone());
+    }
+    let staged = tower.head(x);
+    for (got, want) in [
+        (
+            flat(staged.last_hidden_state),
+            flat(whole.last_hidden_state),
+        ),
+        (
+            flat(staged.image_embeds.unwrap()),
+            flat(whole.image_embeds.unwrap()),
+        ),
+    ] {
+        assert_eq!(got, want, "block by block is the same computation");
+    }
+
+    assert_eq!(seen.0.len(), 6 * cfg.num_hidden_layers);
+    for l in 0..cfg.num_hidden_layers {
+        let layer = &tower.layers[l];
+        let at = |k| seen.0[&(l, k)].clone();
+        let [b, t, _] = inputs[l].dims();
+        assert_eq!(at(LinearKind::Fc2).dims(), [b, t, cfg.intermediate_size]);
+        // q, k and v read the same normalised input, layer_norm1 of the block's input.
+        let h = layer.layer_norm1.forward(inputs[l].clone());
+        for k in [LinearKind::Q, LinearKind::K, LinearKind::V] {
+            assert!(rel_err(&flat(at(k)), &flat(h.clone())) < 1e-6, "{l} {k:?}");
+        }
+        // The residual stream is its input plus what out_proj and fc2 make of what they saw.
+        let rebuilt = inputs[l].clone()
+            + layer.out_proj.forward(at(LinearKind::Out))
+            + layer.fc2.forward(at(LinearKind::Fc2));
+        let err = rel_err(&flat(rebuilt), &flat(inputs[l + 1].clone()));
+        assert!(err < 1e-5, "layer {l}: {err}");
+    }
 }

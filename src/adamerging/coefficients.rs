@@ -70,7 +70,7 @@ impl Coefficients {
     }
 
     /// Row-major raw values [K, L].
-    pub fn values(&self) -> Vec<f32> {
+    pub fn values(&self) -> Result<Vec<f32>> {
         let t = self.lambda.val().inner();
         let [k, l] = t.dims();
         tensor_to_vec(t.reshape([k * l]))

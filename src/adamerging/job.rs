@@ -283,7 +283,7 @@ pub fn learn_with(
     let last = session.last_eval().to_vec();
     progress.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let lambda = LearnedLambda::from_learner(&learner);
+    let lambda = LearnedLambda::from_learner(&learner)?;
     lambda.save(&job.out, "lambda")?;
     let after = if outcome == Outcome::Finished {
         if job.save_merged {
@@ -322,7 +322,7 @@ pub fn write_merged(
         .iter()
         .map(|(n, t)| (n.to_string(), t.shape.clone()))
         .collect();
-    let replacement = Replacement::new(shapes, |name| Ok(tensor_to_vec(merger.tensor(name)?)));
+    let replacement = Replacement::new(shapes, |name| tensor_to_vec(merger.tensor(name)?));
     save_merged(pretrained, &replacement, out, true)
 }
 

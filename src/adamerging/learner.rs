@@ -13,7 +13,7 @@ use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::eval::check_head_width;
 use crate::merge::{Aggregate, Ties, TrimScope, WeightedSum, merge_all};
-use crate::model::{logits, vision_forward};
+use crate::model::{VisionTower, logits};
 use crate::task_vector::{Layering, LayeringKind, TaskVectors};
 use crate::weights::{Weights, scalar, tensor_to_vec};
 
@@ -222,18 +222,18 @@ impl<'a> Learner<'a> {
     }
 
     /// Raw λ, row-major [K, L].
-    pub fn lambda(&self) -> Vec<f32> {
+    pub fn lambda(&self) -> Result<Vec<f32>> {
         self.coefficients.values()
     }
 
     /// λ as the forward uses it (clamped when configured).
-    pub fn effective_lambda(&self) -> Vec<f32> {
-        effective(&self.lambda(), self.config.clamp)
+    pub fn effective_lambda(&self) -> Result<Vec<f32>> {
+        Ok(effective(&self.lambda()?, self.config.clamp))
     }
 
     /// The merge at the current λ, tensor by tensor.
     pub fn merger(&self) -> Result<WeightedSum<&TaskVectors>> {
-        self.merger_at(&self.lambda())
+        self.merger_at(&self.lambda()?)
     }
 
     fn merger_at(&self, raw: &[f32]) -> Result<WeightedSum<&TaskVectors>> {
@@ -258,7 +258,7 @@ impl<'a> Learner<'a> {
                 format!("{} tasks of data for {k_tasks} tasks", source.num_tasks()),
             ));
         }
-        let raw = self.lambda();
+        let raw = self.lambda()?;
         // The merged weights become the leaves of each task's graph; θ₀ and τ never enter it.
         let leaves = merge_all(self.tv.base(), &self.merger_at(&raw)?)?
             .map(|_, t| t.autodiff().require_grad());
@@ -268,14 +268,11 @@ impl<'a> Learner<'a> {
         for (task, head) in self.heads.iter().enumerate() {
             for b in 0..source.batches_per_task() {
                 let pixels = source.batch(task, self.step, b)?;
-                let embeds = vision_forward(self.cfg, &model, pixels)?
-                    .image_embeds
-                    .ok_or_else(|| Error::Tensor {
-                        tensor: "visual_projection.weight".into(),
-                        reason: "missing: entropy of a head needs the visual projection".into(),
-                    })?;
+                // A view per backward: burn consumes the graph (the views' reshapes included)
+                // at each backward, so each task's graph starts from the leaves again.
+                let embeds = VisionTower::new(self.cfg, &model)?.image_embeds(pixels)?;
                 let loss = mean_entropy(logits(embeds, head.clone()));
-                entropy[task] += scalar(loss.clone().inner());
+                entropy[task] += scalar(loss.clone().inner())?;
                 let grads = loss.backward();
                 for (slot, (_, leaf)) in grad_w.iter_mut().zip(leaves.iter()) {
                     if let Some(g) = leaf.data.grad(&grads) {
@@ -303,7 +300,7 @@ impl<'a> Learner<'a> {
         }
         let mut grad = vec![0f64; k_tasks * l_units];
         if !dots.is_empty() {
-            for (slot, v) in slots.iter().zip(tensor_to_vec(Tensor::cat(dots, 0))) {
+            for (slot, v) in slots.iter().zip(tensor_to_vec(Tensor::cat(dots, 0))?) {
                 grad[*slot] += v as f64;
             }
         }

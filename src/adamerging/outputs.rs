@@ -35,18 +35,18 @@ pub struct LearnedLambda {
 
 impl LearnedLambda {
     /// The learner's current coefficients.
-    pub fn from_learner(learner: &Learner<'_>) -> Self {
+    pub fn from_learner(learner: &Learner<'_>) -> Result<Self> {
         let (_, l) = learner.shape();
         let rows = |v: Vec<f32>| v.chunks(l.max(1)).map(<[f32]>::to_vec).collect();
-        Self {
+        Ok(Self {
             method: learner.config().label(),
             config: learner.config().clone(),
             tasks: learner.task_vectors().tasks().to_vec(),
             units: learner.layering().units().to_vec(),
             steps_done: learner.steps_done(),
-            lambda: rows(learner.lambda()),
-            effective: rows(learner.effective_lambda()),
-        }
+            lambda: rows(learner.lambda()?),
+            effective: rows(learner.effective_lambda()?),
+        })
     }
 
     /// Writes `<stem>.json` and `<stem>.safetensors` (`lambda` and `effective`, [K, L]) in `dir`.
@@ -202,7 +202,7 @@ fn readable(v: f32) -> String {
 
 fn f32_bytes<'a>(values: impl Iterator<Item = &'a f32>) -> Vec<u8> {
     let values: Vec<f32> = values.copied().collect();
-    encode_f32(StoredDtype::F32, &values).unwrap_or_default()
+    encode_f32(StoredDtype::F32, &values).expect("f32 values always encode as F32")
 }
 
 /// The resume checkpoint of a run: λ, Adam's state and the steps done, in one file written
@@ -257,7 +257,10 @@ impl ResumePoint {
             .get("steps_done")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("no `steps_done` in the metadata".into()))?;
-        let fingerprint = meta.get("fingerprint").cloned().unwrap_or_default();
+        let fingerprint = meta
+            .get("fingerprint")
+            .cloned()
+            .ok_or_else(|| bad("no `fingerprint` in the metadata".into()))?;
         let lambda = st.tensor("lambda").map_err(|e| bad(e.to_string()))?;
         let lambda = decode_f32(StoredDtype::F32, lambda.data())
             .ok_or_else(|| bad("`lambda` is not a whole number of f32 values".into()))?;

@@ -124,7 +124,7 @@ impl<'l, 'a> Session<'l, 'a> {
 
     fn checkpoint(&self) -> Result<()> {
         ResumePoint {
-            lambda: self.learner.lambda(),
+            lambda: self.learner.lambda()?,
             optimizer: self.learner.optimizer_state()?,
             steps_done: self.learner.steps_done(),
             fingerprint: self.fingerprint(),

@@ -40,7 +40,7 @@ impl<'a> Replacement<'a> {
             .iter()
             .map(|(n, t)| (n.to_string(), t.shape.clone()))
             .collect();
-        Self::new(shapes, move |name| Ok(w.require(name)?.to_vec()))
+        Self::new(shapes, move |name| w.require(name)?.to_vec())
     }
 }
 
@@ -95,11 +95,20 @@ pub fn save_merged(
                         failure.borrow_mut().get_or_insert(e);
                         vec![0.0; numel]
                     });
-                    Cow::Owned(encode_f32(dtype, &values).unwrap_or_default())
+                    // The placeholder bytes of a failed tensor are never committed: the
+                    // staged folder is dropped when the failure is returned below.
+                    Cow::Owned(encode_f32(dtype, &values).unwrap_or_else(|| {
+                        failure.borrow_mut().get_or_insert(Error::UnsupportedDtype {
+                            path: pretrained.to_path_buf(),
+                            tensor: name.to_string(),
+                            dtype: dtype.name(),
+                        });
+                        vec![0; numel * dtype.size()]
+                    }))
                 }),
             }
         } else {
-            let raw = ckpt.raw(name).unwrap_or_default();
+            let raw = ckpt.raw(name).expect("a name the checkpoint lists");
             PendingTensor {
                 dtype: meta.dtype,
                 shape: meta.shape.clone(),

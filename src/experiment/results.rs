@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{read_json, write_json};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// What kind of row a method is in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,7 +158,9 @@ pub struct Results {
 }
 
 impl Results {
-    /// Aggregates per-seed records; `sweep_names` names each sweep group.
+    /// Aggregates per-seed records; `sweep_names` names each sweep group. A record with another
+    /// number of accuracies than there are tasks (a run whose `config.toml` was edited) is an
+    /// error naming it.
     pub fn aggregate(
         experiment: &str,
         task_names: &[String],
@@ -167,7 +169,21 @@ impl Results {
         sweep_names: &IndexMap<usize, String>,
         paper: IndexMap<String, IndexMap<String, f64>>,
         provenance: serde_json::Value,
-    ) -> Self {
+    ) -> Result<Self> {
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.accuracy.len() != task_names.len())
+        {
+            return Err(Error::invalid(
+                format!("the record of `{}` (seed {})", r.method, r.seed),
+                format!(
+                    "has {} accuracies for the run's {} tasks: its config.toml changed since; \
+                     start a new run",
+                    r.accuracy.len(),
+                    task_names.len()
+                ),
+            ));
+        }
         let mut order: Vec<&str> = Vec::new();
         for r in records {
             if !order.contains(&r.method.as_str()) {
@@ -254,7 +270,7 @@ impl Results {
                 },
             );
         }
-        Self {
+        Ok(Self {
             experiment: experiment.into(),
             task_names: task_names.to_vec(),
             seeds: seeds.to_vec(),
@@ -262,7 +278,7 @@ impl Results {
             sweeps,
             paper,
             provenance,
-        }
+        })
     }
 
     /// Reads `results.json` from a run directory.
@@ -323,7 +339,8 @@ mod tests {
             &names,
             IndexMap::new(),
             serde_json::Value::Null,
-        );
+        )
+        .unwrap();
         let m = &r.methods["ta(0.1)"];
         assert!((m.tasks["a"] - 0.6).abs() < 1e-12);
         assert!((m.tasks_std["a"] - 0.02f64.sqrt()).abs() < 1e-12);
@@ -350,7 +367,8 @@ mod tests {
             &IndexMap::new(),
             IndexMap::new(),
             serde_json::Value::Null,
-        );
+        )
+        .unwrap();
         assert_eq!(r.methods["ta"].normalized, None);
         assert_eq!(r.methods[INDIVIDUAL].normalized, None);
     }

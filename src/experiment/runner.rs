@@ -22,7 +22,7 @@ use crate::config::VisionConfig;
 use crate::data::Preprocessor;
 use crate::error::{Error, Result};
 use crate::eval::{EvalTask, TextTower};
-use crate::model::{logits, vision_forward};
+use crate::model::{VisionTower, logits};
 use crate::output::{Inputs, LOCK_FILE, RunLock};
 use crate::suite::{SuiteSpec, ensure, provides, suite_dir};
 use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
@@ -456,6 +456,7 @@ fn adaptation_entropy(
     heads: &[Tensor<2>],
     sampler: &ImageSampler<'_>,
 ) -> Result<f64> {
+    let tower = VisionTower::new(cfg, w)?;
     let mut total = 0.0;
     for (k, head) in heads.iter().enumerate() {
         let steps = if sampler.batch_len(k) == sampler.task_len(k) {
@@ -466,9 +467,8 @@ fn adaptation_entropy(
         let mut sum = 0.0;
         for step in 0..steps {
             let pixels = sampler.batch(k, step, 0)?;
-            let out = vision_forward(cfg, w, pixels)?;
-            let embeds = out.image_embeds.unwrap_or(out.pooled);
-            sum += scalar(mean_entropy(logits(embeds, head.clone())));
+            let embeds = tower.image_embeds(pixels)?;
+            sum += scalar(mean_entropy(logits(embeds, head.clone())))?;
         }
         total += sum / steps as f64;
     }
@@ -773,7 +773,7 @@ fn execute(
         &sweep_names,
         exp.paper.clone(),
         provenance,
-    );
+    )?;
     crate::report::write_report(dir, &results)?;
     Ok(RunEnd::Finished(Box::new(results)))
 }

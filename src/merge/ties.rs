@@ -83,7 +83,7 @@ impl Ties {
             let mut vote = 0;
             for r in chunks(t0.numel()) {
                 let hats = trimmed(&src, &thresholds, i, name, r)?;
-                vote += int_sum(sum(&hats).sign().int());
+                vote += int_sum(sum(&hats).sign().int())?;
             }
             votes.push(vote);
         }
@@ -246,7 +246,7 @@ impl Thresholds {
                     let read = |f: &mut dyn FnMut(&[f32])| -> Result<()> {
                         for (name, t0) in src.base().iter() {
                             for r in chunks(t0.numel()) {
-                                f(&tensor_to_vec(src.vector(task, name, r)?));
+                                f(&tensor_to_vec(src.vector(task, name, r)?)?);
                             }
                         }
                         Ok(())
@@ -257,7 +257,7 @@ impl Thresholds {
                     .base()
                     .iter()
                     .map(|(name, t0)| {
-                        let values = tensor_to_vec(src.vector(task, name, 0..t0.numel())?);
+                        let values = tensor_to_vec(src.vector(task, name, 0..t0.numel())?)?;
                         threshold(values.len() as u64, k, |f| {
                             f(&values);
                             Ok(())

@@ -1,43 +1,15 @@
-//! The building blocks shared by the vision and text towers: parameters looked up by name and
-//! shape-checked against the config, linear layers in Hugging Face's [out, in] layout, pre-LN
-//! encoder layers.
+//! The building blocks shared by the vision and text towers, as typed views of a weight set:
+//! linear layers in Hugging Face's [out, in] layout, layer norms and pre-LN encoder layers,
+//! each looked up and shape-checked once when the view is built, and run with an optional
+//! observer of the inputs of every linear layer.
 
 use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::module::{layer_norm, linear};
 use burn::tensor::{Bool, Tensor};
 
+use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
-
-/// The MLP activation of a CLIP tower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// x·σ(1.702x), the original CLIP's.
-    QuickGelu,
-    /// Exact (erf) GELU.
-    Gelu,
-}
-
-impl Activation {
-    /// Parses `hidden_act`; anything else is an error naming the key.
-    pub fn parse(name: &str, key: &str) -> Result<Self> {
-        match name {
-            "quick_gelu" => Ok(Self::QuickGelu),
-            "gelu" => Ok(Self::Gelu),
-            other => Err(Error::Tensor {
-                tensor: key.to_string(),
-                reason: format!("activation `{other}` is not supported (quick_gelu or gelu)"),
-            }),
-        }
-    }
-
-    pub(crate) fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        match self {
-            Self::QuickGelu => x.clone() * sigmoid(x.mul_scalar(1.702)),
-            Self::Gelu => gelu(x),
-        }
-    }
-}
 
 /// A parameter reshaped to the shape the config implies, or an error naming it.
 pub(crate) fn param<const D: usize>(
@@ -60,51 +32,127 @@ pub(crate) fn param<const D: usize>(
     Ok(t.data.clone().reshape(shape))
 }
 
-/// `x · Wᵀ + b` for a Hugging Face linear layer `prefix.weight` [out, in] (+ `prefix.bias`).
-pub(crate) fn hf_linear<const D: usize>(
-    w: &Weights,
-    prefix: &str,
-    x: Tensor<D>,
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-) -> Result<Tensor<D>> {
-    let weight = param(w, &format!("{prefix}.weight"), [d_out, d_in])?;
-    let b = if bias {
-        Some(param(w, &format!("{prefix}.bias"), [d_out])?)
-    } else {
-        None
-    };
-    Ok(linear(x, weight.transpose(), b))
+/// A Hugging Face linear layer: `weight` [out, in] and an optional `bias` [out].
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `prefix.weight`, [out, in].
+    pub weight: Tensor<2>,
+    /// `prefix.bias`, [out].
+    pub bias: Option<Tensor<1>>,
 }
 
-/// A CLIP projection (`prefix.weight`, no bias) applied when the weights have it; vision-only
-/// and text-less checkpoints may lack theirs.
-pub(crate) fn optional_projection(
-    w: &Weights,
-    prefix: &str,
-    x: Tensor<2>,
-    d_in: usize,
-    d_out: usize,
-) -> Result<Option<Tensor<2>>> {
-    if w.get(&format!("{prefix}.weight")).is_none() {
-        return Ok(None);
+impl Linear {
+    /// `prefix.weight` (and `prefix.bias` when `bias`), checked against [d_out, d_in].
+    pub(crate) fn new(
+        w: &Weights,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: param(w, &format!("{prefix}.weight"), [d_out, d_in])?,
+            bias: bias
+                .then(|| param(w, &format!("{prefix}.bias"), [d_out]))
+                .transpose()?,
+        })
     }
-    hf_linear(w, prefix, x, d_in, d_out, false).map(Some)
+
+    /// The layer when the weights have it (a vision-only or text-less checkpoint may lack its
+    /// projection).
+    pub(crate) fn optional(
+        w: &Weights,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Option<Self>> {
+        if w.get(&format!("{prefix}.weight")).is_none() {
+            return Ok(None);
+        }
+        Self::new(w, prefix, d_in, d_out, false).map(Some)
+    }
+
+    /// `x · Wᵀ + b`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.clone().transpose(), self.bias.clone())
+    }
 }
 
-/// Layer norm `prefix.weight`, `prefix.bias` over the last dimension.
-pub(crate) fn hf_layer_norm<const D: usize>(
-    w: &Weights,
-    prefix: &str,
-    x: Tensor<D>,
-    width: usize,
-    eps: f64,
-) -> Result<Tensor<D>> {
-    let gamma = param(w, &format!("{prefix}.weight"), [width])?;
-    let beta = param(w, &format!("{prefix}.bias"), [width])?;
-    Ok(layer_norm(x, gamma, Some(beta), eps))
+/// A layer norm over the last dimension.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    /// `prefix.weight` (gain).
+    pub weight: Tensor<1>,
+    /// `prefix.bias`.
+    pub bias: Tensor<1>,
+    /// ε.
+    pub eps: f64,
 }
+
+impl LayerNorm {
+    /// `prefix.weight` and `prefix.bias`, checked against [width].
+    pub(crate) fn new(w: &Weights, prefix: &str, width: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: param(w, &format!("{prefix}.weight"), [width])?,
+            bias: param(w, &format!("{prefix}.bias"), [width])?,
+            eps,
+        })
+    }
+
+    /// Normalises `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        layer_norm(x, self.weight.clone(), Some(self.bias.clone()), self.eps)
+    }
+}
+
+/// The linear layers of an encoder layer, named as in the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearKind {
+    /// `self_attn.q_proj`.
+    Q,
+    /// `self_attn.k_proj`.
+    K,
+    /// `self_attn.v_proj`.
+    V,
+    /// `self_attn.out_proj`.
+    Out,
+    /// `mlp.fc1`.
+    Fc1,
+    /// `mlp.fc2`.
+    Fc2,
+}
+
+impl LinearKind {
+    /// All six, in forward order.
+    pub const ALL: [LinearKind; 6] = [Self::Q, Self::K, Self::V, Self::Out, Self::Fc1, Self::Fc2];
+
+    /// The checkpoint name of the layer inside `…layers.<l>.`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q => "self_attn.q_proj",
+            Self::K => "self_attn.k_proj",
+            Self::V => "self_attn.v_proj",
+            Self::Out => "self_attn.out_proj",
+            Self::Fc1 => "mlp.fc1",
+            Self::Fc2 => "mlp.fc2",
+        }
+    }
+}
+
+/// Sees the input of every linear layer of an encoder as it runs: what data-based merges
+/// (RegMean) record. The default methods do nothing, so a forward without an observer pays
+/// nothing for the hook.
+pub trait Observer {
+    /// The input [B, T, in] of linear layer `kind` of encoder layer `layer`.
+    fn linear_input(&mut self, layer: usize, kind: LinearKind, x: &Tensor<3>) {
+        let _ = (layer, kind, x);
+    }
+}
+
+/// The observer that observes nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
 
 /// Sizes of one transformer tower.
 #[derive(Debug, Clone, Copy)]
@@ -118,8 +166,8 @@ pub(crate) struct EncoderShape {
 }
 
 impl EncoderShape {
-    /// Validates a tower's sizes and activation; `key` prefixes config keys in errors
-    /// (`text_config.` for the text tower).
+    /// Validates a tower's sizes; `key` prefixes config keys in errors (`text_config.` for the
+    /// text tower).
     pub fn new(
         key: &str,
         width: usize,
@@ -127,7 +175,7 @@ impl EncoderShape {
         mlp: usize,
         layers: usize,
         eps: f64,
-        act: &str,
+        act: Activation,
     ) -> Result<Self> {
         if heads == 0 || !width.is_multiple_of(heads) {
             return Err(Error::Tensor {
@@ -135,7 +183,6 @@ impl EncoderShape {
                 reason: format!("hidden_size {width} is not divisible by {heads} heads"),
             });
         }
-        let act = Activation::parse(act, &format!("{key}hidden_act"))?;
         Ok(Self {
             width,
             heads,
@@ -147,74 +194,101 @@ impl EncoderShape {
     }
 }
 
-/// The pre-LN encoder of `transformers`' `CLIPEncoder`: attention and MLP blocks with residuals.
-/// `mask` ([B, 1, T, T], true = masked) carries the text tower's causal and padding masks.
-pub(crate) fn encoder(
-    w: &Weights,
-    prefix: &str,
-    mut x: Tensor<3>,
-    s: EncoderShape,
-    mask: Option<Tensor<4, Bool>>,
-) -> Result<Tensor<3>> {
-    let [b, t, _] = x.dims();
-    let hd = s.width / s.heads;
-    let scale = (hd as f64).powf(-0.5);
-    for l in 0..s.layers {
+/// One pre-LN encoder layer of `transformers`' `CLIPEncoder`: attention and MLP with residuals.
+#[derive(Clone, Debug)]
+pub struct EncoderLayer {
+    /// `layer_norm1`.
+    pub layer_norm1: LayerNorm,
+    /// `self_attn.q_proj`.
+    pub q_proj: Linear,
+    /// `self_attn.k_proj`.
+    pub k_proj: Linear,
+    /// `self_attn.v_proj`.
+    pub v_proj: Linear,
+    /// `self_attn.out_proj`.
+    pub out_proj: Linear,
+    /// `layer_norm2`.
+    pub layer_norm2: LayerNorm,
+    /// `mlp.fc1`.
+    pub fc1: Linear,
+    /// `mlp.fc2`.
+    pub fc2: Linear,
+    heads: usize,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    /// The layer `prefix.layers.<l>` (`prefix` the encoder's, e.g. `vision_model.encoder`).
+    pub(crate) fn new(w: &Weights, prefix: &str, l: usize, s: &EncoderShape) -> Result<Self> {
         let p = format!("{prefix}.layers.{l}");
-        let h = hf_layer_norm(w, &format!("{p}.layer_norm1"), x.clone(), s.width, s.eps)?;
-        let split = |y: Tensor<3>| y.reshape([b, t, s.heads, hd]).swap_dims(1, 2);
-        let q = split(hf_linear(
-            w,
-            &format!("{p}.self_attn.q_proj"),
-            h.clone(),
-            s.width,
-            s.width,
-            true,
-        )?);
-        let k = split(hf_linear(
-            w,
-            &format!("{p}.self_attn.k_proj"),
-            h.clone(),
-            s.width,
-            s.width,
-            true,
-        )?);
-        let v = split(hf_linear(
-            w,
-            &format!("{p}.self_attn.v_proj"),
-            h,
-            s.width,
-            s.width,
-            true,
-        )?);
+        let lin =
+            |name: &str, d_in, d_out| Linear::new(w, &format!("{p}.{name}"), d_in, d_out, true);
+        Ok(Self {
+            layer_norm1: LayerNorm::new(w, &format!("{p}.layer_norm1"), s.width, s.eps)?,
+            q_proj: lin("self_attn.q_proj", s.width, s.width)?,
+            k_proj: lin("self_attn.k_proj", s.width, s.width)?,
+            v_proj: lin("self_attn.v_proj", s.width, s.width)?,
+            out_proj: lin("self_attn.out_proj", s.width, s.width)?,
+            layer_norm2: LayerNorm::new(w, &format!("{p}.layer_norm2"), s.width, s.eps)?,
+            fc1: lin("mlp.fc1", s.width, s.mlp)?,
+            fc2: lin("mlp.fc2", s.mlp, s.width)?,
+            heads: s.heads,
+            act: s.act,
+        })
+    }
+
+    /// Runs the layer (layer `l` of its encoder, for the observer); `mask` ([B, heads, T, T],
+    /// true = masked) carries the text tower's causal and padding masks.
+    pub fn forward(
+        &self,
+        l: usize,
+        x: Tensor<3>,
+        mask: Option<&Tensor<4, Bool>>,
+        obs: &mut impl Observer,
+    ) -> Tensor<3> {
+        let [b, t, width] = x.dims();
+        let hd = width / self.heads;
+        let scale = (hd as f64).powf(-0.5);
+        let h = self.layer_norm1.forward(x.clone());
+        obs.linear_input(l, LinearKind::Q, &h);
+        obs.linear_input(l, LinearKind::K, &h);
+        obs.linear_input(l, LinearKind::V, &h);
+        let split = |y: Tensor<3>| y.reshape([b, t, self.heads, hd]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(h.clone()));
+        let k = split(self.k_proj.forward(h.clone()));
+        let v = split(self.v_proj.forward(h));
         let mut scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
-        if let Some(m) = &mask {
+        if let Some(m) = mask {
             scores = scores.mask_fill(m.clone(), f32::NEG_INFINITY);
         }
         let attn = softmax(scores, 3)
             .matmul(v)
             .swap_dims(1, 2)
-            .reshape([b, t, s.width]);
-        let attn = hf_linear(
-            w,
-            &format!("{p}.self_attn.out_proj"),
-            attn,
-            s.width,
-            s.width,
-            true,
-        )?;
-        x = x + attn;
-        let h = hf_layer_norm(w, &format!("{p}.layer_norm2"), x.clone(), s.width, s.eps)?;
-        let h = hf_linear(w, &format!("{p}.mlp.fc1"), h, s.width, s.mlp, true)?;
-        let h = hf_linear(
-            w,
-            &format!("{p}.mlp.fc2"),
-            s.act.apply(h),
-            s.mlp,
-            s.width,
-            true,
-        )?;
-        x = x + h;
+            .reshape([b, t, width]);
+        obs.linear_input(l, LinearKind::Out, &attn);
+        let x = x + self.out_proj.forward(attn);
+        let h = self.layer_norm2.forward(x.clone());
+        obs.linear_input(l, LinearKind::Fc1, &h);
+        let h = activate(self.act, self.fc1.forward(h));
+        obs.linear_input(l, LinearKind::Fc2, &h);
+        x + self.fc2.forward(h)
     }
-    Ok(x)
+}
+
+/// The encoder's layers, `prefix.layers.0 …`.
+pub(crate) fn encoder_layers(
+    w: &Weights,
+    prefix: &str,
+    s: &EncoderShape,
+) -> Result<Vec<EncoderLayer>> {
+    (0..s.layers)
+        .map(|l| EncoderLayer::new(w, prefix, l, s))
+        .collect()
+}
+
+fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    match act {
+        Activation::QuickGelu => x.clone() * sigmoid(x.mul_scalar(1.702)),
+        Activation::Gelu => gelu(x),
+    }
 }

@@ -3,7 +3,7 @@
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use super::layers::{EncoderShape, encoder, hf_layer_norm, optional_projection, param};
+use super::layers::{EncoderShape, LayerNorm, Linear, NoObserver, encoder_layers, param};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -65,7 +65,7 @@ pub fn text_forward(
         cfg.intermediate_size,
         cfg.num_hidden_layers,
         cfg.layer_norm_eps,
-        &cfg.hidden_act,
+        cfg.hidden_act,
     )?;
 
     let flat_ids: Vec<i64> = ids.iter().flatten().copied().collect();
@@ -93,14 +93,15 @@ pub fn text_forward(
     }
     let mask = Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, t]), device)
         .expand([b, cfg.num_attention_heads, t, t]);
-    let x = encoder(w, "text_model.encoder", x, shape, Some(mask))?;
-    let last_hidden_state = hf_layer_norm(
-        w,
-        "text_model.final_layer_norm",
-        x,
-        width,
-        cfg.layer_norm_eps,
-    )?;
+    let mut x = x;
+    for (l, layer) in encoder_layers(w, "text_model.encoder", &shape)?
+        .iter()
+        .enumerate()
+    {
+        x = layer.forward(l, x, Some(&mask), &mut NoObserver);
+    }
+    let final_norm = LayerNorm::new(w, "text_model.final_layer_norm", width, cfg.layer_norm_eps)?;
+    let last_hidden_state = final_norm.forward(x);
 
     let rows: Vec<i64> = ids
         .iter()
@@ -112,13 +113,8 @@ pub fn text_forward(
         .clone()
         .reshape([b * t, width])
         .select(0, rows);
-    let text_embeds = optional_projection(
-        w,
-        "text_projection",
-        pooled.clone(),
-        width,
-        cfg.projection_dim,
-    )?;
+    let text_embeds = Linear::optional(w, "text_projection", width, cfg.projection_dim)?
+        .map(|proj| proj.forward(pooled.clone()));
     Ok(TextOutput {
         last_hidden_state,
         pooled,

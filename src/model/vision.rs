@@ -1,8 +1,11 @@
-//! The CLIP vision tower of `transformers` (`CLIPVisionModel[WithProjection]`), batched.
+//! The CLIP vision tower of `transformers` (`CLIPVisionModel[WithProjection]`), batched, as a
+//! typed view of a weight set that can also run one stage at a time.
 
 use burn::tensor::Tensor;
 
-use super::layers::{EncoderShape, encoder, hf_layer_norm, optional_projection, param};
+use super::layers::{
+    EncoderLayer, EncoderShape, LayerNorm, Linear, NoObserver, Observer, encoder_layers, param,
+};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -17,77 +20,162 @@ pub struct VisionOutput {
     pub image_embeds: Option<Tensor<2>>,
 }
 
-/// Runs the vision tower on preprocessed pixels [B, C, H, W].
-pub fn vision_forward(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Result<VisionOutput> {
-    let [b, c, h, wd] = pixels.dims();
-    let (p, width) = (cfg.patch_size, cfg.hidden_size);
-    if c != cfg.num_channels
-        || h != cfg.image_size
-        || wd != cfg.image_size
-        || p == 0
-        || !h.is_multiple_of(p)
-    {
-        return Err(Error::Tensor {
-            tensor: "pixel_values".into(),
-            reason: format!(
-                "shape [{b}, {c}, {h}, {wd}] does not fit the config (num_channels {}, image_size {}, patch_size {p})",
-                cfg.num_channels, cfg.image_size
-            ),
-        });
+/// The vision tower of one weight set: every tensor looked up and shape-checked against the
+/// config once, held as views of the weights (no data copied), so merged weights built inside
+/// an autodiff graph stay in it. Fields are named after the checkpoint keys.
+#[derive(Clone, Debug)]
+pub struct VisionTower {
+    cfg: VisionConfig,
+    /// `vision_model.embeddings.patch_embedding.weight` as a matrix [hidden, C·p·p].
+    pub patch_embedding: Tensor<2>,
+    /// `vision_model.embeddings.class_embedding` [hidden].
+    pub class_embedding: Tensor<1>,
+    /// `vision_model.embeddings.position_embedding.weight` [1 + patches, hidden].
+    pub position_embedding: Tensor<2>,
+    /// `vision_model.pre_layrnorm`.
+    pub pre_layrnorm: LayerNorm,
+    /// `vision_model.encoder.layers.<l>`.
+    pub layers: Vec<EncoderLayer>,
+    /// `vision_model.post_layernorm`.
+    pub post_layernorm: LayerNorm,
+    /// `visual_projection`, where the weights have it.
+    pub visual_projection: Option<Linear>,
+}
+
+impl VisionTower {
+    /// The view of `w` for `cfg`; an error names the missing or misshapen tensor.
+    pub fn new(cfg: &VisionConfig, w: &Weights) -> Result<Self> {
+        let (c, p, width) = (cfg.num_channels, cfg.patch_size, cfg.hidden_size);
+        if p == 0 || !cfg.image_size.is_multiple_of(p) {
+            return Err(Error::Tensor {
+                tensor: "vision_config.patch_size".into(),
+                reason: format!("{p} does not divide image_size {}", cfg.image_size),
+            });
+        }
+        let g = cfg.image_size / p;
+        let eps = cfg.layer_norm_eps;
+        let shape = EncoderShape::new(
+            "",
+            width,
+            cfg.num_attention_heads,
+            cfg.intermediate_size,
+            cfg.num_hidden_layers,
+            eps,
+            cfg.hidden_act,
+        )?;
+        let conv = param(
+            w,
+            "vision_model.embeddings.patch_embedding.weight",
+            [width, c, p, p],
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embedding: conv.reshape([width, c * p * p]),
+            class_embedding: param(w, "vision_model.embeddings.class_embedding", [width])?,
+            position_embedding: param(
+                w,
+                "vision_model.embeddings.position_embedding.weight",
+                [g * g + 1, width],
+            )?,
+            pre_layrnorm: LayerNorm::new(w, "vision_model.pre_layrnorm", width, eps)?,
+            layers: encoder_layers(w, "vision_model.encoder", &shape)?,
+            post_layernorm: LayerNorm::new(w, "vision_model.post_layernorm", width, eps)?,
+            visual_projection: Linear::optional(w, "visual_projection", width, cfg.projection_dim)?,
+        })
     }
-    let eps = cfg.layer_norm_eps;
-    let shape = EncoderShape::new(
-        "",
-        width,
-        cfg.num_attention_heads,
-        cfg.intermediate_size,
-        cfg.num_hidden_layers,
-        eps,
-        &cfg.hidden_act,
-    )?;
-    let g = h / p;
-    let n = g * g;
-    // Patch embedding as one matmul: [B, C, g, p, g, p] -> [B, g, g, C, p, p] -> [B, n, C·p·p].
-    let patches = pixels
-        .reshape([b, c, g, p, g, p])
-        .permute([0, 2, 4, 1, 3, 5])
-        .reshape([b, n, c * p * p]);
-    let conv = param(
-        w,
-        "vision_model.embeddings.patch_embedding.weight",
-        [width, c, p, p],
-    )?;
-    let x = patches.matmul(
-        conv.reshape([width, c * p * p])
-            .transpose()
-            .unsqueeze::<3>(),
-    );
-    let cls = param(w, "vision_model.embeddings.class_embedding", [width])?
-        .reshape([1, 1, width])
-        .expand([b, 1, width]);
-    let pos = param(
-        w,
-        "vision_model.embeddings.position_embedding.weight",
-        [n + 1, width],
-    )?;
-    let x = Tensor::cat(vec![cls, x], 1) + pos.unsqueeze::<3>();
-    let x = hf_layer_norm(w, "vision_model.pre_layrnorm", x, width, eps)?;
-    let last_hidden_state = encoder(w, "vision_model.encoder", x, shape, None)?;
-    let cls_out = last_hidden_state
-        .clone()
-        .narrow(1, 0, 1)
-        .reshape([b, width]);
-    let pooled = hf_layer_norm(w, "vision_model.post_layernorm", cls_out, width, eps)?;
-    let image_embeds = optional_projection(
-        w,
-        "visual_projection",
-        pooled.clone(),
-        width,
-        cfg.projection_dim,
-    )?;
-    Ok(VisionOutput {
-        last_hidden_state,
-        pooled,
-        image_embeds,
-    })
+
+    /// Runs the whole tower on preprocessed pixels [B, C, H, W].
+    pub fn forward(&self, pixels: Tensor<4>) -> Result<VisionOutput> {
+        self.forward_observed(pixels, &mut NoObserver)
+    }
+
+    /// [`VisionTower::forward`], showing `obs` the input of every linear layer.
+    pub fn forward_observed(
+        &self,
+        pixels: Tensor<4>,
+        obs: &mut impl Observer,
+    ) -> Result<VisionOutput> {
+        let mut x = self.embed(pixels)?;
+        for l in 0..self.layers.len() {
+            x = self.block(l, x, obs);
+        }
+        Ok(self.head(x))
+    }
+
+    /// The projected image embeddings [B, projection]: what a head scores. An error when the
+    /// weights have no `visual_projection`.
+    pub fn image_embeds(&self, pixels: Tensor<4>) -> Result<Tensor<2>> {
+        if self.visual_projection.is_none() {
+            return Err(Error::Tensor {
+                tensor: "visual_projection.weight".into(),
+                reason: "missing: scoring with a head needs the visual projection".into(),
+            });
+        }
+        let out = self.forward(pixels)?;
+        out.image_embeds.ok_or_else(|| Error::Tensor {
+            tensor: "visual_projection.weight".into(),
+            reason: "missing".into(),
+        })
+    }
+
+    /// The embeddings and `pre_layrnorm`: the input of block 0, [B, 1 + patches, hidden].
+    pub fn embed(&self, pixels: Tensor<4>) -> Result<Tensor<3>> {
+        let [b, c, h, wd] = pixels.dims();
+        let cfg = &self.cfg;
+        let (p, width) = (cfg.patch_size, cfg.hidden_size);
+        if c != cfg.num_channels || h != cfg.image_size || wd != cfg.image_size {
+            return Err(Error::Tensor {
+                tensor: "pixel_values".into(),
+                reason: format!(
+                    "shape [{b}, {c}, {h}, {wd}] does not fit the config (num_channels {}, image_size {}, patch_size {p})",
+                    cfg.num_channels, cfg.image_size
+                ),
+            });
+        }
+        let g = h / p;
+        let n = g * g;
+        // Patch embedding as one matmul: [B, C, g, p, g, p] -> [B, g, g, C, p, p] -> [B, n, C·p·p].
+        let patches = pixels
+            .reshape([b, c, g, p, g, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, n, c * p * p]);
+        let x = patches.matmul(self.patch_embedding.clone().transpose().unsqueeze::<3>());
+        let cls = self
+            .class_embedding
+            .clone()
+            .reshape([1, 1, width])
+            .expand([b, 1, width]);
+        let x = Tensor::cat(vec![cls, x], 1) + self.position_embedding.clone().unsqueeze::<3>();
+        Ok(self.pre_layrnorm.forward(x))
+    }
+
+    /// Encoder block `l` on its input (the output of block `l − 1`, or of [`VisionTower::embed`]).
+    pub fn block(&self, l: usize, x: Tensor<3>, obs: &mut impl Observer) -> Tensor<3> {
+        self.layers[l].forward(l, x, None, obs)
+    }
+
+    /// `post_layernorm` of the class token and the projection, on the last block's output.
+    pub fn head(&self, last_hidden_state: Tensor<3>) -> VisionOutput {
+        let [b, _, width] = last_hidden_state.dims();
+        let cls_out = last_hidden_state
+            .clone()
+            .narrow(1, 0, 1)
+            .reshape([b, width]);
+        let pooled = self.post_layernorm.forward(cls_out);
+        let image_embeds = self
+            .visual_projection
+            .as_ref()
+            .map(|proj| proj.forward(pooled.clone()));
+        VisionOutput {
+            last_hidden_state,
+            pooled,
+            image_embeds,
+        }
+    }
+}
+
+/// Runs the vision tower of `w` on preprocessed pixels [B, C, H, W] (builds the view each call:
+/// hold a [`VisionTower`] to run one weight set many times).
+pub fn vision_forward(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Result<VisionOutput> {
+    VisionTower::new(cfg, w)?.forward(pixels)
 }

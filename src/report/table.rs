@@ -220,7 +220,8 @@ mod tests {
             &names,
             IndexMap::new(),
             serde_json::Value::Null,
-        );
+        )
+        .unwrap();
         let md = markdown(&r);
         assert!(
             md.contains("| individual | 100.0 | 100.0 | 100.0 | 100.0 |"),

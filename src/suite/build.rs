@@ -233,7 +233,7 @@ fn build_locked(
     let t = Instant::now();
     let steps_per_task = recipe.finetune_epochs * (recipe.train_per_task / recipe.batch_size);
     let pb = bar(progress, steps_per_task * tasks.len(), "fine-tune");
-    let base_norm = norm(&pretrained);
+    let base_norm = norm(&pretrained)?;
     let mut finetuned = Vec::new();
     for (k, task) in tasks.iter().enumerate() {
         pb.set_message(task.name);
@@ -250,7 +250,7 @@ fn build_locked(
         )?;
         tiny_clip::save(&root.join(format!("models/{}", task.name)), &cfg, &w)?;
         let tau = w.try_map(|n, t| Ok(t.data.clone() - pretrained.require(n)?.data.clone()))?;
-        finetuned.push((w, norm(&tau) / base_norm));
+        finetuned.push((w, norm(&tau)? / base_norm));
     }
     pb.finish_and_clear();
     seconds.insert("finetune".into(), t.elapsed().as_secs_f64());
@@ -345,8 +345,8 @@ fn generate(
                 .collect::<Result<Vec<_>>>()?;
             pair.push(ImageSet { samples });
         }
-        let test = pair.pop().unwrap_or_default();
-        let train = pair.pop().unwrap_or_default();
+        let test = pair.pop().expect("two splits were generated");
+        let train = pair.pop().expect("two splits were generated");
         sets.push((train, test));
     }
     pb.finish_and_clear();
@@ -506,11 +506,12 @@ fn measure(
     Ok(out)
 }
 
-fn norm(w: &Weights) -> f64 {
-    w.iter()
-        .map(|(_, t)| scalar(t.data.clone().powf_scalar(2.0).sum()))
-        .sum::<f64>()
-        .sqrt()
+fn norm(w: &Weights) -> Result<f64> {
+    let mut sum = 0.0;
+    for (_, t) in w.iter() {
+        sum += scalar(t.data.clone().powf_scalar(2.0).sum())?;
+    }
+    Ok(sum.sqrt())
 }
 
 /// SHA-256 of every file under `root`, by '/'-separated relative path.

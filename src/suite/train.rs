@@ -12,7 +12,7 @@ use super::images::{Factor, SIDE, Sample, Task};
 use super::tiny_clip::{PIXEL_MEAN, PIXEL_STD};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::model::{normalize_rows, vision_forward};
+use crate::model::{VisionTower, normalize_rows};
 use crate::weights::{FlatTensor, Weights, scalar};
 
 /// Images in memory, bytes as they are saved to PNG, with every factor's class.
@@ -103,7 +103,7 @@ impl WeightsAdam {
     ) -> Result<f64> {
         let leaves = w.map(|_, t| t.autodiff().require_grad());
         let loss = loss(&leaves)?;
-        let value = scalar(loss.clone().inner());
+        let value = scalar(loss.clone().inner())?;
         if !value.is_finite() {
             return Err(Error::invalid(
                 "training",
@@ -139,12 +139,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 /// The tower's image embeddings [B, P].
 pub fn embed(cfg: &VisionConfig, w: &Weights, pixels: Tensor<4>) -> Result<Tensor<2>> {
-    vision_forward(cfg, w, pixels)?
-        .image_embeds
-        .ok_or_else(|| Error::Tensor {
-            tensor: "visual_projection.weight".into(),
-            reason: "missing from the suite's model".into(),
-        })
+    VisionTower::new(cfg, w)?.image_embeds(pixels)
 }
 
 /// Name of pretraining's linear probe for a factor (kept beside the tower, never saved): its

@@ -67,7 +67,7 @@ pub fn max_abs_diff(got: &Weights, expected: &HashMap<String, Vec<f32>>) -> f32 
         let want = expected
             .get(name)
             .unwrap_or_else(|| panic!("expected has no `{name}`"));
-        let have = t.to_vec();
+        let have = t.to_vec().unwrap();
         assert_eq!(have.len(), want.len(), "{name}: length");
         for (a, b) in have.iter().zip(want) {
             worst = worst.max((a - b).abs());
@@ -90,7 +90,7 @@ pub fn weights(device: &Device, tensors: &[(&str, &[f32])]) -> Weights {
 
 /// Values of one tensor.
 pub fn values(w: &Weights, name: &str) -> Vec<f32> {
-    w.get(name).expect("tensor").to_vec()
+    w.get(name).expect("tensor").to_vec().unwrap()
 }
 
 /// Asserts element-wise closeness.
