@@ -121,3 +121,73 @@ fn matrix(names: &[String], m: &[Vec<f64>]) -> String {
     }
     s
 }
+
+/// One tensor of a checkpoint, as `inspect` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorRow {
+    /// Its name.
+    pub name: String,
+    /// Its stored dtype.
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its number of elements.
+    pub params: usize,
+}
+
+/// Every tensor of a checkpoint, in its natural name order.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorListing {
+    /// The checkpoint.
+    pub path: std::path::PathBuf,
+    /// Its tensors.
+    pub tensors: Vec<TensorRow>,
+    /// Their total number of elements.
+    pub params: usize,
+}
+
+impl TensorListing {
+    /// Lists `ckpt`.
+    pub fn of(ckpt: &crate::checkpoint::Checkpoint) -> Self {
+        let tensors = ckpt
+            .names()
+            .filter_map(|n| {
+                ckpt.meta(n).map(|m| TensorRow {
+                    name: n.to_string(),
+                    dtype: m.dtype.name(),
+                    shape: m.shape.clone(),
+                    params: m.numel(),
+                })
+            })
+            .collect();
+        Self {
+            path: ckpt.path().to_path_buf(),
+            tensors,
+            params: ckpt.num_params(),
+        }
+    }
+
+    /// Markdown: one row per tensor, then the totals per dtype.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::from("| tensor | dtype | shape | parameters |\n|---|---|---|---|\n");
+        let mut by_dtype: Vec<(String, usize)> = Vec::new();
+        for t in &self.tensors {
+            s += &format!(
+                "| {} | {} | {:?} | {} |\n",
+                t.name, t.dtype, t.shape, t.params
+            );
+            match by_dtype.iter_mut().find(|(d, _)| *d == t.dtype) {
+                Some(e) => e.1 += t.params,
+                None => by_dtype.push((t.dtype.clone(), t.params)),
+            }
+        }
+        let dtypes: Vec<String> = by_dtype.iter().map(|(d, c)| format!("{d}: {c}")).collect();
+        s += &format!(
+            "\n{} tensors, {} parameters ({})\n",
+            self.tensors.len(),
+            self.params,
+            dtypes.join(", ")
+        );
+        s
+    }
+}

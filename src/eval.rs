@@ -34,6 +34,42 @@ pub fn load_batch(images: &[&ImageRef], pre: &Preprocessor, device: &Device) -> 
     ))
 }
 
+/// Labelled data to score merged weights on (while learning: never seen by the learner).
+pub struct EvalSet<'a> {
+    /// The vision config.
+    pub cfg: &'a VisionConfig,
+    /// Tasks with heads and labelled images, in the learner's task order.
+    pub tasks: &'a [EvalTask],
+    /// Image preprocessing.
+    pub pre: &'a Preprocessor,
+    /// Score every this many steps (besides the start and the end); 0: only those two.
+    pub every: usize,
+    /// Images per evaluation batch.
+    pub batch_size: usize,
+    /// Where to compute.
+    pub device: &'a Device,
+}
+
+impl EvalSet<'_> {
+    /// Top-1 accuracy of every task with the vision tower `w`.
+    pub fn score(&self, w: &crate::weights::Weights) -> Result<Vec<f64>> {
+        self.tasks
+            .iter()
+            .map(|t| {
+                accuracy(
+                    self.cfg,
+                    w,
+                    self.pre,
+                    t,
+                    self.batch_size,
+                    self.device,
+                    &ProgressBar::hidden(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// Fails, naming the task, when a head's width is not the model's projection width.
 pub fn check_head_width(cfg: &VisionConfig, task: &str, head: &Tensor<2>) -> Result<()> {
     let [_, width] = head.dims();
@@ -139,7 +175,7 @@ pub fn prepare_task(
     limit: Option<usize>,
     device: &Device,
 ) -> Result<EvalTask> {
-    let spec = crate::data::TaskSpec::builtin(name)?;
+    let spec = crate::data::TaskClasses::builtin(name)?;
     let mut folder = LabeledImages::open(data, spec.as_ref())?;
     if let Some(n) = limit {
         folder.limit(n);
@@ -159,13 +195,13 @@ pub fn prepare_task(
                          zero-shot head prompts them instead",
                         data.display()
                     );
-                    crate::data::TaskSpec {
+                    crate::data::TaskClasses {
                         classnames: names.clone(),
                         ..spec
                     }
                 }
                 (Some(spec), None) => spec,
-                (None, _) => crate::data::TaskSpec::from_folders(name, &folder.classes),
+                (None, _) => crate::data::TaskClasses::from_folders(name, &folder.classes),
             };
             let build = || {
                 crate::model::zero_shot_head(
@@ -284,4 +320,71 @@ impl TextTower {
             tokenizer: &self.tokenizer,
         }
     }
+}
+
+/// A task to score with `eval`: its labelled data and, optionally, its head file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFiles {
+    /// Task name (a paper task's name brings its class names and templates).
+    pub name: String,
+    /// Its labelled test set (ImageFolder or Parquet).
+    pub data: std::path::PathBuf,
+    /// Its head file; zero-shot from a text tower when absent.
+    pub head: Option<std::path::PathBuf>,
+}
+
+/// One task's score.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TaskScore {
+    /// Task name.
+    pub name: String,
+    /// Images scored.
+    pub images: usize,
+    /// Top-1 accuracy in [0, 1].
+    pub accuracy: f64,
+}
+
+/// Scores the CLIP model in `model` on `tasks` (zero-shot heads from the text tower of
+/// `heads_from`, default the model's own), at most `limit` images each.
+pub fn evaluate(
+    model: &std::path::Path,
+    tasks: &[TaskFiles],
+    heads_from: Option<&std::path::Path>,
+    batch_size: usize,
+    limit: Option<usize>,
+    device: &Device,
+) -> Result<Vec<TaskScore>> {
+    let ckpt = crate::checkpoint::Checkpoint::open(model)?;
+    let cfg = VisionConfig::of_checkpoint(&ckpt)?;
+    let weights = crate::checkpoint::load_weights(&ckpt, device, |n| {
+        n.starts_with("vision_model.") || n == "visual_projection.weight"
+    })?;
+    let pre = Preprocessor::from_dir(model, cfg.image_size)?;
+    let text = TextTower::load_if_needed(
+        tasks.iter().map(|t| t.head.is_none()),
+        heads_from.unwrap_or(model),
+        device,
+    )?;
+    let cache = crate::cache::cache_dir().join("heads");
+    let mut prepared = Vec::new();
+    for t in tasks {
+        let head = HeadSource::for_task(&t.name, t.head.as_deref(), text.as_ref(), &cache)?;
+        prepared.push(prepare_task(&t.name, &t.data, head, limit, device)?);
+    }
+    let total: usize = prepared.iter().map(|t| t.data.items.len()).sum();
+    let bar = crate::progress::bar(
+        total as u64,
+        "{msg} [{bar:30}] {pos}/{len} images {elapsed}",
+    );
+    let mut scores = Vec::new();
+    for task in &prepared {
+        bar.set_message(task.name.clone());
+        scores.push(TaskScore {
+            name: task.name.clone(),
+            images: task.data.items.len(),
+            accuracy: accuracy(&cfg, &weights, &pre, task, batch_size, device, &bar)?,
+        });
+    }
+    bar.finish_and_clear();
+    Ok(scores)
 }

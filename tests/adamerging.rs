@@ -12,6 +12,7 @@ use adamerge::adamerging::{
 };
 use adamerge::checkpoint::Checkpoint;
 use adamerge::config::VisionConfig;
+use adamerge::layout::LearnDir;
 use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
 use burn::tensor::{Device, Tensor, TensorData};
 use common::fixture;
@@ -441,7 +442,7 @@ fn a_resumed_run_ends_with_the_same_lambda() {
 
     let straight_dir = tempfile::tempdir().expect("tmp");
     let mut straight = Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).unwrap();
-    let outcome = Session::new(&mut straight, straight_dir.path())
+    let outcome = Session::new(&mut straight, LearnDir::new(straight_dir.path()))
         .unwrap()
         .run(&batches, None, &ProgressBar::hidden(), &never)
         .unwrap();
@@ -460,13 +461,13 @@ fn a_resumed_run_ends_with_the_same_lambda() {
         &s.device,
     )
     .unwrap();
-    Session::new(&mut first, dir.path())
+    Session::new(&mut first, LearnDir::new(dir.path()))
         .unwrap()
         .run(&batches, None, &ProgressBar::hidden(), &never)
         .unwrap();
     let stop = AtomicBool::new(true);
     let mut second = Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).unwrap();
-    let mut session = Session::new(&mut second, dir.path()).unwrap();
+    let mut session = Session::new(&mut second, LearnDir::new(dir.path())).unwrap();
     assert_eq!(session.resume().unwrap(), 3);
     assert_eq!(
         session
@@ -474,7 +475,7 @@ fn a_resumed_run_ends_with_the_same_lambda() {
             .unwrap(),
         Outcome::Interrupted(3)
     );
-    let mut session = Session::new(&mut second, dir.path()).unwrap();
+    let mut session = Session::new(&mut second, LearnDir::new(dir.path())).unwrap();
     session.resume().unwrap();
     session
         .run(&batches, None, &ProgressBar::hidden(), &never)
@@ -503,7 +504,7 @@ fn a_resumed_run_ends_with_the_same_lambda() {
         &s.device,
     )
     .unwrap();
-    let err = Session::new(&mut other, dir.path())
+    let err = Session::new(&mut other, LearnDir::new(dir.path()))
         .unwrap()
         .resume()
         .unwrap_err();

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use adamerge::experiment::results::Progress;
 use adamerge::experiment::{Experiment, Results};
+use adamerge::layout::RunDir;
 
 const TASKS: [&str; 8] = [
     "colour",
@@ -87,7 +88,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
     let dir = &dirs[0];
 
     // results.json: every method on every task, over both seeds.
-    let results = Results::read(dir).unwrap();
+    let results = Results::read(&RunDir::new(dir)).unwrap();
     let expected = [
         "pretrained",
         "individual",
@@ -131,7 +132,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
             "{stem}"
         );
     }
-    let progress = Progress::read(dir).unwrap();
+    let progress = Progress::read(&RunDir::new(dir)).unwrap();
     for seed in [0, 1] {
         let entropy = |m: &str| {
             progress
@@ -193,16 +194,16 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
 
     // An interrupted run: forget the last two records, as if stopped there; --resume redoes
     // exactly those and ends with the same results.
-    let mut progress = Progress::read(dir).unwrap();
+    let mut progress = Progress::read(&RunDir::new(dir)).unwrap();
     let all = progress.records.clone();
     progress.records.truncate(all.len() - 2);
-    progress.write(dir).unwrap();
+    progress.write(&RunDir::new(dir)).unwrap();
     std::fs::remove_file(dir.join("results.json")).unwrap();
     ok(&adamerge(
         &cache,
         &["run", "--resume", dir.to_str().unwrap()],
     ));
-    let resumed = Progress::read(dir).unwrap();
+    let resumed = Progress::read(&RunDir::new(dir)).unwrap();
     assert_eq!(resumed.records.len(), all.len());
     for (a, b) in all.iter().zip(&resumed.records) {
         assert_eq!(
@@ -210,7 +211,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
             (&b.method, b.seed, &b.accuracy)
         );
     }
-    let again = Results::read(dir).unwrap();
+    let again = Results::read(&RunDir::new(dir)).unwrap();
     for (label, m) in &results.methods {
         assert_eq!(
             (&again.methods[label].tasks, again.methods[label].avg),

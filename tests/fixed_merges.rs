@@ -4,7 +4,7 @@
 mod common;
 
 use adamerge::merge::{
-    Aggregate, Dare, DareBase, DareMasks, MergeMethod, TaskArithmetic, Ties, TrimScope,
+    Aggregate, Dare, DareInner, DareMasks, MergeMethod, TaskArithmetic, Ties, TrimScope,
     WeightAverage,
 };
 use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
@@ -84,10 +84,10 @@ fn check_reference_cases(device: &Device) {
             "ties" => ties_from(p).merge(&tv),
             "dare" => {
                 let base = match p["then"].as_str().unwrap() {
-                    "task_arithmetic" => DareBase::TaskArithmetic {
+                    "task_arithmetic" => DareInner::TaskArithmetic {
                         lambda: p["lambda"].as_f64().unwrap(),
                     },
-                    _ => DareBase::Ties(ties_from(p)),
+                    _ => DareInner::Ties(ties_from(p)),
                 };
                 Dare::new(p["p"].as_f64().unwrap(), 0, base)
                     .unwrap()
@@ -188,7 +188,7 @@ fn hand_computed_dare_with_a_given_mask() {
         weights(&d, &[("w", &[0.0, 0.0, 1.0, 1.0])]),
     ]);
     // p = 0.75: kept entries scaled by 4. τ̃1 = [4, 0, 12, 0], τ̃2 = [0, 0, -4, -4].
-    let dare = Dare::new(0.75, 0, DareBase::TaskArithmetic { lambda: 0.5 }).unwrap();
+    let dare = Dare::new(0.75, 0, DareInner::TaskArithmetic { lambda: 0.5 }).unwrap();
     let w = dare.merge_with_masks(&tv, masks).unwrap();
     assert_close(&values(&w, "w"), &[3.0, 1.0, 5.0, -1.0], 1e-6);
 }
@@ -224,7 +224,7 @@ fn identities() {
         assert_close(&values(&ties, "w"), &values(&ta, "w"), 1e-7);
     }
     // DARE with p = 0 is its base merge.
-    let dare = Dare::new(0.0, 3, DareBase::TaskArithmetic { lambda: 0.3 })
+    let dare = Dare::new(0.0, 3, DareInner::TaskArithmetic { lambda: 0.3 })
         .unwrap()
         .merge(&same)
         .unwrap();
@@ -239,7 +239,7 @@ fn seeded_dare_is_reproducible_and_unbiased_on_average() {
     let base = vec![0f32; n];
     let tau = vec![1f32; n];
     let tv = tiny(&d, &base, &[&tau]);
-    let dare = |seed| Dare::new(0.5, seed, DareBase::TaskArithmetic { lambda: 1.0 }).unwrap();
+    let dare = |seed| Dare::new(0.5, seed, DareInner::TaskArithmetic { lambda: 1.0 }).unwrap();
     let a = values(&dare(1).merge(&tv).unwrap(), "w");
     assert_eq!(a, values(&dare(1).merge(&tv).unwrap(), "w"));
     assert_ne!(a, values(&dare(2).merge(&tv).unwrap(), "w"));
@@ -351,7 +351,7 @@ fn chunked_merges_of_large_tensors_match_host_computations() {
 
     // Seeded DARE drawn chunk by chunk equals Task Arithmetic on whole-tensor masks.
     let p = 0.3;
-    let dare = Dare::new(p, 9, DareBase::TaskArithmetic { lambda: 0.5 })
+    let dare = Dare::new(p, 9, DareInner::TaskArithmetic { lambda: 0.5 })
         .unwrap()
         .merge(&tv)
         .unwrap();

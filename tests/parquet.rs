@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use adamerge::data::{ImageRef, LabeledImages, TaskSpec, scan_unlabeled};
+use adamerge::data::{ImageRef, LabeledImages, TaskClasses, scan_unlabeled};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -79,7 +79,7 @@ fn hub_shards_read_as_datasets_wrote_them() {
 
 #[test]
 fn stored_class_names_other_than_the_task_s_are_kept_for_the_prompts() {
-    let spec = TaskSpec::from_folders("x", &["a".into(), "b".into(), "c".into()]);
+    let spec = TaskClasses::from_folders("x", &["a".into(), "b".into(), "c".into()]);
     let set = LabeledImages::open(&dir().join("hf"), Some(&spec)).unwrap();
     assert_eq!(set.classes, expected().classes);
     assert_eq!(set.prompt_names.as_ref(), Some(&expected().classes));
@@ -89,9 +89,9 @@ fn stored_class_names_other_than_the_task_s_are_kept_for_the_prompts() {
 fn stored_class_names_in_another_order_are_mapped_onto_the_task_s_labels() {
     // The fixture stores ["annual crop", "forest", "sea or lake"].
     let task = ["Sea_or_Lake", "forest", "annual-crop"].map(String::from);
-    let spec = TaskSpec {
+    let spec = TaskClasses {
         classnames: task.to_vec(),
-        ..TaskSpec::from_folders("x", &task)
+        ..TaskClasses::from_folders("x", &task)
     };
     let set = LabeledImages::open(&dir().join("hf"), Some(&spec)).unwrap();
     assert_eq!(set.classes, task);
@@ -108,11 +108,11 @@ fn plain_binary_columns_without_metadata() {
     let set = LabeledImages::open(&dir().join("plain.parquet"), None).unwrap();
     assert_eq!(set.classes, ["0", "1"]);
     assert_rows(&set, &want.plain);
-    let spec = TaskSpec::from_folders("x", &["cat".into(), "dog".into(), "owl".into()]);
+    let spec = TaskClasses::from_folders("x", &["cat".into(), "dog".into(), "owl".into()]);
     let named = LabeledImages::open(&dir().join("plain.parquet"), Some(&spec)).unwrap();
     assert_eq!(named.classes, ["cat", "dog", "owl"]);
     assert_eq!(named.prompt_names, None);
-    let one = TaskSpec::from_folders("x", &["cat".into()]);
+    let one = TaskClasses::from_folders("x", &["cat".into()]);
     let err = LabeledImages::open(&dir().join("plain.parquet"), Some(&one))
         .unwrap_err()
         .to_string();

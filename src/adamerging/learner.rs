@@ -65,8 +65,8 @@ impl LearnConfig {
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("steps", self.steps),
-            ("batch-size", self.batch_size),
-            ("batches-per-task", self.batches_per_task),
+            ("batch_size", self.batch_size),
+            ("batches_per_task", self.batches_per_task),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::invalid(*key, "must be at least 1"));
@@ -83,7 +83,7 @@ impl LearnConfig {
         if let Some(k) = self.ties_k
             && !(k > 0.0 && k <= 1.0)
         {
-            return Err(Error::invalid("ties-k", format!("{k} is not in (0, 1]")));
+            return Err(Error::invalid("ties_k", format!("{k} is not in (0, 1]")));
         }
         Ok(())
     }
@@ -92,6 +92,28 @@ impl LearnConfig {
     pub fn label(&self) -> String {
         let pp = if self.ties_k.is_some() { "++" } else { "" };
         format!("adamerging{pp}({})", self.granularity)
+    }
+
+    /// The label of one run among others: [`LearnConfig::label`] with the settings that differ
+    /// from the defaults (`adamerging(layer)[steps=200,lr=0.01]`), a result key.
+    pub fn run_label(&self) -> String {
+        let d = Self::default();
+        let mut extra = Vec::new();
+        if self.steps != d.steps {
+            extra.push(format!("steps={}", self.steps));
+        }
+        if self.lr != d.lr {
+            extra.push(format!("lr={}", self.lr));
+        }
+        if self.batches_per_task != d.batches_per_task {
+            extra.push(format!("batches={}", self.batches_per_task));
+        }
+        let label = self.label();
+        if extra.is_empty() {
+            label
+        } else {
+            format!("{label}[{}]", extra.join(","))
+        }
     }
 
     /// The task vectors λ weights: `tv` itself, or for AdaMerging++ its TIES-processed

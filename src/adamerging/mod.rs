@@ -1,5 +1,5 @@
 //! AdaMerging (Yang et al., ICLR 2024): learn the merge coefficients λ by minimising the entropy
-//! of the merged model's predictions on unlabeled test batches (DESIGN.md §3–§4).
+//! of the merged model's predictions on unlabeled test batches (see docs/design.md).
 //!
 //! θ₀ and the task vectors stay constants. Each step merges once, back-propagates each task's
 //! entropy on its own to the merged weights W, and forms ∂loss/∂λ_{k,l} = ⟨∂loss/∂W_l, τ_{k,l}⟩,
@@ -9,6 +9,7 @@ mod batches;
 mod coefficients;
 mod job;
 mod learner;
+mod method;
 mod objective;
 mod outputs;
 mod session;
@@ -16,10 +17,10 @@ mod session;
 pub use batches::{BatchSource, ImageSampler, UnlabeledImages, split_for_adaptation};
 pub use coefficients::{Coefficients, Granularity};
 pub use job::{
-    Adaptation, Job, JobReport, JobTask, learn_with, prepare_tasks, report_markdown, run_job,
-    write_merged,
+    Job, JobReport, LearnOptions, learn_with, report_markdown, run_job, sampler_for, write_merged,
 };
 pub use learner::{LearnConfig, Learner, StepRecord};
+pub use method::AdaMergingMethod;
 pub use objective::mean_entropy;
 pub use outputs::{LearnedLambda, RunLog};
-pub use session::{EvalSet, LOG, Outcome, Session};
+pub use session::{Outcome, Session};

@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 use super::learner::{LearnConfig, Learner};
 use crate::checkpoint::{StoredDtype, decode_f32, encode_f32, serialize_canonical, write_atomic};
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::merge::{MergeMethod, TensorMerge, WeightedSum};
 use crate::task_vector::{Layering, TaskVectors, Unit};
+
+/// The AdaMerging paper.
+pub(crate) const PAPER: &str =
+    "Yang et al., AdaMerging: Adaptive model merging for multi-task learning, ICLR 2024";
 
 /// Learned coefficients with everything needed to apply them again to the same checkpoints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,7 +177,7 @@ impl MergeMethod for LearnedLambda {
         "adamerging"
     }
     fn reference(&self) -> &'static str {
-        "Yang et al., AdaMerging: Adaptive model merging for multi-task learning, ICLR 2024"
+        PAPER
     }
     fn label(&self) -> String {
         self.method.clone()
@@ -278,35 +283,31 @@ impl ResumePoint {
     }
 }
 
-/// A JSON-lines log, appended one flushed line per event.
+/// A JSON-lines log of [`Event`]s, appended one flushed line per event.
 pub struct RunLog {
     path: PathBuf,
     file: std::fs::File,
-    evals: Vec<u64>,
+    evals: Vec<usize>,
 }
 
 impl RunLog {
     /// Opens `path` for appending, keeping only the events of steps up to `keep_through` (a
     /// resumed run redoes the later ones); `None` starts it empty, for a run from step 0.
     pub fn open(path: &Path, keep_through: Option<usize>) -> Result<Self> {
-        let step_of = |line: &str| {
-            serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
-        };
         let mut evals = Vec::new();
         if path.exists() {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             let mut kept = String::new();
-            for line in text.lines() {
-                let keep =
-                    keep_through.is_some_and(|k| step_of(line).is_some_and(|s| s <= k as u64));
+            for event in text.lines().filter_map(Event::parse) {
+                let keep = match (keep_through, event.step()) {
+                    (Some(k), Some(step)) => step <= k,
+                    _ => false,
+                };
                 if keep {
-                    if line.contains("\"event\":\"eval\"") {
-                        evals.extend(step_of(line));
+                    if let Event::Eval { step, .. } = &event {
+                        evals.push(*step);
                     }
-                    kept += line;
-                    kept.push('\n');
+                    kept += &event.line();
                 }
             }
             write_atomic(path, kept.as_bytes())?;
@@ -325,21 +326,17 @@ impl RunLog {
 
     /// Whether the log holds an evaluation at `step`.
     pub fn has_eval(&self, step: usize) -> bool {
-        self.evals.contains(&(step as u64))
+        self.evals.contains(&step)
     }
 
     /// Appends one event.
-    pub fn write(&mut self, event: &serde_json::Value) -> Result<()> {
-        let mut line = event.to_string();
-        line.push('\n');
+    pub fn write(&mut self, event: &Event) -> Result<()> {
         self.file
-            .write_all(line.as_bytes())
+            .write_all(event.line().as_bytes())
             .and_then(|()| self.file.flush())
             .map_err(|e| Error::io(&self.path, e))?;
-        if event["event"] == "eval"
-            && let Some(step) = event["step"].as_u64()
-        {
-            self.evals.push(step);
+        if let Event::Eval { step, .. } = event {
+            self.evals.push(*step);
         }
         Ok(())
     }

@@ -1,56 +1,18 @@
 //! A learning run in a directory: steps with a progress bar, a JSON-lines log, accuracy every N
 //! steps, a resume checkpoint after every step, and a clean stop on request (Ctrl-C).
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::tensor::Device;
 use indicatif::ProgressBar;
 use serde_json::json;
 
 use super::batches::BatchSource;
 use super::learner::{Learner, StepRecord};
 use super::outputs::{ResumePoint, RunLog};
-use crate::config::VisionConfig;
-use crate::data::Preprocessor;
 use crate::error::{Error, Result};
-use crate::eval::{EvalTask, accuracy};
-
-/// Labelled data to score the merged model on while learning (never seen by the learner).
-pub struct EvalSet<'a> {
-    /// The vision config.
-    pub cfg: &'a VisionConfig,
-    /// Tasks with heads and labelled images, in the learner's task order.
-    pub tasks: &'a [EvalTask],
-    /// Image preprocessing.
-    pub pre: &'a Preprocessor,
-    /// Score every this many steps (besides the start and the end); 0: only those two.
-    pub every: usize,
-    /// Images per evaluation batch.
-    pub batch_size: usize,
-    /// Where to compute.
-    pub device: &'a Device,
-}
-
-impl EvalSet<'_> {
-    /// Top-1 accuracy of every task with the vision tower `w`.
-    pub fn score(&self, w: &crate::weights::Weights) -> Result<Vec<f64>> {
-        self.tasks
-            .iter()
-            .map(|t| {
-                accuracy(
-                    self.cfg,
-                    w,
-                    self.pre,
-                    t,
-                    self.batch_size,
-                    self.device,
-                    &ProgressBar::hidden(),
-                )
-            })
-            .collect()
-    }
-}
+use crate::eval::EvalSet;
+use crate::events::Event;
+use crate::layout::LearnDir;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,25 +28,20 @@ fn is_eval_step(done: usize, total: usize, every: usize) -> bool {
     done == total || (every > 0 && done.is_multiple_of(every))
 }
 
-/// A learner bound to its run directory.
+/// A learner bound to its run folder.
 pub struct Session<'l, 'a> {
     learner: &'l mut Learner<'a>,
-    dir: PathBuf,
+    dir: LearnDir,
     last_eval: Vec<f64>,
 }
 
-/// The file holding the resume checkpoint, in the run directory.
-pub(crate) const CHECKPOINT: &str = "checkpoint.safetensors";
-/// The JSON-lines log, in the run directory.
-pub const LOG: &str = "log.jsonl";
-
 impl<'l, 'a> Session<'l, 'a> {
     /// Binds `learner` to `dir` (created if missing).
-    pub fn new(learner: &'l mut Learner<'a>, dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    pub fn new(learner: &'l mut Learner<'a>, dir: LearnDir) -> Result<Self> {
+        std::fs::create_dir_all(dir.root()).map_err(|e| Error::io(dir.root(), e))?;
         Ok(Self {
             learner,
-            dir: dir.to_path_buf(),
+            dir,
             last_eval: Vec::new(),
         })
     }
@@ -104,7 +61,7 @@ impl<'l, 'a> Session<'l, 'a> {
 
     /// Continues from the directory's checkpoint when there is one; returns the steps done.
     pub fn resume(&mut self) -> Result<usize> {
-        let path = self.dir.join(CHECKPOINT);
+        let path = self.dir.checkpoint();
         if !path.exists() {
             return Ok(0);
         }
@@ -129,7 +86,7 @@ impl<'l, 'a> Session<'l, 'a> {
             steps_done: self.learner.steps_done(),
             fingerprint: self.fingerprint(),
         }
-        .save(&self.dir.join(CHECKPOINT))
+        .save(&self.dir.checkpoint())
     }
 
     /// Runs the remaining steps. `stop` is polled between steps; when it is set, the run ends
@@ -143,7 +100,7 @@ impl<'l, 'a> Session<'l, 'a> {
     ) -> Result<Outcome> {
         let total = self.learner.config().steps;
         let done = self.learner.steps_done();
-        let mut log = RunLog::open(&self.dir.join(LOG), Some(done))?;
+        let mut log = RunLog::open(&self.dir.log(), Some(done))?;
         // A run stopped between a step's checkpoint and its evaluation scores it now.
         if let Some(eval) = eval
             && done > 0
@@ -174,20 +131,19 @@ impl<'l, 'a> Session<'l, 'a> {
         Ok(Outcome::Finished)
     }
 
-    fn step_event(&self, r: &StepRecord) -> serde_json::Value {
+    fn step_event(&self, r: &StepRecord) -> Event {
         let tasks = self.learner.task_vectors().tasks();
-        let entropy: serde_json::Map<String, serde_json::Value> = tasks
-            .iter()
-            .zip(&r.entropy)
-            .map(|(t, e)| (t.clone(), json!(e)))
-            .collect();
-        json!({
-            "event": "step",
-            "step": r.step,
-            "loss": r.loss,
-            "entropy": entropy,
-            "seconds": r.seconds,
-        })
+        Event::Step {
+            step: r.step,
+            loss: r.loss,
+            entropy: tasks
+                .iter()
+                .cloned()
+                .zip(r.entropy.iter().copied())
+                .collect(),
+            seconds: r.seconds,
+            of: None,
+        }
     }
 
     /// The accuracies of the latest evaluation (empty before the first).
@@ -199,25 +155,23 @@ impl<'l, 'a> Session<'l, 'a> {
     /// step 0 the log starts anew (whatever an earlier start that did no step left in it).
     pub fn evaluate(&mut self, eval: &EvalSet<'_>) -> Result<Vec<f64>> {
         let done = self.learner.steps_done();
-        let mut log = RunLog::open(&self.dir.join(LOG), (done > 0).then_some(done))?;
+        let mut log = RunLog::open(&self.dir.log(), (done > 0).then_some(done))?;
         self.evaluate_into(eval, &mut log)
     }
 
     fn evaluate_into(&mut self, eval: &EvalSet<'_>, log: &mut RunLog) -> Result<Vec<f64>> {
         let acc = eval.score(&self.learner.merged()?)?;
-        let per_task: serde_json::Map<String, serde_json::Value> = eval
-            .tasks
-            .iter()
-            .zip(&acc)
-            .map(|(t, a)| (t.name.clone(), json!(a)))
-            .collect();
-        let average = acc.iter().sum::<f64>() / acc.len().max(1) as f64;
-        log.write(&json!({
-            "event": "eval",
-            "step": self.learner.steps_done(),
-            "accuracy": per_task,
-            "average": average,
-        }))?;
+        log.write(&Event::Eval {
+            step: self.learner.steps_done(),
+            accuracy: eval
+                .tasks
+                .iter()
+                .map(|t| t.name.clone())
+                .zip(acc.iter().copied())
+                .collect(),
+            average: acc.iter().sum::<f64>() / acc.len().max(1) as f64,
+            of: None,
+        })?;
         self.last_eval.clone_from(&acc);
         Ok(acc)
     }

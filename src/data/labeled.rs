@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::decode::{decode_file_then, decode_then};
 use super::preprocess::{Preprocessor, Rgb8};
-use super::{TaskSpec, folder, parquet};
+use super::{TaskClasses, folder, parquet};
 use crate::error::{Error, Result};
 
 /// One image: a file on disk, or the encoded bytes of a Parquet row (held in memory, so a
@@ -73,7 +73,7 @@ impl LabeledImages {
     /// Opens `path` in whichever layout it holds: a `.parquet` file, a glob of them
     /// (`data/test-*.parquet`), a folder holding `.parquet` shards, or else an ImageFolder
     /// (`path/<class>/*.png|jpg`). `spec` gives a paper task's folder order and class names.
-    pub fn open(path: &Path, spec: Option<&TaskSpec>) -> Result<Self> {
+    pub fn open(path: &Path, spec: Option<&TaskClasses>) -> Result<Self> {
         match parquet::shards(path)? {
             Some(files) => {
                 parquet::read_labeled(path, &files, spec.map(|s| s.classnames.as_slice()))

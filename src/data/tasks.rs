@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 /// Class names and zero-shot templates of a classification task.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct TaskSpec {
+pub struct TaskClasses {
     /// Task name (lower case).
     pub name: String,
     /// Class names in label order.
@@ -31,7 +31,7 @@ const BUILTIN: [(&str, &str); 8] = [
     ("dtd", include_str!("../../datasets/dtd.toml")),
 ];
 
-impl TaskSpec {
+impl TaskClasses {
     /// The built-in spec of a paper task (case-insensitive), if `name` is one.
     pub fn builtin(name: &str) -> Result<Option<Self>> {
         let lower = name.to_ascii_lowercase();
@@ -74,7 +74,7 @@ mod tests {
             ("mnist", 10),
             ("dtd", 47),
         ] {
-            let spec = TaskSpec::builtin(name).unwrap().unwrap();
+            let spec = TaskClasses::builtin(name).unwrap().unwrap();
             assert_eq!(spec.classnames.len(), classes, "{name}");
             assert!(
                 spec.templates.iter().all(|t| t.matches("{}").count() == 1),
@@ -84,7 +84,7 @@ mod tests {
                 assert_eq!(f.len(), classes, "{name} folders");
             }
         }
-        assert!(TaskSpec::builtin("EuroSAT").unwrap().is_some());
-        assert!(TaskSpec::builtin("imagenet").unwrap().is_none());
+        assert!(TaskClasses::builtin("EuroSAT").unwrap().is_some());
+        assert!(TaskClasses::builtin("imagenet").unwrap().is_none());
     }
 }

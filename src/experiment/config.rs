@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::adamerging::{Granularity, LearnConfig};
 use crate::error::{Error, Result};
-use crate::merge::{Aggregate, FixedKind, MethodSpec, TrimScope};
+use crate::method::{Built, Method, Params, Source};
 use crate::suite::Size;
-use crate::task_vector::LayeringKind;
 
 /// One experiment file, as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +40,7 @@ pub struct Experiment {
     pub model: ModelSpec,
     /// The tasks, in order.
     #[serde(rename = "task")]
-    pub tasks: Vec<TaskSpec>,
+    pub tasks: Vec<TaskEntry>,
     /// The methods, in order.
     #[serde(rename = "method")]
     pub methods: Vec<MethodEntry>,
@@ -88,7 +86,7 @@ pub struct ModelSpec {
 /// One task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TaskSpec {
+pub struct TaskEntry {
     /// Task name (a column of the table).
     pub name: String,
     /// Its fine-tuned checkpoint directory.
@@ -101,189 +99,52 @@ pub struct TaskSpec {
     pub adapt: Option<String>,
 }
 
-/// A number or a list of numbers (a sweep).
+/// One `[[method]]` entry, as written: the method's name and its parameters, read and checked
+/// against the method's declaration in the registry (a list sweeps a sweepable parameter).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    /// One value.
-    One(f64),
-    /// A sweep.
-    Many(Vec<f64>),
-}
-
-impl OneOrMany {
-    fn values(&self) -> Vec<f64> {
-        match self {
-            Self::One(v) => vec![*v],
-            Self::Many(v) => v.clone(),
-        }
-    }
-}
-
-/// Every method kind an experiment can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MethodKind {
-    /// Weight averaging.
-    WeightAverage,
-    /// Task Arithmetic.
-    TaskArithmetic,
-    /// TIES-Merging.
-    Ties,
-    /// DARE.
-    Dare,
-    /// AdaMerging (AdaMerging++ with `ties_k`).
-    Adamerging,
-}
-
-/// One `[[method]]` entry, as written; fixed methods' keys and learned methods' keys are
-/// checked against the kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MethodEntry {
-    /// Which method.
-    pub kind: MethodKind,
-    /// λ of a fixed method; a list is a sweep.
-    pub lambda: Option<OneOrMany>,
-    /// TIES keep fraction.
-    pub k: Option<f64>,
-    /// TIES aggregation: mean or sum.
-    pub aggregate: Option<Aggregate>,
-    /// TIES trim scope: global or per-tensor.
-    pub trim: Option<TrimScope>,
-    /// DARE drop probability.
-    pub p: Option<f64>,
-    /// The merge DARE feeds: task-arithmetic or ties.
-    pub base: Option<FixedKind>,
-    /// task or layer (AdaMerging).
-    pub granularity: Option<Granularity>,
-    /// Units of layer-wise λ: paper, tensor or block.
-    pub layering: Option<LayeringKind>,
-    /// Adam steps.
-    pub steps: Option<usize>,
-    /// Adam learning rate.
-    pub lr: Option<f64>,
-    /// Initial λ.
-    pub init: Option<f64>,
-    /// Clamp λ to [0, 1].
-    pub clamp: Option<bool>,
-    /// Images per batch.
-    pub batch_size: Option<usize>,
-    /// Batches per task per step.
-    pub batches_per_task: Option<usize>,
-    /// AdaMerging++: TIES keep fraction of the task vectors λ weights.
-    pub ties_k: Option<f64>,
+    /// The method's name in the registry (`ties`, `adamerging`).
+    pub kind: String,
+    /// Its parameters, as written.
+    #[serde(flatten)]
+    pub params: toml::Table,
 }
 
 /// A method ready to run: one value of a sweep, or one learned configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Planned {
-    /// A fixed merge; `sweep` groups the values of one swept entry (its index in the file).
-    Fixed {
-        /// The method.
-        spec: MethodSpec,
-        /// Index of the `[[method]]` entry when it sweeps λ.
-        sweep: Option<usize>,
-    },
-    /// A learned merge (the seed is the run's).
-    Learned(LearnConfig),
+pub struct Planned {
+    /// The method.
+    pub method: &'static dyn Method,
+    /// Its checked values.
+    pub params: Params,
+    /// The method built from them.
+    pub built: Built,
+    /// Index of the `[[method]]` entry when it sweeps a parameter.
+    pub sweep: Option<usize>,
 }
 
 impl MethodEntry {
+    /// The method this entry names; `at` is its index, for error messages.
+    pub fn method(&self, at: usize) -> Result<&'static dyn Method> {
+        crate::method::find(&self.kind, &Source::File { index: at }.method_key())
+    }
+
     /// The runs of this entry; `at` is its index, for error messages and sweep groups.
     pub fn plan(&self, at: usize) -> Result<Vec<Planned>> {
-        let key = |k: &str| format!("method[{at}].{k}");
-        let fixed_keys = [
-            ("lambda", self.lambda.is_some()),
-            ("k", self.k.is_some()),
-            ("aggregate", self.aggregate.is_some()),
-            ("trim", self.trim.is_some()),
-            ("p", self.p.is_some()),
-            ("base", self.base.is_some()),
-        ];
-        let learned_keys = [
-            ("granularity", self.granularity.is_some()),
-            ("layering", self.layering.is_some()),
-            ("steps", self.steps.is_some()),
-            ("lr", self.lr.is_some()),
-            ("init", self.init.is_some()),
-            ("clamp", self.clamp.is_some()),
-            ("batch_size", self.batch_size.is_some()),
-            ("batches_per_task", self.batches_per_task.is_some()),
-            ("ties_k", self.ties_k.is_some()),
-        ];
-        let misplaced = |keys: &[(&str, bool)], what: &str| -> Result<()> {
-            match keys.iter().find(|(_, given)| *given) {
-                Some((k, _)) => Err(Error::invalid(key(k), format!("does not apply to {what}"))),
-                None => Ok(()),
-            }
-        };
-        let fixed = match self.kind {
-            MethodKind::WeightAverage => Some(FixedKind::WeightAverage),
-            MethodKind::TaskArithmetic => Some(FixedKind::TaskArithmetic),
-            MethodKind::Ties => Some(FixedKind::Ties),
-            MethodKind::Dare => Some(FixedKind::Dare),
-            MethodKind::Adamerging => None,
-        };
-        let Some(kind) = fixed else {
-            misplaced(&fixed_keys, "adamerging")?;
-            let d = LearnConfig::default();
-            let config = LearnConfig {
-                granularity: self.granularity.unwrap_or(d.granularity),
-                layering: self.layering.unwrap_or(d.layering),
-                steps: self.steps.unwrap_or(d.steps),
-                lr: self.lr.unwrap_or(d.lr),
-                init: self.init.unwrap_or(d.init),
-                clamp: self.clamp.unwrap_or(d.clamp),
-                batch_size: self.batch_size.unwrap_or(d.batch_size),
-                batches_per_task: self.batches_per_task.unwrap_or(d.batches_per_task),
-                seed: 0,
-                ties_k: self.ties_k,
-            };
-            config.validate().map_err(|e| rename(e, &key("")))?;
-            return Ok(vec![Planned::Learned(config)]);
-        };
-        misplaced(&learned_keys, "a fixed merge")?;
-        let lambdas: Vec<Option<f64>> = match &self.lambda {
-            None => vec![None],
-            Some(l) => l.values().into_iter().map(Some).collect(),
-        };
-        if lambdas.is_empty() {
-            return Err(Error::invalid(key("lambda"), "an empty sweep"));
-        }
-        let sweep = (lambdas.len() > 1).then_some(at);
-        lambdas
-            .into_iter()
-            .map(|lambda| {
-                let spec = MethodSpec {
-                    kind,
-                    lambda,
-                    k: self.k,
-                    p: self.p,
-                    seed: None,
-                    aggregate: self.aggregate,
-                    trim: self.trim,
-                    dare_base: self.base,
-                };
+        let method = self.method(at)?;
+        let all = crate::method::params::from_toml(method, &self.params, at)?;
+        let sweep = (all.len() > 1).then_some(at);
+        all.into_iter()
+            .map(|params| {
                 // Building checks every value now, before anything runs.
-                spec.build().map_err(|e| rename(e, &key("")))?;
-                Ok(Planned::Fixed { spec, sweep })
+                let built = method.build(&params)?;
+                Ok(Planned {
+                    method,
+                    params,
+                    built,
+                    sweep,
+                })
             })
             .collect()
-    }
-}
-
-/// Re-labels a method's argument error (`--lambda`) with the file's key path.
-fn rename(e: Error, prefix: &str) -> Error {
-    match e {
-        Error::InvalidArgument { name, reason } => {
-            let k = match name.trim_start_matches("--") {
-                "dare-base" => "base".to_string(),
-                other => other.replace('-', "_"),
-            };
-            Error::invalid(format!("{prefix}{k}"), reason)
-        }
-        other => other,
     }
 }
 
@@ -487,8 +348,9 @@ steps = 5
         let e = Experiment::parse(GOOD, Path::new("x.toml")).unwrap();
         let plan = e.plan().unwrap();
         assert_eq!(plan.len(), 3);
-        assert!(matches!(plan[0], Planned::Fixed { sweep: Some(0), .. }));
-        assert!(matches!(&plan[2], Planned::Learned(c) if c.steps == 5));
+        assert_eq!(plan[0].sweep, Some(0));
+        assert_eq!(plan[0].built.label(), "task-arithmetic(lambda=0.1)");
+        assert!(matches!(&plan[2].built, Built::Learned(c) if c.steps == 5));
         assert!(e.uses_suite());
     }
 

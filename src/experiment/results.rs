@@ -1,13 +1,12 @@
 //! What a run measured: one record per (method, seed) as it finishes, and `results.json`, their
 //! aggregate over seeds (DESIGN.md §7).
 
-use std::path::Path;
-
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{read_json, write_json};
 use crate::error::{Error, Result};
+use crate::layout::RunDir;
 
 /// What kind of row a method is in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,8 +55,8 @@ pub struct Progress {
 
 impl Progress {
     /// Reads `progress.json` of a run (empty when there is none yet).
-    pub fn read(dir: &Path) -> Result<Self> {
-        let path = dir.join(PROGRESS);
+    pub fn read(dir: &RunDir) -> Result<Self> {
+        let path = dir.progress();
         if !path.exists() {
             return Ok(Self::default());
         }
@@ -65,8 +64,8 @@ impl Progress {
     }
 
     /// Writes it atomically.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        write_json(&dir.join(PROGRESS), self)
+    pub fn write(&self, dir: &RunDir) -> Result<()> {
+        write_json(&dir.progress(), self)
     }
 
     /// The record of `method` on `seed`, if done.
@@ -76,11 +75,6 @@ impl Progress {
             .find(|r| r.method == method && r.seed == seed)
     }
 }
-
-/// The file of [`Progress`] in a run directory.
-pub const PROGRESS: &str = "progress.json";
-/// The file of [`Results`] in a run directory.
-pub const RESULTS: &str = "results.json";
 
 /// Mean and sample standard deviation (0 for one value).
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -282,13 +276,13 @@ impl Results {
     }
 
     /// Reads `results.json` from a run directory.
-    pub fn read(dir: &Path) -> Result<Self> {
-        read_json(&dir.join(RESULTS))
+    pub fn read(dir: &RunDir) -> Result<Self> {
+        read_json(&dir.results())
     }
 
     /// Writes `results.json` atomically.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        write_json(&dir.join(RESULTS), self)
+    pub fn write(&self, dir: &RunDir) -> Result<()> {
+        write_json(&dir.results(), self)
     }
 }
 

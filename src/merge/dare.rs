@@ -11,12 +11,16 @@ use super::{
     MergeMethod, ScaledSum, TensorMerge, Ties, VectorSource, check_range, fmt_param, part,
 };
 use crate::error::{Error, Result};
+use crate::method::{Bound, Built, Kind, Method, Param, ParamDefault, Params, Value};
 use crate::task_vector::TaskVectors;
 use crate::weights::Weights;
 
-/// The merge DARE feeds its dropped task vectors into.
+/// The DARE paper.
+const PAPER: &str = "Yu et al., Language models are Super Mario: absorbing abilities from homologous models as a free lunch, ICML 2024";
+
+/// The inner merge DARE feeds its dropped task vectors into.
 #[derive(Debug, Clone, Copy)]
-pub enum DareBase {
+pub enum DareInner {
     /// θ₀ + λ Σ τ̃_k.
     TaskArithmetic {
         /// λ.
@@ -45,20 +49,20 @@ pub struct Dare {
     /// Seed of the masks.
     pub seed: u64,
     /// The merge applied to the dropped vectors.
-    pub base: DareBase,
+    pub inner: DareInner,
 }
 
 impl Dare {
     /// Validates p ∈ [0, 1).
-    pub fn new(p: f64, seed: u64, base: DareBase) -> Result<Self> {
-        check_range("--p", p, 0.0, 1.0)?;
+    pub fn new(p: f64, seed: u64, inner: DareInner) -> Result<Self> {
+        check_range("p", p, 0.0, 1.0)?;
         if p >= 1.0 {
-            return Err(Error::invalid("--p", "p = 1 drops every entry; use p < 1"));
+            return Err(Error::invalid("p", "p = 1 drops every entry; use p < 1"));
         }
-        if let DareBase::TaskArithmetic { lambda } = base {
-            check_range("--lambda", lambda, -10.0, 10.0)?;
+        if let DareInner::TaskArithmetic { lambda } = inner {
+            check_range("lambda", lambda, -10.0, 10.0)?;
         }
-        Ok(Self { p, seed, base })
+        Ok(Self { p, seed, inner })
     }
 
     /// Prepares the merge with the given masks instead of seeded ones.
@@ -80,12 +84,12 @@ impl Dare {
             p: self.p,
             masks,
         };
-        Ok(match self.base {
-            DareBase::TaskArithmetic { lambda } => Box::new(ScaledSum {
+        Ok(match self.inner {
+            DareInner::TaskArithmetic { lambda } => Box::new(ScaledSum {
                 src: dropped,
                 lambda,
             }),
-            DareBase::Ties(ties) => Box::new(ties.prepare_source(dropped)?),
+            DareInner::Ties(ties) => Box::new(ties.prepare_source(dropped)?),
         })
     }
 
@@ -101,16 +105,16 @@ impl MergeMethod for Dare {
         "dare"
     }
     fn reference(&self) -> &'static str {
-        "Yu et al., Language models are Super Mario: absorbing abilities from homologous models as a free lunch, ICML 2024"
+        PAPER
     }
     fn label(&self) -> String {
-        let base = match self.base {
-            DareBase::TaskArithmetic { lambda } => {
+        let inner = match self.inner {
+            DareInner::TaskArithmetic { lambda } => {
                 format!("task-arithmetic(lambda={})", fmt_param(lambda))
             }
-            DareBase::Ties(t) => t.label(),
+            DareInner::Ties(t) => t.label(),
         };
-        format!("dare(p={},seed={})+{base}", fmt_param(self.p), self.seed)
+        format!("dare(p={},seed={})+{inner}", fmt_param(self.p), self.seed)
     }
     fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>> {
         self.prepare_with_masks(tv, DareMasks::Seeded(self.seed))
@@ -168,6 +172,91 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// DARE's drop probability.
+const P: Param = Param {
+    name: "p",
+    help: "probability of dropping each task-vector entry",
+    kind: Kind::Float {
+        min: Bound::Incl(0.0),
+        max: Bound::Excl(1.0),
+    },
+    default: ParamDefault::Value(Value::Float(0.5)),
+    sweep: false,
+    aliases: &[],
+};
+
+/// The seed of DARE's masks.
+const SEED: Param = Param {
+    name: "seed",
+    help: "seed of the drop masks",
+    kind: Kind::Int {
+        min: 0,
+        max: u64::MAX,
+    },
+    default: ParamDefault::Value(Value::Int(0)),
+    sweep: false,
+    aliases: &[],
+};
+
+/// The merge DARE feeds.
+const INNER: Param = Param {
+    name: "inner",
+    help: "the merge applied to the dropped task vectors",
+    kind: Kind::Choice(&["task-arithmetic", "ties"]),
+    default: ParamDefault::Value(Value::Choice("task-arithmetic")),
+    sweep: false,
+    aliases: &["base", "dare_base"],
+};
+
+/// λ of DARE's inner merge, whose default follows it.
+const LAMBDA: Param = Param {
+    name: "lambda",
+    help: "scale of the inner merge (a list in a file sweeps it)",
+    kind: Kind::Float {
+        min: Bound::Incl(-10.0),
+        max: Bound::Incl(10.0),
+    },
+    default: ParamDefault::Derived("0.3 on task-arithmetic; on ties 1 with mean, 0.3 with sum"),
+    sweep: true,
+    aliases: &[],
+};
+
+/// DARE in the method registry.
+pub struct DareMethod;
+
+impl Method for DareMethod {
+    fn name(&self) -> &'static str {
+        "dare"
+    }
+    fn paper(&self) -> &'static str {
+        PAPER
+    }
+    fn summary(&self) -> &'static str {
+        "drop each task-vector entry with probability p, rescale by 1/(1 − p), then merge"
+    }
+    fn params(&self) -> &'static [Param] {
+        use super::ties::{AGGREGATE, K, TRIM};
+        &[P, SEED, INNER, LAMBDA, K, AGGREGATE, TRIM]
+    }
+    fn build(&self, p: &Params) -> Result<Built> {
+        let inner = match p.choice("inner") {
+            Some("ties") => DareInner::Ties(Ties::from_params(p)?),
+            _ => {
+                let why = "with inner = task-arithmetic (it is a TIES parameter)";
+                for name in ["k", "aggregate", "trim"] {
+                    p.reject(name, why)?;
+                }
+                DareInner::TaskArithmetic {
+                    lambda: p.float("lambda").unwrap_or(0.3),
+                }
+            }
+        };
+        let seed = p.int("seed").expect("seed has a default");
+        let prob = p.float("p").expect("p has a default");
+        Ok(Built::Fixed(Box::new(Dare::new(prob, seed, inner)?)))
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 mod average;
 mod dare;
-mod spec;
 mod task_arithmetic;
 mod ties;
 mod weighted;
@@ -13,11 +12,10 @@ use std::ops::Range;
 
 use burn::tensor::Tensor;
 
-pub use average::WeightAverage;
-pub use dare::{Dare, DareBase, DareMasks, Dropped, seeded_mask};
-pub use spec::{FixedKind, MethodSpec};
-pub use task_arithmetic::TaskArithmetic;
-pub use ties::{Aggregate, Ties, TiesMerge, TrimScope, kth_smallest_magnitude};
+pub use average::{WeightAverage, WeightAverageMethod};
+pub use dare::{Dare, DareInner, DareMasks, DareMethod, Dropped, seeded_mask};
+pub use task_arithmetic::{TaskArithmetic, TaskArithmeticMethod};
+pub use ties::{Aggregate, Ties, TiesMerge, TiesMethod, TrimScope, kth_smallest_magnitude};
 pub use weighted::WeightedSum;
 
 use crate::error::{Error, Result};

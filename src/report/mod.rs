@@ -9,19 +9,21 @@ use std::path::Path;
 use crate::adamerging::LearnedLambda;
 use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::experiment::results::{INDIVIDUAL, PRETRAINED, Results, Role};
+use crate::layout::RunDir;
 use plots::Curve;
 
 /// Writes `results.json`, `table.md` and `plots/` of a run.
 pub fn write_report(dir: &Path, r: &Results) -> Result<()> {
-    r.write(dir)?;
-    write_atomic(&dir.join("table.md"), table::markdown(r).as_bytes())?;
-    write_plots(dir, r)
+    let dir = RunDir::new(dir);
+    r.write(&dir)?;
+    write_atomic(&dir.table(), table::markdown(r).as_bytes())?;
+    write_plots(&dir, r)
 }
 
-/// The eval events (step, per-task accuracy) of a learned method's log.
+/// The evaluation events (step, per-task accuracy) of a learned method's log.
 fn eval_curves(log: &Path, tasks: &[String]) -> Result<(Vec<Curve>, Curve)> {
-    let text = std::fs::read_to_string(log).map_err(|e| Error::io(log, e))?;
     let mut per_task: Vec<Curve> = tasks
         .iter()
         .map(|t| Curve {
@@ -29,40 +31,37 @@ fn eval_curves(log: &Path, tasks: &[String]) -> Result<(Vec<Curve>, Curve)> {
             points: Vec::new(),
         })
         .collect();
-    let mut average = Curve {
+    let mut average_curve = Curve {
         name: "average".into(),
         points: Vec::new(),
     };
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+    for event in crate::events::read(log)? {
+        let Event::Eval {
+            step,
+            accuracy,
+            average,
+            ..
+        } = event
+        else {
             continue;
         };
-        if v["event"] != "eval" {
-            continue;
-        }
-        let step = v["step"].as_f64().unwrap_or_default();
         for c in per_task.iter_mut() {
-            if let Some(a) = v["accuracy"][&c.name].as_f64() {
-                c.points.push((step, a));
+            if let Some(a) = accuracy.get(&c.name) {
+                c.points.push((step as f64, *a));
             }
         }
-        if let Some(a) = v["average"].as_f64() {
-            average.points.push((step, a));
-        }
+        average_curve.points.push((step as f64, average));
     }
-    Ok((per_task, average))
+    Ok((per_task, average_curve))
 }
 
-fn write_plots(dir: &Path, r: &Results) -> Result<()> {
-    let plots = dir.join("plots");
+fn write_plots(dir: &RunDir, r: &Results) -> Result<()> {
+    let plots = dir.plots();
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
     let first_seed = r.seeds.first().copied().unwrap_or_default();
     for (label, m) in r.methods.iter().filter(|(_, m)| m.role == Role::Learned) {
-        let stem = format!(
-            "{}-seed{first_seed}",
-            crate::experiment::runner::slug(label)
-        );
-        let log = dir.join("learned").join(&stem).join("log.jsonl");
+        let stem = RunDir::stem(label, first_seed);
+        let log = dir.learned(label, first_seed).log();
         if log.exists() {
             let (tasks, avg) = eval_curves(&log, &r.task_names)?;
             plots::accuracy_curves(
@@ -72,7 +71,7 @@ fn write_plots(dir: &Path, r: &Results) -> Result<()> {
                 &avg,
             )?;
         }
-        let lambda = dir.join("lambda").join(format!("{stem}.json"));
+        let lambda = dir.lambda_dir().join(format!("{stem}.json"));
         if lambda.exists() && m.lambda.iter().any(|l| l.contains(&stem)) {
             let l = LearnedLambda::load(&lambda)?;
             let flat: Vec<f32> = l.effective.iter().flatten().copied().collect();

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use image::ImageEncoder;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -160,14 +160,10 @@ fn lock(out: &Path) -> Result<RunLock> {
 }
 
 fn bar(progress: bool, len: usize, stage: &str) -> ProgressBar {
-    if !progress {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    let pb = crate::progress::bar_if(
+        progress,
+        len as u64,
+        "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
     );
     pb.set_prefix(stage.to_string());
     pb

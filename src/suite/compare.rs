@@ -4,21 +4,15 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::adamerging::{
-    BatchSource, EvalSet, Granularity, ImageSampler, LearnConfig, Learner, UnlabeledImages,
-};
-use crate::checkpoint::Checkpoint;
-use crate::config::VisionConfig;
-use crate::data::{LabeledImages, Preprocessor};
+use crate::adamerging::{BatchSource, Granularity, LearnConfig, Learner, sampler_for};
 use crate::error::Result;
-use crate::eval::EvalTask;
+use crate::eval::EvalSet;
 use crate::merge::{MergeMethod, TaskArithmetic, Ties, WeightAverage};
-use crate::model::read_head;
-use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
+use crate::pipeline::{Adaptation, LoadSpec, TaskPaths};
 
 /// One method's test accuracy on every task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,36 +59,31 @@ pub fn compare(
     pb: &ProgressBar,
 ) -> Result<Vec<MethodScore>> {
     let pretrained = root.join("models/pretrained");
-    let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(&pretrained)?)?;
-    let pre = Preprocessor::from_dir(&pretrained, cfg.image_size)?;
-    let finetuned: Vec<Finetuned> = tasks
+    let paths: Vec<TaskPaths> = tasks
         .iter()
-        .map(|t| Finetuned {
+        .map(|t| TaskPaths {
             name: t.clone(),
-            path: root.join("models").join(t),
+            checkpoint: root.join("models").join(t),
+            data: root.join(format!("data/{t}/test")),
+            head: Some(root.join(format!("heads/{t}.safetensors"))),
+            adapt: None,
         })
         .collect();
-    let hidden = ProgressBar::hidden();
-    let (tv, _) = TaskVectors::load(
-        &pretrained,
-        &finetuned,
-        &MergeScope::default(),
-        device,
-        &hidden,
-    )?;
-    let mut eval_tasks = Vec::new();
-    for t in tasks {
-        eval_tasks.push(EvalTask {
-            name: t.clone(),
-            head: read_head(&root.join(format!("heads/{t}.safetensors")), device)?,
-            data: LabeledImages::folder(&root.join(format!("data/{t}/test")), None)?,
-        });
-    }
-    let heads: Vec<Tensor<2>> = eval_tasks.iter().map(|t| t.head.clone()).collect();
+    let spec = LoadSpec {
+        pretrained: &pretrained,
+        tasks: &paths,
+        heads_from: None,
+        adaptation: Adaptation::Transductive,
+        seed,
+        limit: None,
+        eval_limit: None,
+    };
+    let loaded = crate::pipeline::load(&spec, device, &ProgressBar::hidden())?;
+    let tv = &loaded.tv;
     let eval = EvalSet {
-        cfg: &cfg,
-        tasks: &eval_tasks,
-        pre: &pre,
+        cfg: &loaded.cfg,
+        tasks: &loaded.eval_tasks,
+        pre: &loaded.pre,
         every: 0,
         batch_size: 256,
         device,
@@ -108,7 +97,7 @@ pub fn compare(
     for method in fixed {
         pb.set_message(method.label());
         let start = Instant::now();
-        let merged = tv.complete(method.merge(&tv)?);
+        let merged = tv.complete(method.merge(tv)?);
         let seconds = start.elapsed().as_secs_f64();
         scores.push(MethodScore::new(
             method.label(),
@@ -126,13 +115,10 @@ pub fn compare(
     };
     let label = config.label();
     pb.set_message(label.clone());
-    let sets = eval_tasks
-        .iter()
-        .map(|t| UnlabeledImages::from_labeled(&t.data))
-        .collect();
-    let sampler = ImageSampler::new(sets, &pre, config.batch_size, 1, seed, device)?;
+    let sampler = sampler_for(&loaded, &config, device)?;
     let start = Instant::now();
-    let mut learner = Learner::new(&cfg, &tv, &heads, config, device)?;
+    let heads = loaded.heads();
+    let mut learner = Learner::new(&loaded.cfg, tv, &heads, config, device)?;
     for _ in 0..run.steps {
         let record = learner.step(&sampler as &dyn BatchSource)?;
         pb.set_message(format!("{label}: entropy {:.3}", record.loss));

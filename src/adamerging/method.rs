@@ -1,0 +1,137 @@
+//! AdaMerging and AdaMerging++ in the method registry: their parameters, and the learning
+//! configuration they build.
+
+use super::coefficients::Granularity;
+use super::learner::LearnConfig;
+use crate::error::Result;
+use crate::method::{Bound, Built, Kind, Method, Needs, Param, ParamDefault, Params, Value};
+use crate::task_vector::LayeringKind;
+
+const fn int_at_least_1(name: &'static str, help: &'static str, default: u64) -> Param {
+    Param {
+        name,
+        help,
+        kind: Kind::Int {
+            min: 1,
+            max: u64::MAX,
+        },
+        default: ParamDefault::Value(Value::Int(default)),
+        sweep: false,
+        aliases: &[],
+    }
+}
+
+const PARAMS: &[Param] = &[
+    Param {
+        name: "granularity",
+        help: "one λ per task, or one per task and layer unit",
+        kind: Kind::Choice(&["task", "layer"]),
+        default: ParamDefault::Value(Value::Choice("layer")),
+        sweep: false,
+        aliases: &[],
+    },
+    Param {
+        name: "layering",
+        help: "the units of layer-wise λ: the paper's (open_clip tensors, q/k/v fused), each tensor, or each block",
+        kind: Kind::Choice(&["paper", "tensor", "block"]),
+        default: ParamDefault::Value(Value::Choice("paper")),
+        sweep: false,
+        aliases: &[],
+    },
+    int_at_least_1("steps", "Adam steps", 500),
+    Param {
+        name: "lr",
+        help: "Adam's learning rate",
+        kind: Kind::Float {
+            min: Bound::Excl(0.0),
+            max: Bound::Open,
+        },
+        default: ParamDefault::Value(Value::Float(1e-3)),
+        sweep: false,
+        aliases: &[],
+    },
+    Param {
+        name: "init",
+        help: "initial λ",
+        kind: Kind::Float {
+            min: Bound::Open,
+            max: Bound::Open,
+        },
+        default: ParamDefault::Value(Value::Float(0.3)),
+        sweep: false,
+        aliases: &[],
+    },
+    Param {
+        name: "clamp",
+        help: "clamp λ to [0, 1] in the forward",
+        kind: Kind::Bool,
+        default: ParamDefault::Value(Value::Bool(true)),
+        sweep: false,
+        aliases: &[],
+    },
+    int_at_least_1("batch_size", "unlabeled images per batch", 16),
+    int_at_least_1(
+        "batches_per_task",
+        "batches per task per step (the official code reads 2)",
+        1,
+    ),
+    Param {
+        name: "ties_k",
+        help: "AdaMerging++: learn over TIES-processed task vectors keeping this fraction",
+        kind: Kind::Float {
+            min: Bound::Excl(0.0),
+            max: Bound::Incl(1.0),
+        },
+        default: ParamDefault::Unset,
+        sweep: false,
+        aliases: &[],
+    },
+];
+
+/// AdaMerging (AdaMerging++ with `ties_k`) in the method registry.
+pub struct AdaMergingMethod;
+
+impl Method for AdaMergingMethod {
+    fn name(&self) -> &'static str {
+        "adamerging"
+    }
+    fn paper(&self) -> &'static str {
+        super::outputs::PAPER
+    }
+    fn summary(&self) -> &'static str {
+        "learn task- or layer-wise λ by minimising prediction entropy on unlabeled images (AdaMerging++ with ties_k)"
+    }
+    fn params(&self) -> &'static [Param] {
+        PARAMS
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            unlabeled_data: true,
+            heads: true,
+            learning: true,
+            ..Needs::default()
+        }
+    }
+    fn build(&self, p: &Params) -> Result<Built> {
+        let int = |name| p.int(name).expect("every integer has a default") as usize;
+        Ok(Built::Learned(LearnConfig {
+            granularity: match p.choice("granularity") {
+                Some("task") => Granularity::Task,
+                _ => Granularity::Layer,
+            },
+            layering: match p.choice("layering") {
+                Some("tensor") => LayeringKind::PerTensor,
+                Some("block") => LayeringKind::PerBlock,
+                _ => LayeringKind::Paper,
+            },
+            steps: int("steps"),
+            lr: p.float("lr").expect("lr has a default"),
+            init: p.float("init").expect("init has a default"),
+            clamp: p.bool("clamp").expect("clamp has a default"),
+            batch_size: int("batch_size"),
+            batches_per_task: int("batches_per_task"),
+            seed: 0,
+            ties_k: p.float("ties_k"),
+        }))
+    }
+}

@@ -1,0 +1,256 @@
+//! One loader for every command that merges and scores (`learn`, `run`, the suite's own
+//! comparison): the pretrained checkpoint with its config and preprocessing, the fine-tuned
+//! checkpoints as task vectors, each task's head (a file, or zero-shot from a text tower) and
+//! labelled test data, and the unlabeled images learned methods adapt on.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor};
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use crate::adamerging::{UnlabeledImages, split_for_adaptation};
+use crate::checkpoint::Checkpoint;
+use crate::config::VisionConfig;
+use crate::data::Preprocessor;
+use crate::error::Result;
+use crate::eval::{EvalTask, HeadSource, TextTower, prepare_task};
+use crate::output::Inputs;
+use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
+
+/// One task's files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskPaths {
+    /// Task name.
+    pub name: String,
+    /// Its fine-tuned checkpoint.
+    pub checkpoint: PathBuf,
+    /// Its labelled test set (ImageFolder or Parquet).
+    pub data: PathBuf,
+    /// Its head file; zero-shot from the text tower when absent.
+    pub head: Option<PathBuf>,
+    /// A separate unlabeled folder to adapt on (instead of the test set).
+    pub adapt: Option<PathBuf>,
+}
+
+/// Where learned methods' unlabeled images come from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Adaptation {
+    /// The test images themselves, as the paper does (transductive); or each task's `adapt`
+    /// folder where one is given.
+    Transductive,
+    /// A seeded fraction of each test set; accuracy is scored on the rest (inductive).
+    Split(f64),
+}
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub struct LoadSpec<'a> {
+    /// The pretrained checkpoint.
+    pub pretrained: &'a Path,
+    /// The tasks, in order.
+    pub tasks: &'a [TaskPaths],
+    /// A CLIPModel whose text tower builds zero-shot heads (default: the pretrained one).
+    pub heads_from: Option<&'a Path>,
+    /// Where adaptation images come from.
+    pub adaptation: Adaptation,
+    /// Seed of the adaptation split.
+    pub seed: u64,
+    /// Read at most this many images per task (scoring and adaptation alike).
+    pub limit: Option<usize>,
+    /// Score at most this many images per task.
+    pub eval_limit: Option<usize>,
+}
+
+impl LoadSpec<'_> {
+    /// Every path it reads, with what it is: what outputs are kept apart from.
+    pub fn inputs(&self) -> Inputs {
+        let mut inputs = Inputs::new();
+        inputs.add("the pretrained checkpoint", self.pretrained);
+        if let Some(dir) = self.heads_from {
+            inputs.add("the text tower (--heads-from)", dir);
+        }
+        for t in self.tasks {
+            let n = &t.name;
+            inputs.add(format!("task `{n}`'s checkpoint"), &t.checkpoint);
+            inputs.add(format!("task `{n}`'s data"), &t.data);
+            if let Some(head) = &t.head {
+                inputs.add(format!("task `{n}`'s head"), head);
+            }
+            if let Some(adapt) = &t.adapt {
+                inputs.add(format!("task `{n}`'s adaptation images"), adapt);
+            }
+        }
+        inputs
+    }
+}
+
+/// Everything loaded.
+pub struct Loaded {
+    /// The pretrained checkpoint's path.
+    pub pretrained: PathBuf,
+    /// Its vision config.
+    pub cfg: VisionConfig,
+    /// Its preprocessing.
+    pub pre: Preprocessor,
+    /// θ₀ and the task vectors.
+    pub tv: TaskVectors,
+    /// Each task's head and labelled (scored) images.
+    pub eval_tasks: Vec<EvalTask>,
+    /// Each task's unlabeled adaptation images.
+    pub adapt: Vec<UnlabeledImages>,
+}
+
+impl Loaded {
+    /// The heads, in task order.
+    pub fn heads(&self) -> Vec<Tensor<2>> {
+        self.eval_tasks.iter().map(|t| t.head.clone()).collect()
+    }
+}
+
+/// Loads `spec` on `device`; `progress` shows the checkpoint loading.
+pub fn load(spec: &LoadSpec<'_>, device: &Device, progress: &ProgressBar) -> Result<Loaded> {
+    let finetuned: Vec<Finetuned> = spec
+        .tasks
+        .iter()
+        .map(|t| Finetuned {
+            name: t.name.clone(),
+            path: t.checkpoint.clone(),
+        })
+        .collect();
+    let (tv, _) = TaskVectors::load(
+        spec.pretrained,
+        &finetuned,
+        &MergeScope::default(),
+        device,
+        progress,
+    )?;
+    progress.finish_and_clear();
+    let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(spec.pretrained)?)?;
+    let pre = Preprocessor::from_dir(spec.pretrained, cfg.image_size)?;
+    let text = TextTower::load_if_needed(
+        spec.tasks.iter().map(|t| t.head.is_none()),
+        spec.heads_from.unwrap_or(spec.pretrained),
+        device,
+    )?;
+    let (eval_tasks, adapt) = tasks(spec, text.as_ref(), device)?;
+    Ok(Loaded {
+        pretrained: spec.pretrained.to_path_buf(),
+        cfg,
+        pre,
+        tv,
+        eval_tasks,
+        adapt,
+    })
+}
+
+/// Every task's head and labelled test data, and the unlabeled images it adapts on (its
+/// `adapt` folder, its test images, or a seeded fraction of them that is then not scored).
+fn tasks(
+    spec: &LoadSpec<'_>,
+    text: Option<&TextTower>,
+    device: &Device,
+) -> Result<(Vec<EvalTask>, Vec<UnlabeledImages>)> {
+    let cache = crate::cache::cache_dir().join("heads");
+    let mut eval_tasks = Vec::new();
+    let mut adapt_sets = Vec::new();
+    for (i, t) in spec.tasks.iter().enumerate() {
+        let head = HeadSource::for_task(&t.name, t.head.as_deref(), text, &cache)?;
+        let mut task = prepare_task(&t.name, &t.data, head, spec.limit, device)?;
+        let adapt = match (spec.adaptation, &t.adapt) {
+            (_, Some(dir)) => UnlabeledImages::scan(dir)?,
+            (Adaptation::Transductive, None) => UnlabeledImages::from_labeled(&task.data),
+            (Adaptation::Split(f), None) => {
+                // A different permutation per task, all from the run's seed.
+                let seed = spec.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let (adapt, scored) = split_for_adaptation(&task.data, f, seed)?;
+                task.data = scored;
+                adapt
+            }
+        };
+        if let Some(n) = spec.eval_limit {
+            task.data.limit(n);
+        }
+        eval_tasks.push(task);
+        adapt_sets.push(adapt);
+    }
+    Ok((eval_tasks, adapt_sets))
+}
+
+/// What a merge into a folder did.
+#[derive(Debug, Clone)]
+pub struct MergeSummary {
+    /// The method's label.
+    pub label: String,
+    /// Its paper.
+    pub paper: String,
+    /// Tensors merged.
+    pub merged: usize,
+    /// Tensors copied from the pretrained checkpoint.
+    pub carried: usize,
+    /// Parameters merged.
+    pub params: usize,
+    /// Fine-tuned checkpoints.
+    pub tasks: usize,
+    /// Seconds loading, merging and writing.
+    pub seconds: (f64, f64, f64),
+    /// The folder written.
+    pub out: PathBuf,
+}
+
+/// Merges `finetuned` over `pretrained` with `method` and streams the result into `out`, each
+/// tensor merged when the writer reaches it, so the merged model is never held whole beside the
+/// task vectors.
+pub fn merge_to_dir(
+    method: &dyn crate::merge::MergeMethod,
+    pretrained: &Path,
+    finetuned: &[Finetuned],
+    out: &Path,
+    force: bool,
+    device: &Device,
+    progress: &ProgressBar,
+) -> Result<MergeSummary> {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    let (tv, plan) = TaskVectors::load(
+        pretrained,
+        finetuned,
+        &MergeScope::default(),
+        device,
+        progress,
+    )?;
+    progress.finish_and_clear();
+    let loaded = start.elapsed();
+    let merger = method.prepare(&tv)?;
+    let merging = Cell::new(start.elapsed() - loaded);
+    let shapes = tv
+        .base()
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.shape.clone()))
+        .collect();
+    let replacement = crate::checkpoint::Replacement::new(shapes, |name| {
+        let t = Instant::now();
+        let values = crate::weights::tensor_to_vec(merger.tensor(name)?)?;
+        merging.set(merging.get() + t.elapsed());
+        Ok(values)
+    });
+    let out = crate::checkpoint::save_merged(pretrained, &replacement, out, force)?;
+    let total = start.elapsed();
+    let merge: Duration = merging.get();
+    Ok(MergeSummary {
+        label: method.label(),
+        paper: method.reference().to_string(),
+        merged: plan.merged.len(),
+        carried: plan.carried.len(),
+        params: tv.base().num_params(),
+        tasks: finetuned.len(),
+        seconds: (
+            loaded.as_secs_f64(),
+            merge.as_secs_f64(),
+            (total - loaded - merge).as_secs_f64(),
+        ),
+        out,
+    })
+}
