@@ -25,6 +25,7 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod results;
 pub mod suite;
 pub mod task_vector;
 pub mod weights;

@@ -9,10 +9,9 @@ use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::adamerging::{UnlabeledImages, split_for_adaptation};
 use crate::checkpoint::Checkpoint;
 use crate::config::VisionConfig;
-use crate::data::Preprocessor;
+use crate::data::{Preprocessor, UnlabeledImages, split_for_adaptation};
 use crate::error::Result;
 use crate::eval::{EvalTask, HeadSource, TextTower, prepare_task};
 use crate::output::Inputs;

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use adamerge::experiment::results::Progress;
-use adamerge::experiment::{Experiment, Results};
+use adamerge::experiment::Experiment;
 use adamerge::layout::RunDir;
+use adamerge::results::Progress;
+use adamerge::results::Results;
 
 const TASKS: [&str; 8] = [
     "colour",

@@ -239,7 +239,7 @@ fn record_inputs(job: &Job, resume: bool) -> Result<()> {
     let path = job.options.dir.job();
     // Only a run with a step done has inputs to keep; a folder that never stepped takes new ones.
     if resume && job.options.dir.checkpoint().exists() {
-        let saved: serde_json::Value = crate::checkpoint::read_json(&path)?;
+        let saved: serde_json::Value = crate::output::read_json(&path)?;
         if saved != inputs {
             return Err(Error::Checkpoint {
                 path,
@@ -250,7 +250,7 @@ fn record_inputs(job: &Job, resume: bool) -> Result<()> {
         }
         return Ok(());
     }
-    crate::checkpoint::write_json(&path, &inputs)
+    crate::output::write_json(&path, &inputs)
 }
 
 /// A fresh run needs a new, empty or never-stepped folder; a resume needs a checkpoint or a

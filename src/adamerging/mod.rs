@@ -9,18 +9,16 @@ mod batches;
 mod coefficients;
 mod job;
 mod learner;
-mod method;
 mod objective;
 mod outputs;
 mod session;
 
-pub use batches::{BatchSource, ImageSampler, UnlabeledImages, split_for_adaptation};
+pub use batches::{BatchSource, ImageSampler};
 pub use coefficients::{Coefficients, Granularity};
 pub use job::{
     Job, JobReport, LearnOptions, learn_with, report_markdown, run_job, sampler_for, write_merged,
 };
 pub use learner::{LearnConfig, Learner, StepRecord};
-pub use method::AdaMergingMethod;
 pub use objective::mean_entropy;
-pub use outputs::{LearnedLambda, RunLog};
+pub use outputs::{LearnedLambda, PAPER, RunLog};
 pub use session::{Outcome, Session};

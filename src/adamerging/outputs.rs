@@ -9,14 +9,15 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::learner::{LearnConfig, Learner};
-use crate::checkpoint::{StoredDtype, decode_f32, encode_f32, serialize_canonical, write_atomic};
+use crate::checkpoint::{StoredDtype, decode_f32, encode_f32, serialize_canonical};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::merge::{MergeMethod, TensorMerge, WeightedSum};
+use crate::output::write_atomic;
 use crate::task_vector::{Layering, TaskVectors, Unit};
 
 /// The AdaMerging paper.
-pub(crate) const PAPER: &str =
+pub const PAPER: &str =
     "Yang et al., AdaMerging: Adaptive model merging for multi-task learning, ICLR 2024";
 
 /// Learned coefficients with everything needed to apply them again to the same checkpoints.

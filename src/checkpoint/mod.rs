@@ -15,9 +15,7 @@ use serde::Deserialize;
 pub use dtype::{StoredDtype, decode_f32, encode_f32};
 pub use export::{Replacement, save_merged};
 pub use file::{SafetensorsFile, TensorMeta};
-pub use write::{
-    PendingTensor, read_json, serialize_canonical, write_atomic, write_json, write_safetensors,
-};
+pub use write::{PendingTensor, serialize_canonical, write_safetensors};
 
 use crate::error::{Error, Result};
 use crate::weights::{FlatTensor, Weights};

@@ -14,7 +14,6 @@ use crate::checkpoint::Checkpoint;
 use crate::device::Backend;
 use crate::diagnostics::{TaskVectorReport, TensorListing};
 use crate::error::{Error, Result};
-use crate::experiment::Results;
 use crate::experiment::runner::{self, RunEnd, RunOptions};
 use crate::layout::{LearnDir, RunDir};
 use crate::merge::MergeMethod;
@@ -22,6 +21,7 @@ use crate::method::Built;
 use crate::output::{Inputs, OutputDir};
 use crate::pipeline::{Adaptation, merge_to_dir};
 use crate::report::table::{compare_runs, markdown};
+use crate::results::Results;
 use crate::suite::{SuiteInfo, SuiteSpec, build as build_suite, suite_dir};
 use crate::task_vector::{MergeScope, TaskVectors};
 

@@ -183,6 +183,58 @@ fn task_order(stored: &[String], task: &[String]) -> Option<Vec<usize>> {
         .then_some(map)
 }
 
+impl Shard {
+    /// Appends the rows of one record batch: each image's bytes, and its label where read.
+    fn push(
+        &mut self,
+        batch: &arrow_array::RecordBatch,
+        image_name: &str,
+        label_name: Option<&str>,
+        file: &Arc<Path>,
+    ) -> Result<()> {
+        let bad = |row: Option<usize>, reason: String| Error::Data {
+            path: file.to_path_buf(),
+            row,
+            reason,
+        };
+        let offset = self.images.len();
+        let column = batch
+            .column_by_name(image_name)
+            .ok_or_else(|| bad(None, format!("column `{image_name}` vanished")))?;
+        for (i, bytes) in image_bytes(column, image_name)
+            .map_err(|r| bad(None, r))?
+            .into_iter()
+            .enumerate()
+        {
+            let row = offset + i;
+            let bytes = bytes.ok_or_else(|| bad(Some(row), format!("`{image_name}` is null")))?;
+            self.images.push(ImageRef::Row {
+                file: file.clone(),
+                row,
+                bytes: Arc::from(bytes),
+            });
+        }
+        let Some(name) = label_name else {
+            return Ok(());
+        };
+        let column = batch
+            .column_by_name(name)
+            .ok_or_else(|| bad(None, format!("column `{name}` vanished")))?;
+        for (i, label) in labels(column, name)
+            .map_err(|r| bad(None, r))?
+            .into_iter()
+            .enumerate()
+        {
+            let row = offset + i;
+            let label = label.ok_or_else(|| bad(Some(row), format!("`{name}` is null")))?;
+            let label = usize::try_from(label)
+                .map_err(|_| bad(Some(row), format!("`{name}` is negative ({label})")))?;
+            self.labels.push(label);
+        }
+        Ok(())
+    }
+}
+
 /// Reads the images of `files`, labels ignored (an unlabeled adaptation set).
 pub(super) fn read_images(files: &[PathBuf]) -> Result<Vec<ImageRef>> {
     let mut images = Vec::new();
@@ -251,39 +303,7 @@ fn read_shard(path: &Path, with_labels: bool) -> Result<Shard> {
     };
     for batch in reader {
         let batch = batch.map_err(|e| bad(None, format!("cannot read: {e}")))?;
-        let offset = shard.images.len();
-        let column = batch
-            .column_by_name(&image_name)
-            .ok_or_else(|| bad(None, format!("column `{image_name}` vanished")))?;
-        for (i, bytes) in image_bytes(column, &image_name)
-            .map_err(|r| bad(None, r))?
-            .into_iter()
-            .enumerate()
-        {
-            let row = offset + i;
-            let bytes = bytes.ok_or_else(|| bad(Some(row), format!("`{image_name}` is null")))?;
-            shard.images.push(ImageRef::Row {
-                file: shared.clone(),
-                row,
-                bytes: Arc::from(bytes),
-            });
-        }
-        if let Some(name) = &label_name {
-            let column = batch
-                .column_by_name(name)
-                .ok_or_else(|| bad(None, format!("column `{name}` vanished")))?;
-            for (i, label) in labels(column, name)
-                .map_err(|r| bad(None, r))?
-                .into_iter()
-                .enumerate()
-            {
-                let row = offset + i;
-                let label = label.ok_or_else(|| bad(Some(row), format!("`{name}` is null")))?;
-                let label = usize::try_from(label)
-                    .map_err(|_| bad(Some(row), format!("`{name}` is negative ({label})")))?;
-                shard.labels.push(label);
-            }
-        }
+        shard.push(&batch, &image_name, label_name.as_deref(), &shared)?;
     }
     if shard.images.is_empty() {
         return Err(bad(None, "holds no row".into()));

@@ -3,10 +3,8 @@
 
 pub mod config;
 pub mod paths;
-pub mod results;
 pub mod runner;
 pub mod seed;
 
 pub use config::{Experiment, Planned};
-pub use results::{Record, Results};
 pub use runner::{RunEnd, RunOptions, resume, run};

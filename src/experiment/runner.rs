@@ -12,15 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Experiment, Planned};
 use super::paths::{self, SeedPaths};
-use super::results::{INDIVIDUAL, PRETRAINED, Progress, Record, Results};
 use super::seed::{SeedRun, checkpoint_hash, load_spec};
-use crate::checkpoint::{read_json, write_atomic, write_json};
 use crate::error::{Error, Result};
 use crate::events::{Event, Of};
 use crate::layout::RunDir;
 use crate::method::Built;
 use crate::output::{Inputs, LOCK_FILE, RunLock};
+use crate::output::{read_json, write_atomic, write_json};
 use crate::pipeline::Adaptation;
+use crate::results::{INDIVIDUAL, PRETRAINED, Progress, Record, Results};
 use crate::suite::{SuiteSpec, ensure};
 
 /// How a run is started.

@@ -8,7 +8,6 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
 
-use super::results::{INDIVIDUAL, PRETRAINED, Record, Role};
 use crate::adamerging::{
     BatchSource, ImageSampler, LearnConfig, LearnOptions, Outcome, learn_with, mean_entropy,
     sampler_for,
@@ -21,6 +20,7 @@ use crate::layout::RunDir;
 use crate::merge::{MergeMethod, WeightedSum, merge_all};
 use crate::model::{VisionTower, logits};
 use crate::pipeline::{Adaptation, LoadSpec, Loaded, TaskPaths};
+use crate::results::{INDIVIDUAL, PRETRAINED, Record, Role};
 use crate::weights::{Weights, scalar};
 
 /// What a seed runs on.

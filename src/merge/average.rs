@@ -27,24 +27,3 @@ impl MergeMethod for WeightAverage {
         }))
     }
 }
-
-/// Weight averaging in the method registry.
-pub struct WeightAverageMethod;
-
-impl crate::method::Method for WeightAverageMethod {
-    fn name(&self) -> &'static str {
-        "weight-average"
-    }
-    fn paper(&self) -> &'static str {
-        WeightAverage.reference()
-    }
-    fn summary(&self) -> &'static str {
-        "the mean of the fine-tuned models, θ₀ + (1/K) Σ τ_k"
-    }
-    fn params(&self) -> &'static [crate::method::Param] {
-        &[]
-    }
-    fn build(&self, _: &crate::method::Params) -> Result<crate::method::Built> {
-        Ok(crate::method::Built::Fixed(Box::new(WeightAverage)))
-    }
-}

@@ -12,10 +12,10 @@ use std::ops::Range;
 
 use burn::tensor::Tensor;
 
-pub use average::{WeightAverage, WeightAverageMethod};
-pub use dare::{Dare, DareInner, DareMasks, DareMethod, Dropped, seeded_mask};
-pub use task_arithmetic::{TaskArithmetic, TaskArithmeticMethod};
-pub use ties::{Aggregate, Ties, TiesMerge, TiesMethod, TrimScope, kth_smallest_magnitude};
+pub use average::WeightAverage;
+pub use dare::{Dare, DareInner, DareMasks, Dropped, PAPER as DARE_PAPER, seeded_mask};
+pub use task_arithmetic::TaskArithmetic;
+pub use ties::{Aggregate, Ties, TiesMerge, TrimScope, kth_smallest_magnitude};
 pub use weighted::WeightedSum;
 
 use crate::error::{Error, Result};

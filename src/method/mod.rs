@@ -3,7 +3,12 @@
 //! and builds itself from checked values. [`registry`] lists them all; the command line, the
 //! experiment files, labels, result keys and `--help` are derived from it.
 
+mod adamerging;
+mod dare;
 pub mod params;
+mod task_arithmetic;
+mod ties;
+mod weight_average;
 
 pub use params::{Bound, Kind, Param, ParamDefault, Params, Source, Value};
 
@@ -57,11 +62,11 @@ pub trait Method: Sync {
 /// Every method, in the order help lists them.
 pub fn registry() -> &'static [&'static dyn Method] {
     &[
-        &crate::merge::WeightAverageMethod,
-        &crate::merge::TaskArithmeticMethod,
-        &crate::merge::TiesMethod,
-        &crate::merge::DareMethod,
-        &crate::adamerging::AdaMergingMethod,
+        &weight_average::WeightAverageMethod,
+        &task_arithmetic::TaskArithmeticMethod,
+        &ties::TiesMethod,
+        &dare::DareMethod,
+        &adamerging::AdaMergingMethod,
     ]
 }
 

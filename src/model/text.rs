@@ -27,9 +27,67 @@ pub fn text_forward(
     attention_mask: &[Vec<i64>],
     device: &burn::tensor::Device,
 ) -> Result<TextOutput> {
+    check_inputs(cfg, ids, attention_mask)?;
+    let (b, t, width) = (ids.len(), ids[0].len(), cfg.hidden_size);
+    let shape = EncoderShape::new(
+        "text_config.",
+        width,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+        cfg.num_hidden_layers,
+        cfg.layer_norm_eps,
+        cfg.hidden_act,
+    )?;
+
+    let flat_ids: Vec<i64> = ids.iter().flatten().copied().collect();
+    let id_tensor = Tensor::<2, Int>::from_data(TensorData::new(flat_ids, [b, t]), device);
+    let tokens = param(
+        w,
+        "text_model.embeddings.token_embedding.weight",
+        [cfg.vocab_size, width],
+    )?;
+    let positions = param(
+        w,
+        "text_model.embeddings.position_embedding.weight",
+        [cfg.max_position_embeddings, width],
+    )?;
+    let x = embedding(tokens, id_tensor) + positions.narrow(0, 0, t).unsqueeze::<3>();
+
+    let mask = causal_mask(attention_mask, cfg.num_attention_heads, device);
+    let mut x = x;
+    for (l, layer) in encoder_layers(w, "text_model.encoder", &shape)?
+        .iter()
+        .enumerate()
+    {
+        x = layer.forward(l, x, Some(&mask), &mut NoObserver);
+    }
+    let final_norm = LayerNorm::new(w, "text_model.final_layer_norm", width, cfg.layer_norm_eps)?;
+    let last_hidden_state = final_norm.forward(x);
+
+    let rows: Vec<i64> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i * t + eos_position(r, cfg.eos_token_id)) as i64)
+        .collect();
+    let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), device);
+    let pooled = last_hidden_state
+        .clone()
+        .reshape([b * t, width])
+        .select(0, rows);
+    let text_embeds = Linear::optional(w, "text_projection", width, cfg.projection_dim)?
+        .map(|proj| proj.forward(pooled.clone()));
+    Ok(TextOutput {
+        last_hidden_state,
+        pooled,
+        text_embeds,
+    })
+}
+
+/// Fails, naming the input, unless `ids` is a non-empty batch of sequences of one length within
+/// the context, of known tokens, with a mask of the same shape.
+fn check_inputs(cfg: &TextConfig, ids: &[Vec<i64>], attention_mask: &[Vec<i64>]) -> Result<()> {
     let b = ids.len();
     let t = ids.first().map_or(0, Vec::len);
-    let width = cfg.hidden_size;
     if b == 0 || t == 0 || t > cfg.max_position_embeddings || ids.iter().any(|r| r.len() != t) {
         return Err(Error::Tensor {
             tensor: "input_ids".into(),
@@ -58,31 +116,17 @@ pub fn text_forward(
             ),
         });
     }
-    let shape = EncoderShape::new(
-        "text_config.",
-        width,
-        cfg.num_attention_heads,
-        cfg.intermediate_size,
-        cfg.num_hidden_layers,
-        cfg.layer_norm_eps,
-        cfg.hidden_act,
-    )?;
+    Ok(())
+}
 
-    let flat_ids: Vec<i64> = ids.iter().flatten().copied().collect();
-    let id_tensor = Tensor::<2, Int>::from_data(TensorData::new(flat_ids, [b, t]), device);
-    let tokens = param(
-        w,
-        "text_model.embeddings.token_embedding.weight",
-        [cfg.vocab_size, width],
-    )?;
-    let positions = param(
-        w,
-        "text_model.embeddings.position_embedding.weight",
-        [cfg.max_position_embeddings, width],
-    )?;
-    let x = embedding(tokens, id_tensor) + positions.narrow(0, 0, t).unsqueeze::<3>();
-
-    // Causal mask, plus padded keys masked out as transformers does with an attention mask.
+/// The causal mask [B, heads, T, T] (true = masked), plus padded keys masked out as
+/// `transformers` does with an attention mask.
+fn causal_mask(
+    attention_mask: &[Vec<i64>],
+    heads: usize,
+    device: &burn::tensor::Device,
+) -> Tensor<4, Bool> {
+    let (b, t) = (attention_mask.len(), attention_mask[0].len());
     let mut masked = Vec::with_capacity(b * t * t);
     for row in attention_mask {
         for i in 0..t {
@@ -91,35 +135,8 @@ pub fn text_forward(
             }
         }
     }
-    let mask = Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, t]), device)
-        .expand([b, cfg.num_attention_heads, t, t]);
-    let mut x = x;
-    for (l, layer) in encoder_layers(w, "text_model.encoder", &shape)?
-        .iter()
-        .enumerate()
-    {
-        x = layer.forward(l, x, Some(&mask), &mut NoObserver);
-    }
-    let final_norm = LayerNorm::new(w, "text_model.final_layer_norm", width, cfg.layer_norm_eps)?;
-    let last_hidden_state = final_norm.forward(x);
-
-    let rows: Vec<i64> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (i * t + eos_position(r, cfg.eos_token_id)) as i64)
-        .collect();
-    let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), device);
-    let pooled = last_hidden_state
-        .clone()
-        .reshape([b * t, width])
-        .select(0, rows);
-    let text_embeds = Linear::optional(w, "text_projection", width, cfg.projection_dim)?
-        .map(|proj| proj.forward(pooled.clone()));
-    Ok(TextOutput {
-        last_hidden_state,
-        pooled,
-        text_embeds,
-    })
+    Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, t]), device)
+        .expand([b, heads, t, t])
 }
 
 /// Where `transformers` pools: the first end-of-text token, or the largest id for the legacy

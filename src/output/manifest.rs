@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{read_json, write_json};
+use super::atomic::{read_json, write_json};
 use crate::error::{Error, Result};
 
 /// The manifest's file name inside an output folder.

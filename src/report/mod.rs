@@ -7,11 +7,11 @@ pub mod table;
 use std::path::Path;
 
 use crate::adamerging::LearnedLambda;
-use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::experiment::results::{INDIVIDUAL, PRETRAINED, Results, Role};
 use crate::layout::RunDir;
+use crate::output::write_atomic;
+use crate::results::{INDIVIDUAL, PRETRAINED, Results, Role};
 use plots::Curve;
 
 /// Writes `results.json`, `table.md` and `plots/` of a run.

@@ -4,11 +4,12 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
+use crate::output::write_atomic;
 
 fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::invalid(
@@ -262,6 +263,158 @@ fn unit_label(name: &str) -> (String, String) {
     }
 }
 
+/// The drawing area of a whole plot.
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+fn text(area: &Area<'_>, s: impl Into<String>, at: (i32, i32), style: TextStyle<'_>) -> Drawn {
+    area.draw(&Text::new(s.into(), at, style))
+        .map_err(|e| e.to_string())
+}
+
+fn rect(area: &Area<'_>, corners: [(i32, i32); 2], style: ShapeStyle) -> Drawn {
+    area.draw(&Rectangle::new(corners, style))
+        .map_err(|e| e.to_string())
+}
+
+fn line(area: &Area<'_>, points: Vec<(i32, i32)>, style: ShapeStyle) -> Drawn {
+    area.draw(&PathElement::new(points, style))
+        .map_err(|e| e.to_string())
+}
+
+/// What a drawing call returns.
+type Drawn = std::result::Result<(), String>;
+
+/// White (0) to dark blue (1).
+fn blue(v: f64) -> RGBColor {
+    let v = v.clamp(0.0, 1.0);
+    let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * v).round() as u8;
+    RGBColor(mix(255, 8), mix(255, 48), mix(255, 107))
+}
+
+/// The cells of a heatmap: `cols` × `rows` cells of `cell` × `row_h` pixels from (x0, y0).
+struct Grid {
+    x0: i32,
+    y0: i32,
+    cell: i32,
+    row_h: i32,
+    cols: usize,
+    rows: usize,
+}
+
+impl Grid {
+    fn x(&self, col: usize) -> i32 {
+        self.x0 + self.cell * col as i32
+    }
+    fn y_end(&self) -> i32 {
+        self.y0 + self.row_h * self.rows as i32
+    }
+
+    /// One row per task: its name, then its λ in the columns' order (`lambda` row-major, by
+    /// unit); wide cells get their value written in.
+    fn cells(&self, area: &Area<'_>, tasks: &[String], order: &[usize], lambda: &[f32]) -> Drawn {
+        let font = ("sans-serif", 14).into_font();
+        let small = ("sans-serif", 12).into_font();
+        for (t, name) in tasks.iter().enumerate() {
+            let y = self.y0 + self.row_h * t as i32;
+            let at = (self.x0 - 8, y + self.row_h / 2);
+            text(
+                area,
+                name.clone(),
+                at,
+                anchored(&font, HPos::Right, VPos::Center),
+            )?;
+            for (col, &u) in order.iter().enumerate() {
+                let x = self.x(col);
+                let v = lambda[t * self.cols + u] as f64;
+                let corners = [(x, y), (x + self.cell, y + self.row_h)];
+                rect(area, corners, blue(v).filled())?;
+                if self.cell >= 40 {
+                    let ink = if v > 0.55 { WHITE } else { BLACK };
+                    let at = (x + self.cell / 2, y + self.row_h / 2);
+                    let style = anchored(&small, HPos::Center, VPos::Center).color(&ink);
+                    text(area, format!("{v:.2}"), at, style)?;
+                }
+            }
+        }
+        rect(
+            area,
+            [(self.x0, self.y0), (self.x(self.cols), self.y_end())],
+            BLACK.stroke_width(1),
+        )
+    }
+
+    /// Unit names turned upright under their columns; group names and separators below.
+    fn column_labels(&self, area: &Area<'_>, labels: &[(String, String)], longest: i32) -> Drawn {
+        let upright = ("sans-serif", 11)
+            .into_font()
+            .transform(FontTransform::Rotate270);
+        let small = anchored(&upright, HPos::Right, VPos::Center);
+        let y_end = self.y_end();
+        for (u, (_, short)) in labels.iter().enumerate() {
+            let x = self.x(u) + self.cell / 2;
+            text(area, short.clone(), (x, y_end + 4), small.clone())?;
+        }
+        let font = ("sans-serif", 14).into_font();
+        let group_y = y_end + 10 + 7 * longest;
+        let mut start = 0;
+        for u in 1..=labels.len() {
+            if u < labels.len() && labels[u].0 == labels[start].0 {
+                continue;
+            }
+            let (a, b) = (self.x(start), self.x(u));
+            line(
+                area,
+                vec![(a, self.y0), (a, group_y + 20)],
+                BLACK.stroke_width(1),
+            )?;
+            let group = &labels[start].0;
+            let name = match group.strip_prefix("block ") {
+                Some(l) if b - a < 60 => l.to_string(),
+                _ => group.clone(),
+            };
+            let style = anchored(&font, HPos::Center, VPos::Top);
+            text(area, name, ((a + b) / 2, group_y + 4), style)?;
+            start = u;
+        }
+        let right = self.x(labels.len());
+        line(
+            area,
+            vec![(right, self.y0), (right, group_y + 20)],
+            BLACK.stroke_width(1),
+        )
+    }
+
+    /// The colour bar right of the cells, 0 at the bottom and 1 at the top.
+    fn colour_bar(&self, area: &Area<'_>) -> Drawn {
+        let (x, y0, h) = (
+            self.x(self.cols) + 30,
+            self.y0,
+            (self.y_end() - self.y0).max(80),
+        );
+        for i in 0..h {
+            let v = 1.0 - i as f64 / (h - 1).max(1) as f64;
+            rect(area, [(x, y0 + i), (x + 16, y0 + i + 1)], blue(v).filled())?;
+        }
+        rect(area, [(x, y0), (x + 16, y0 + h)], BLACK.stroke_width(1))?;
+        let font = ("sans-serif", 14).into_font();
+        for (v, label) in [(1.0, "1"), (0.5, "0.5"), (0.0, "0")] {
+            let y = y0 + ((1.0 - v) * (h - 1) as f64).round() as i32;
+            text(
+                area,
+                label,
+                (x + 22, y),
+                anchored(&font, HPos::Left, VPos::Center),
+            )?;
+        }
+        text(
+            area,
+            "λ",
+            (x + 8, y0 - 6),
+            anchored(&font, HPos::Center, VPos::Bottom),
+        )
+    }
+}
+
 /// λ as a heatmap, white (0) to dark blue (1) with a colour bar: one row per task, one column
 /// per unit in forward order, the columns named (embeddings, each block's norms, q/k/v,
 /// attention output and MLP units, the head) and grouped by block.
@@ -273,6 +426,12 @@ pub fn lambda_heatmap(
     lambda: &[f32],
 ) -> Result<()> {
     let (k, n) = (tasks.len(), units.len());
+    if lambda.len() != k * n {
+        return Err(plot_error(
+            path,
+            format!("{} values for {k} × {n} λ", lambda.len()),
+        ));
+    }
     let (lo, hi) = lambda
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
@@ -281,134 +440,29 @@ pub fn lambda_heatmap(
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&u| forward_position(&units[u]));
     let labels: Vec<(String, String)> = order.iter().map(|&u| unit_label(&units[u])).collect();
-    let longest = labels.iter().map(|l| l.1.len()).max().unwrap_or(0) as u32;
+    let longest = labels.iter().map(|l| l.1.len()).max().unwrap_or(0) as i32;
     // Few units (task-wise λ) get wide cells with their values written in.
-    let cell = (360 / n.max(1) as u32).clamp(14, 72);
-    let (left, right) = (120u32, 110u32);
-    let bottom = 40 + 7 * longest + 30;
+    let grid = Grid {
+        x0: 120,
+        y0: 48,
+        cell: (360 / n.max(1) as i32).clamp(14, 72),
+        row_h: 28,
+        cols: n,
+        rows: k,
+    };
     let caption = format!("{title} (λ from {lo:.2} to {hi:.2})");
-    let width = (left + cell * n as u32 + right).max(24 + 9 * caption.chars().count() as u32);
-    let height = 60 + 28 * k as u32 + bottom;
-    render(path, (width, height), |root| {
-        root.draw(&Text::new(
+    let width = (grid.x(n) + 110).max(24 + 9 * caption.chars().count() as i32);
+    let height = grid.y_end() + 70 + 7 * longest;
+    render(path, (width as u32, height as u32), |root| {
+        text(
+            &root,
             caption,
             (12, 12),
-            ("sans-serif", 18).into_font(),
-        ))
-        .map_err(|e| e.to_string())?;
-        let grid_w = cell as i32 * n as i32;
-        let (x0, y0, row_h) = (left as i32, 48, 28);
-        let fill = |v: f64| {
-            let v = v.clamp(0.0, 1.0);
-            let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * v).round() as u8;
-            RGBColor(mix(255, 8), mix(255, 48), mix(255, 107))
-        };
-        let label_font = ("sans-serif", 14).into_font();
-        for (t, name) in tasks.iter().enumerate() {
-            let y = y0 + row_h * t as i32;
-            root.draw(&Text::new(
-                name.clone(),
-                (x0 - 8, y + row_h / 2),
-                anchored(&label_font, HPos::Right, VPos::Center),
-            ))
-            .map_err(|e| e.to_string())?;
-            for (col, &u) in order.iter().enumerate() {
-                let x = x0 + cell as i32 * col as i32;
-                let v = lambda.get(t * n + u).copied().unwrap_or(0.0) as f64;
-                root.draw(&Rectangle::new(
-                    [(x, y), (x + cell as i32, y + row_h)],
-                    fill(v).filled(),
-                ))
-                .map_err(|e| e.to_string())?;
-                if cell >= 40 {
-                    let ink = if v > 0.55 { WHITE } else { BLACK };
-                    let font = ("sans-serif", 12).into_font();
-                    root.draw(&Text::new(
-                        format!("{v:.2}"),
-                        (x + cell as i32 / 2, y + row_h / 2),
-                        anchored(&font, HPos::Center, VPos::Center).color(&ink),
-                    ))
-                    .map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        let y_end = y0 + row_h * k as i32;
-        root.draw(&Rectangle::new(
-            [(x0, y0), (x0 + grid_w, y_end)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(|e| e.to_string())?;
-        // Unit names, turned upright under their columns; group names and separators below.
-        let upright = ("sans-serif", 11)
-            .into_font()
-            .transform(FontTransform::Rotate270);
-        let small = anchored(&upright, HPos::Right, VPos::Center);
-        for (u, (_, short)) in labels.iter().enumerate() {
-            let x = x0 + cell as i32 * u as i32 + cell as i32 / 2;
-            root.draw(&Text::new(short.clone(), (x, y_end + 4), small.clone()))
-                .map_err(|e| e.to_string())?;
-        }
-        let group_y = y_end + 10 + 7 * longest as i32;
-        let mut start = 0;
-        for u in 1..=n {
-            if u < n && labels[u].0 == labels[start].0 {
-                continue;
-            }
-            let (a, b) = (x0 + cell as i32 * start as i32, x0 + cell as i32 * u as i32);
-            root.draw(&PathElement::new(
-                vec![(a, y0), (a, group_y + 20)],
-                BLACK.stroke_width(1),
-            ))
-            .map_err(|e| e.to_string())?;
-            let group = &labels[start].0;
-            let text = match group.strip_prefix("block ") {
-                Some(l) if b - a < 60 => l.to_string(),
-                _ => group.clone(),
-            };
-            root.draw(&Text::new(
-                text,
-                ((a + b) / 2, group_y + 4),
-                anchored(&label_font, HPos::Center, VPos::Top),
-            ))
-            .map_err(|e| e.to_string())?;
-            start = u;
-        }
-        root.draw(&PathElement::new(
-            vec![(x0 + grid_w, y0), (x0 + grid_w, group_y + 20)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(|e| e.to_string())?;
-        // The colour bar, 0 at the bottom and 1 at the top.
-        let (bx, bh) = (x0 + grid_w + 30, (y_end - y0).max(80));
-        for i in 0..bh {
-            let v = 1.0 - i as f64 / (bh - 1).max(1) as f64;
-            root.draw(&Rectangle::new(
-                [(bx, y0 + i), (bx + 16, y0 + i + 1)],
-                fill(v).filled(),
-            ))
-            .map_err(|e| e.to_string())?;
-        }
-        root.draw(&Rectangle::new(
-            [(bx, y0), (bx + 16, y0 + bh)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(|e| e.to_string())?;
-        for (v, label) in [(1.0, "1"), (0.5, "0.5"), (0.0, "0")] {
-            let y = y0 + ((1.0 - v) * (bh - 1) as f64).round() as i32;
-            root.draw(&Text::new(
-                label,
-                (bx + 22, y),
-                anchored(&label_font, HPos::Left, VPos::Center),
-            ))
-            .map_err(|e| e.to_string())?;
-        }
-        root.draw(&Text::new(
-            "λ",
-            (bx + 8, y0 - 6),
-            anchored(&label_font, HPos::Center, VPos::Bottom),
-        ))
-        .map_err(|e| e.to_string())?;
-        Ok(())
+            ("sans-serif", 18).into_font().into(),
+        )?;
+        grid.cells(&root, tasks, &order, lambda)?;
+        grid.column_labels(&root, &labels, longest)?;
+        grid.colour_bar(&root)
     })
 }
 
@@ -422,7 +476,7 @@ pub fn method_bars(
 ) -> Result<()> {
     let mut groups = tasks.to_vec();
     groups.push("average".into());
-    let with_average: Vec<(String, Vec<f64>)> = methods
+    let rows: Vec<(String, Vec<f64>)> = methods
         .iter()
         .map(|(name, acc)| {
             let avg = acc.iter().sum::<f64>() / acc.len().max(1) as f64;
@@ -432,8 +486,7 @@ pub fn method_bars(
         })
         .collect();
     let g = groups.len();
-    let m = methods.len().max(1);
-    let highest = with_average
+    let highest = rows
         .iter()
         .flat_map(|(_, a)| a.iter())
         .fold(0.0f64, |a, &b| a.max(100.0 * b));
@@ -459,47 +512,15 @@ pub fn method_bars(
             .light_line_style(RGBColor(242, 242, 242))
             .draw()
             .map_err(|e| e.to_string())?;
-        // Group names under the axis; the average group sits after a gap, its name in bold.
-        let shift = |i: usize| if i + 1 == g { 0.3 } else { 0.0 };
-        for (i, name) in groups.iter().enumerate() {
-            let (x, y) = chart.backend_coord(&(i as f64 + 0.5 + shift(i), 0.0));
-            let font = if i + 1 == g {
-                ("sans-serif", 14).into_font().style(FontStyle::Bold)
-            } else {
-                ("sans-serif", 14).into_font()
-            };
-            root.draw(&Text::new(
-                name.clone(),
-                (x, y + 8),
-                anchored(&font, HPos::Center, VPos::Top),
-            ))
-            .map_err(|e| e.to_string())?;
-        }
-        let bar = 0.8 / m as f64;
+        let bars = Bars {
+            groups: g,
+            methods: rows.len().max(1),
+        };
+        bars.group_names(&root, &chart, &groups)?;
         let mut items = Vec::new();
-        let value_font = ("sans-serif", 11).into_font();
-        for (j, (name, acc)) in with_average.iter().enumerate() {
-            let col = colour(j);
-            let x0 = |t: usize| t as f64 + shift(t) + 0.1 + j as f64 * bar;
-            chart
-                .draw_series(acc.iter().enumerate().map(|(t, a)| {
-                    Rectangle::new(
-                        [(x0(t), 0.0), (x0(t) + bar * 0.92, 100.0 * a)],
-                        col.filled(),
-                    )
-                }))
-                .map_err(|e| e.to_string())?;
-            // The averages, the numbers readers compare, are written inside their bars.
-            let avg = acc[g - 1];
-            let (x, y) = chart.backend_coord(&(x0(g - 1) + bar * 0.46, 100.0 * avg));
-            let upright = value_font.clone().transform(FontTransform::Rotate270);
-            root.draw(&Text::new(
-                format!("{:.1}", 100.0 * avg),
-                (x, y + 4),
-                anchored(&upright, HPos::Right, VPos::Center).color(&WHITE),
-            ))
-            .map_err(|e| e.to_string())?;
-            items.push(LegendItem::Box(name.clone(), col));
+        for (j, (name, acc)) in rows.iter().enumerate() {
+            bars.method(&root, &mut chart, j, acc)?;
+            items.push(LegendItem::Box(name.clone(), colour(j)));
         }
         // A line between the tasks and their average.
         chart
@@ -510,6 +531,67 @@ pub fn method_bars(
             .map_err(|e| e.to_string())?;
         draw_legend(&side, &items, 56)
     })
+}
+
+/// The chart of grouped bars: one group per task and the average group last, after a gap.
+type BarChart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Where the bars of grouped-bar charts go.
+struct Bars {
+    groups: usize,
+    methods: usize,
+}
+
+impl Bars {
+    /// The average group (the last) sits 0.3 further right, after a gap.
+    fn shift(&self, group: usize) -> f64 {
+        if group + 1 == self.groups { 0.3 } else { 0.0 }
+    }
+    fn width(&self) -> f64 {
+        0.8 / self.methods as f64
+    }
+    fn x0(&self, group: usize, method: usize) -> f64 {
+        group as f64 + self.shift(group) + 0.1 + method as f64 * self.width()
+    }
+
+    /// Group names under the axis, the average's in bold.
+    fn group_names(&self, area: &Area<'_>, chart: &BarChart<'_>, groups: &[String]) -> Drawn {
+        for (i, name) in groups.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(i as f64 + 0.5 + self.shift(i), 0.0));
+            let mut font = ("sans-serif", 14).into_font();
+            if i + 1 == self.groups {
+                font = font.style(FontStyle::Bold);
+            }
+            text(
+                area,
+                name.clone(),
+                (x, y + 8),
+                anchored(&font, HPos::Center, VPos::Top),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Method `j`'s bars (accuracy in [0, 1] per group), its average written inside its bar:
+    /// the number readers compare.
+    fn method(&self, area: &Area<'_>, chart: &mut BarChart<'_>, j: usize, acc: &[f64]) -> Drawn {
+        let (col, w) = (colour(j), self.width());
+        chart
+            .draw_series(acc.iter().enumerate().map(|(t, a)| {
+                Rectangle::new(
+                    [(self.x0(t, j), 0.0), (self.x0(t, j) + w * 0.92, 100.0 * a)],
+                    col.filled(),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+        let avg = acc[self.groups - 1];
+        let (x, y) = chart.backend_coord(&(self.x0(self.groups - 1, j) + w * 0.46, 100.0 * avg));
+        let upright = ("sans-serif", 11)
+            .into_font()
+            .transform(FontTransform::Rotate270);
+        let style = anchored(&upright, HPos::Right, VPos::Center).color(&WHITE);
+        text(area, format!("{:.1}", 100.0 * avg), (x, y + 4), style)
+    }
 }
 
 #[cfg(test)]

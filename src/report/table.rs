@@ -1,7 +1,7 @@
 //! The Markdown table of a run: methods × tasks, the average and the normalized accuracy, as the
 //! paper lays it out; the best merge per column in bold; paper numbers beside ours.
 
-use crate::experiment::results::{MethodResult, Results, Role};
+use crate::results::{MethodResult, Results, Role};
 
 /// One row to print.
 struct Row<'a> {
@@ -98,6 +98,14 @@ pub fn markdown(r: &Results) -> String {
             bold(norm, m.normalized.is_some_and(|n| n >= top_norm))
         );
     }
+    s += &paper_rows(r);
+    s += &sweep_tables(r);
+    s
+}
+
+/// The published numbers of the experiment file, one row each.
+fn paper_rows(r: &Results) -> String {
+    let mut s = String::new();
     for (label, numbers) in &r.paper {
         s += &format!("| paper: {label} |");
         for t in &r.task_names {
@@ -110,6 +118,12 @@ pub fn markdown(r: &Results) -> String {
             .map_or(" – |".into(), |v| format!(" {v:.1} |"));
         s += " – |\n";
     }
+    s
+}
+
+/// Every sweep's values with their average and entropy.
+fn sweep_tables(r: &Results) -> String {
+    let mut s = String::new();
     for (name, sweep) in &r.sweeps {
         s += &format!(
             "\n### {name} sweep\n\nThe label-free pick is the value with the lowest entropy on the \
@@ -119,7 +133,7 @@ pub fn markdown(r: &Results) -> String {
             let m = &r.methods[label];
             s += &format!(
                 "| {label} | {} | {} |\n",
-                cell(m.avg, m.avg_std, seeds),
+                cell(m.avg, m.avg_std, r.seeds.len()),
                 m.entropy.map_or("–".into(), |e| format!("{e:.4}"))
             );
         }
@@ -182,7 +196,7 @@ mod tests {
     use indexmap::IndexMap;
 
     use super::*;
-    use crate::experiment::results::Record;
+    use crate::results::Record;
 
     #[test]
     fn the_best_merge_is_bold_and_a_sweep_shows_its_picks() {

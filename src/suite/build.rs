@@ -22,12 +22,12 @@ use super::train::{
     pretraining_loss, strip_probes,
 };
 use crate::cache::cache_dir;
-use crate::checkpoint::{read_json, write_json};
 use crate::config::VisionConfig;
 use crate::data::{LabeledImages, Preprocessor};
 use crate::error::{Error, Result};
 use crate::eval::{EvalTask, accuracy, save_head};
 use crate::output::{OutputDir, RunLock};
+use crate::output::{read_json, write_json};
 use crate::weights::{Weights, scalar};
 
 /// One task of a built suite, as `suite.json` records it.
@@ -207,48 +207,17 @@ fn build_locked(
     seconds.insert("pretrain".into(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let mut heads = Vec::new();
-    for (k, task) in tasks.iter().enumerate() {
-        let head = class_mean_head(
-            &cfg,
-            &pretrained,
-            &sets[k].0,
-            task,
-            recipe.head_shots,
-            recipe.head_scale,
-            device,
-        )?;
-        save_head(
-            &root.join(format!("heads/{}.safetensors", task.name)),
-            &head,
-        )?;
-        heads.push(head);
-    }
+    let heads = heads_of(&recipe, &cfg, &pretrained, &sets, &root, device)?;
     seconds.insert("heads".into(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let steps_per_task = recipe.finetune_epochs * (recipe.train_per_task / recipe.batch_size);
-    let pb = bar(progress, steps_per_task * tasks.len(), "fine-tune");
-    let base_norm = norm(&pretrained)?;
-    let mut finetuned = Vec::new();
-    for (k, task) in tasks.iter().enumerate() {
-        pb.set_message(task.name);
-        let w = finetune(
-            spec,
-            &recipe,
-            &cfg,
-            task,
-            k,
-            &pretrained,
-            &heads[k],
-            &sets[k].0,
-            &pb,
-        )?;
-        tiny_clip::save(&root.join(format!("models/{}", task.name)), &cfg, &w)?;
-        let tau = w.try_map(|n, t| Ok(t.data.clone() - pretrained.require(n)?.data.clone()))?;
-        finetuned.push((w, norm(&tau)? / base_norm));
-    }
-    pb.finish_and_clear();
+    let stage = Stage {
+        spec,
+        recipe: &recipe,
+        cfg: &cfg,
+        root: &root,
+    };
+    let finetuned = stage.finetune_all(&pretrained, &heads, &sets, progress)?;
     seconds.insert("finetune".into(), t.elapsed().as_secs_f64());
     drop(sets);
 
@@ -291,6 +260,75 @@ fn build_locked(
     write_json(&root.join("suite.json"), &info)?;
     staging.commit()?;
     Ok(info)
+}
+
+/// Each task's head (the class means of its pretrained embeddings), saved under `heads/`.
+fn heads_of(
+    recipe: &Recipe,
+    cfg: &VisionConfig,
+    pretrained: &Weights,
+    sets: &[(ImageSet, ImageSet)],
+    root: &Path,
+    device: &Device,
+) -> Result<Vec<Tensor<2>>> {
+    let mut heads = Vec::new();
+    for (k, task) in TASKS.iter().enumerate() {
+        let head = class_mean_head(
+            cfg,
+            pretrained,
+            &sets[k].0,
+            task,
+            recipe.head_shots,
+            recipe.head_scale,
+            device,
+        )?;
+        save_head(
+            &root.join(format!("heads/{}.safetensors", task.name)),
+            &head,
+        )?;
+        heads.push(head);
+    }
+    Ok(heads)
+}
+
+/// What every stage of a build shares.
+struct Stage<'a> {
+    spec: &'a SuiteSpec,
+    recipe: &'a Recipe,
+    cfg: &'a VisionConfig,
+    root: &'a Path,
+}
+
+impl Stage<'_> {
+    /// Every task's fine-tune, saved under `models/`, with ‖τ‖ / ‖θ₀‖.
+    fn finetune_all(
+        &self,
+        pretrained: &Weights,
+        heads: &[Tensor<2>],
+        sets: &[(ImageSet, ImageSet)],
+        progress: bool,
+    ) -> Result<Vec<(Weights, f64)>> {
+        let r = self.recipe;
+        let steps_per_task = r.finetune_epochs * (r.train_per_task / r.batch_size);
+        let pb = bar(progress, steps_per_task * TASKS.len(), "fine-tune");
+        let base_norm = norm(pretrained)?;
+        let mut finetuned = Vec::new();
+        for (k, task) in TASKS.iter().enumerate() {
+            pb.set_message(task.name);
+            let w = finetune(
+                self.spec, r, self.cfg, task, k, pretrained, &heads[k], &sets[k].0, &pb,
+            )?;
+            tiny_clip::save(
+                &self.root.join(format!("models/{}", task.name)),
+                self.cfg,
+                &w,
+            )?;
+            let tau = w.try_map(|n, t| Ok(t.data.clone() - pretrained.require(n)?.data.clone()))?;
+            finetuned.push((w, norm(&tau)? / base_norm));
+        }
+        pb.finish_and_clear();
+        Ok(finetuned)
+    }
 }
 
 /// Renders every task's train and test images and writes them as ImageFolder PNGs. Returns the
@@ -512,7 +550,11 @@ fn norm(w: &Weights) -> Result<f64> {
 
 /// SHA-256 of every file under `root`, by '/'-separated relative path.
 fn checksums(root: &Path) -> Result<BTreeMap<String, String>> {
-    let files = crate::data::files_under(root)?;
+    // The staging folder's lock is the builder's, not the suite's (and holds its process id).
+    let files: Vec<PathBuf> = crate::data::files_under(root)?
+        .into_iter()
+        .filter(|p| p.file_name().is_none_or(|n| n != crate::output::LOCK_FILE))
+        .collect();
     files
         .par_iter()
         .map(|path| {

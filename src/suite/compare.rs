@@ -12,7 +12,7 @@ use crate::adamerging::{BatchSource, Granularity, LearnConfig, Learner, sampler_
 use crate::error::Result;
 use crate::eval::EvalSet;
 use crate::merge::{MergeMethod, TaskArithmetic, Ties, WeightAverage};
-use crate::pipeline::{Adaptation, LoadSpec, TaskPaths};
+use crate::pipeline::{Adaptation, LoadSpec, Loaded, TaskPaths};
 
 /// One method's test accuracy on every task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +79,6 @@ pub fn compare(
         eval_limit: None,
     };
     let loaded = crate::pipeline::load(&spec, device, &ProgressBar::hidden())?;
-    let tv = &loaded.tv;
     let eval = EvalSet {
         cfg: &loaded.cfg,
         tasks: &loaded.eval_tasks,
@@ -88,6 +87,13 @@ pub fn compare(
         batch_size: 256,
         device,
     };
+    let mut scores = fixed_scores(&loaded, &eval, pb)?;
+    scores.push(adamerging_score(&loaded, &eval, run, seed, device, pb)?);
+    Ok(scores)
+}
+
+/// Weight averaging, Task Arithmetic (λ = 0.3) and TIES (top 20 %, λ = 1), scored.
+fn fixed_scores(loaded: &Loaded, eval: &EvalSet<'_>, pb: &ProgressBar) -> Result<Vec<MethodScore>> {
     let fixed: Vec<Box<dyn MergeMethod>> = vec![
         Box::new(WeightAverage),
         Box::new(TaskArithmetic::new(0.3)?),
@@ -97,7 +103,7 @@ pub fn compare(
     for method in fixed {
         pb.set_message(method.label());
         let start = Instant::now();
-        let merged = tv.complete(method.merge(tv)?);
+        let merged = loaded.tv.complete(method.merge(&loaded.tv)?);
         let seconds = start.elapsed().as_secs_f64();
         scores.push(MethodScore::new(
             method.label(),
@@ -106,6 +112,18 @@ pub fn compare(
         ));
         pb.inc(1);
     }
+    Ok(scores)
+}
+
+/// Layer-wise AdaMerging (transductive, on each task's unlabeled test images), scored.
+fn adamerging_score(
+    loaded: &Loaded,
+    eval: &EvalSet<'_>,
+    run: &AdaMergingRun,
+    seed: u64,
+    device: &Device,
+    pb: &ProgressBar,
+) -> Result<MethodScore> {
     let config = LearnConfig {
         granularity: Granularity::Layer,
         steps: run.steps,
@@ -115,20 +133,19 @@ pub fn compare(
     };
     let label = config.label();
     pb.set_message(label.clone());
-    let sampler = sampler_for(&loaded, &config, device)?;
+    let sampler = sampler_for(loaded, &config, device)?;
     let start = Instant::now();
     let heads = loaded.heads();
-    let mut learner = Learner::new(&loaded.cfg, tv, &heads, config, device)?;
+    let mut learner = Learner::new(&loaded.cfg, &loaded.tv, &heads, config, device)?;
     for _ in 0..run.steps {
         let record = learner.step(&sampler as &dyn BatchSource)?;
         pb.set_message(format!("{label}: entropy {:.3}", record.loss));
         pb.inc(1);
     }
     let seconds = start.elapsed().as_secs_f64();
-    scores.push(MethodScore::new(
+    Ok(MethodScore::new(
         label,
         eval.score(&learner.merged()?)?,
         seconds,
-    ));
-    Ok(scores)
+    ))
 }

@@ -10,9 +10,10 @@ use rand::rngs::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde_json::json;
 
-use crate::checkpoint::{PendingTensor, StoredDtype, write_atomic, write_safetensors};
+use crate::checkpoint::{PendingTensor, StoredDtype, write_safetensors};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
+use crate::output::write_atomic;
 use crate::weights::{FlatTensor, Weights};
 
 /// Pixel normalisation of the suite's preprocessor (images are centred on mid-grey).

@@ -4,9 +4,9 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{read_json, write_json};
 use crate::error::{Error, Result};
 use crate::layout::RunDir;
+use crate::output::{read_json, write_json};
 
 /// What kind of row a method is in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +76,98 @@ impl Progress {
     }
 }
 
+impl MethodResult {
+    /// One method's records (one per seed) aggregated: per-task and average mean ± std.
+    fn over_seeds(rs: &[&Record], task_names: &[String]) -> Self {
+        let k = task_names.len();
+        let mut tasks = IndexMap::new();
+        let mut tasks_std = IndexMap::new();
+        for (t, name) in task_names.iter().enumerate() {
+            let v: Vec<f64> = rs.iter().map(|r| r.accuracy[t]).collect();
+            let (m, s) = mean_std(&v);
+            tasks.insert(name.clone(), m);
+            tasks_std.insert(name.clone(), s);
+        }
+        let per_seed: Vec<f64> = rs
+            .iter()
+            .map(|r| r.accuracy.iter().sum::<f64>() / k.max(1) as f64)
+            .collect();
+        let (avg, avg_std) = mean_std(&per_seed);
+        let entropies: Vec<f64> = rs.iter().filter_map(|r| r.entropy).collect();
+        Self {
+            role: rs[0].role,
+            tasks,
+            tasks_std,
+            avg,
+            avg_std,
+            normalized: None,
+            entropy: (!entropies.is_empty()).then(|| mean_std(&entropies).0),
+            seconds: mean_std(&rs.iter().map(|r| r.seconds).collect::<Vec<_>>()).0,
+            steps: rs[0].steps,
+            seeds: rs.iter().map(|r| r.seed).collect(),
+            avg_per_seed: per_seed,
+            lambda: rs.iter().filter_map(|r| r.lambda.clone()).collect(),
+        }
+    }
+}
+
+/// Normalized accuracy: the mean over tasks of accuracy / the individual model's; left
+/// undefined (a dash in the table) when an individual model scores 0 on some task.
+fn normalize(methods: &mut IndexMap<String, MethodResult>) {
+    let Some(ind) = methods.get(INDIVIDUAL).map(|m| m.tasks.clone()) else {
+        return;
+    };
+    for m in methods.values_mut() {
+        let ratios: Option<Vec<f64>> = m
+            .tasks
+            .iter()
+            .map(|(t, a)| ind.get(t).filter(|&&i| i > 0.0).map(|i| a / i))
+            .collect();
+        m.normalized = ratios.map(|r| r.iter().sum::<f64>() / r.len().max(1) as f64);
+    }
+}
+
+/// Each sweep's values with its label-free pick (lowest adaptation entropy) and its oracle
+/// (highest test accuracy).
+fn sweep_picks(
+    methods: &IndexMap<String, MethodResult>,
+    records: &[Record],
+    sweep_names: &IndexMap<usize, String>,
+) -> IndexMap<String, Sweep> {
+    let mut sweeps = IndexMap::new();
+    for (group, name) in sweep_names {
+        let values: Vec<String> = methods
+            .keys()
+            .filter(|l| {
+                records
+                    .iter()
+                    .any(|r| &r.method == *l && r.sweep == Some(*group))
+            })
+            .cloned()
+            .collect();
+        let pick = |key: &dyn Fn(&MethodResult) -> f64| {
+            values
+                .iter()
+                .min_by(|a, b| key(&methods[*a]).total_cmp(&key(&methods[*b])))
+                .cloned()
+        };
+        let (Some(label_free), Some(oracle)) = (
+            pick(&|m| m.entropy.unwrap_or(f64::INFINITY)),
+            pick(&|m| -m.avg),
+        ) else {
+            continue;
+        };
+        sweeps.insert(
+            name.clone(),
+            Sweep {
+                values,
+                label_free,
+                oracle,
+            },
+        );
+    }
+    sweeps
+}
 /// Mean and sample standard deviation (0 for one value).
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
@@ -184,86 +276,15 @@ impl Results {
                 order.push(&r.method);
             }
         }
-        let mut methods: IndexMap<String, MethodResult> = IndexMap::new();
-        for label in order {
-            let rs: Vec<&Record> = records.iter().filter(|r| r.method == label).collect();
-            let k = task_names.len();
-            let mut tasks = IndexMap::new();
-            let mut tasks_std = IndexMap::new();
-            for (t, name) in task_names.iter().enumerate().take(k) {
-                let v: Vec<f64> = rs.iter().map(|r| r.accuracy[t]).collect();
-                let (m, s) = mean_std(&v);
-                tasks.insert(name.clone(), m);
-                tasks_std.insert(name.clone(), s);
-            }
-            let per_seed: Vec<f64> = rs
-                .iter()
-                .map(|r| r.accuracy.iter().sum::<f64>() / k.max(1) as f64)
-                .collect();
-            let (avg, avg_std) = mean_std(&per_seed);
-            let entropies: Vec<f64> = rs.iter().filter_map(|r| r.entropy).collect();
-            methods.insert(
-                label.to_string(),
-                MethodResult {
-                    role: rs[0].role,
-                    tasks,
-                    tasks_std,
-                    avg,
-                    avg_std,
-                    normalized: None,
-                    entropy: (!entropies.is_empty()).then(|| mean_std(&entropies).0),
-                    seconds: mean_std(&rs.iter().map(|r| r.seconds).collect::<Vec<_>>()).0,
-                    steps: rs[0].steps,
-                    seeds: rs.iter().map(|r| r.seed).collect(),
-                    avg_per_seed: per_seed,
-                    lambda: rs.iter().filter_map(|r| r.lambda.clone()).collect(),
-                },
-            );
-        }
-        // Normalized accuracy: the mean over tasks of accuracy / the individual model's; left
-        // undefined (a dash in the table) when an individual model scores 0 on some task.
-        if let Some(ind) = methods.get(INDIVIDUAL).map(|m| m.tasks.clone()) {
-            for m in methods.values_mut() {
-                let ratios: Option<Vec<f64>> = m
-                    .tasks
-                    .iter()
-                    .map(|(t, a)| ind.get(t).filter(|&&i| i > 0.0).map(|i| a / i))
-                    .collect();
-                m.normalized = ratios.map(|r| r.iter().sum::<f64>() / r.len().max(1) as f64);
-            }
-        }
-        let mut sweeps = IndexMap::new();
-        for (group, name) in sweep_names {
-            let values: Vec<String> = methods
-                .keys()
-                .filter(|l| {
-                    records
-                        .iter()
-                        .any(|r| &r.method == *l && r.sweep == Some(*group))
-                })
-                .cloned()
-                .collect();
-            let pick = |key: &dyn Fn(&MethodResult) -> f64| {
-                values
-                    .iter()
-                    .min_by(|a, b| key(&methods[*a]).total_cmp(&key(&methods[*b])))
-                    .cloned()
-            };
-            let (Some(label_free), Some(oracle)) = (
-                pick(&|m| m.entropy.unwrap_or(f64::INFINITY)),
-                pick(&|m| -m.avg),
-            ) else {
-                continue;
-            };
-            sweeps.insert(
-                name.clone(),
-                Sweep {
-                    values,
-                    label_free,
-                    oracle,
-                },
-            );
-        }
+        let mut methods: IndexMap<String, MethodResult> = order
+            .into_iter()
+            .map(|label| {
+                let rs: Vec<&Record> = records.iter().filter(|r| r.method == label).collect();
+                (label.to_string(), MethodResult::over_seeds(&rs, task_names))
+            })
+            .collect();
+        normalize(&mut methods);
+        let sweeps = sweep_picks(&methods, records, sweep_names);
         Ok(Self {
             experiment: experiment.into(),
             task_names: task_names.to_vec(),

@@ -1,10 +1,9 @@
-//! AdaMerging and AdaMerging++ in the method registry: their parameters, and the learning
-//! configuration they build.
+//! AdaMerging and AdaMerging++ as a unit of the method model: their parameters, and the
+//! learning configuration they build.
 
-use super::coefficients::Granularity;
-use super::learner::LearnConfig;
+use super::{Bound, Built, Kind, Method, Needs, Param, ParamDefault, Params, Value};
+use crate::adamerging::{Granularity, LearnConfig};
 use crate::error::Result;
-use crate::method::{Bound, Built, Kind, Method, Needs, Param, ParamDefault, Params, Value};
 use crate::task_vector::LayeringKind;
 
 const fn int_at_least_1(name: &'static str, help: &'static str, default: u64) -> Param {
@@ -96,7 +95,7 @@ impl Method for AdaMergingMethod {
         "adamerging"
     }
     fn paper(&self) -> &'static str {
-        super::outputs::PAPER
+        crate::adamerging::PAPER
     }
     fn summary(&self) -> &'static str {
         "learn task- or layer-wise λ by minimising prediction entropy on unlabeled images (AdaMerging++ with ties_k)"
