@@ -36,7 +36,7 @@ impl TaskVectorReport {
         let mut both = vec![vec![0i64; k]; k];
         let mut base_sq = 0f64;
         let (mut conflicts, mut multi) = (0i64, 0i64);
-        for (name, t0) in tv.base().iter() {
+        for (name, t0) in tv.theta0().iter() {
             base_sq += scalar(t0.data.clone().powf_scalar(2.0).sum())?;
             let taus: Vec<_> = (0..k)
                 .map(|i| tv.vector(i).require(name).map(|t| t.data.clone()))
@@ -76,7 +76,7 @@ impl TaskVectorReport {
         }
         Ok(Self {
             tasks: tv.tasks().to_vec(),
-            num_params: tv.base().num_params(),
+            num_params: tv.theta0().num_params(),
             base_norm: base_sq.sqrt(),
             norms,
             cosine,

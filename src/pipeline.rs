@@ -225,7 +225,7 @@ pub fn merge_to_dir(
     let merger = method.prepare(&tv)?;
     let merging = Cell::new(start.elapsed() - loaded);
     let shapes = tv
-        .base()
+        .theta0()
         .iter()
         .map(|(n, t)| (n.to_string(), t.shape.clone()))
         .collect();
@@ -243,7 +243,7 @@ pub fn merge_to_dir(
         paper: method.reference().to_string(),
         merged: plan.merged.len(),
         carried: plan.carried.len(),
-        params: tv.base().num_params(),
+        params: tv.theta0().num_params(),
         tasks: finetuned.len(),
         seconds: (
             loaded.as_secs_f64(),

@@ -1,5 +1,5 @@
 //! What a run measured: one record per (method, seed) as it finishes, and `results.json`, their
-//! aggregate over seeds (DESIGN.md §7).
+//! aggregate over seeds (docs/design.md §7).
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};

@@ -12,7 +12,7 @@ use crate::config::{VisionConfig, check_same_vision};
 use crate::error::{Error, Result};
 use crate::weights::{FlatTensor, Weights};
 
-/// Which tensors are merged (DESIGN.md §5).
+/// Which tensors are merged (docs/design.md §5).
 #[derive(Debug, Clone)]
 pub struct MergeScope {
     /// Floating tensors under these prefixes are merged; every fine-tuned checkpoint must have
@@ -202,7 +202,7 @@ impl TaskVectors {
     }
 
     /// θ₀ over the merged tensors.
-    pub fn base(&self) -> &Weights {
+    pub fn theta0(&self) -> &Weights {
         &self.base
     }
 

@@ -409,7 +409,7 @@ fn no_gradient_reaches_theta0_or_task_vectors() {
     let mut learner = Learner::new(&s.cfg, &s.tv, &s.heads, config, &s.device).expect("learner");
     let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
     learner.step(&batches).expect("step");
-    for (name, t) in s.tv.base().iter() {
+    for (name, t) in s.tv.theta0().iter() {
         assert!(
             !t.data.is_autodiff() && !t.data.is_require_grad(),
             "θ₀ {name}"

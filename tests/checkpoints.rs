@@ -503,7 +503,7 @@ fn a_failing_tensor_while_streaming_leaves_no_output() {
     let pretrained = fixture("merge/a/pretrained");
     let tv = load(&pretrained, &[ft("t", fixture("merge/a/task1"))]).unwrap();
     let shapes = tv
-        .base()
+        .theta0()
         .iter()
         .map(|(n, t)| (n.to_string(), t.shape.clone()))
         .collect();
@@ -511,7 +511,7 @@ fn a_failing_tensor_while_streaming_leaves_no_output() {
         if name == VICTIM {
             Err(Error::invalid("test", "refused"))
         } else {
-            tv.base().require(name)?.to_vec()
+            tv.theta0().require(name)?.to_vec()
         }
     });
     let tmp = tempfile::tempdir().unwrap();

@@ -43,7 +43,7 @@ fn given_masks(device: &Device, tv: &TaskVectors) -> DareMasks {
         .iter()
         .map(|task| {
             let mut w = Weights::new();
-            for (name, t0) in tv.base().iter() {
+            for (name, t0) in tv.theta0().iter() {
                 let m = all[&format!("{task}/{name}")].clone();
                 w.insert(name, FlatTensor::from_vec(m, t0.shape.clone(), device));
             }

@@ -112,7 +112,7 @@ fn a_suite_has_the_layout_users_tools_read() {
     .unwrap();
     assert_eq!(tv.num_tasks(), 8);
     assert!(plan.carried.is_empty(), "{:?}", plan.carried);
-    assert_eq!(tv.base().len(), tiny_clip::shapes(&cfg).len());
+    assert_eq!(tv.theta0().len(), tiny_clip::shapes(&cfg).len());
     // Every method is scored on every task.
     let names: Vec<&str> = info.methods.iter().map(|m| m.method.as_str()).collect();
     assert_eq!(names.len(), 4, "{names:?}");

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark `adamerge merge` against numpy doing the same merge (DESIGN.md §3, §9).
+"""Benchmark `adamerge merge` against numpy doing the same merge (docs/design.md §3, §9).
 
     python3 scripts/bench/bench_merge.py [--tasks 2,4,8] [--methods task-arithmetic,ties]
                                          [--threads T] [--repeats 2] [--json FILE]
@@ -160,7 +160,7 @@ def generate_inputs(cache: Path, shapes) -> None:
 
 
 def is_merged(name: str, arr: np.ndarray) -> bool:
-    """DESIGN.md §5: float tensors under vision_model. plus visual_projection.weight."""
+    """docs/design.md §5: float tensors under vision_model. plus visual_projection.weight."""
     floating = np.issubdtype(arr.dtype, np.floating)
     return floating and (name.startswith("vision_model.") or name == "visual_projection.weight")
 

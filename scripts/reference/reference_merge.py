@@ -1,4 +1,4 @@
-"""Independent numpy reference of the fixed merge methods of DESIGN.md section 3.
+"""Independent numpy reference of the fixed merge methods of docs/design.md section 3.
 
 This module is the reference the Rust merges are checked against (through the
 fixtures written by ``scripts/fixtures/make_merge_fixtures.py``). It depends on numpy

@@ -215,7 +215,7 @@ pub fn write_merged(
     out: &Path,
 ) -> Result<PathBuf> {
     let shapes = tv
-        .base()
+        .theta0()
         .iter()
         .map(|(n, t)| (n.to_string(), t.shape.clone()))
         .collect();

@@ -17,7 +17,7 @@ use crate::model::{VisionTower, logits};
 use crate::task_vector::{Layering, LayeringKind, TaskVectors};
 use crate::weights::{Weights, scalar, tensor_to_vec};
 
-/// What is learned and how (DESIGN.md §3 defaults).
+/// What is learned and how (docs/design.md §3 defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnConfig {
@@ -188,7 +188,7 @@ impl<'a> Learner<'a> {
         for (task, head) in tv.tasks().iter().zip(heads) {
             check_head_width(cfg, task, head)?;
         }
-        let layering = config.layering(tv.base().names());
+        let layering = config.layering(tv.theta0().names());
         let (k, l) = (tv.num_tasks(), layering.len());
         let ad_device = device.clone().autodiff();
         let coefficients = Coefficients::new(vec![config.init as f32; k * l], k, l, &ad_device);
@@ -266,7 +266,7 @@ impl<'a> Learner<'a> {
     pub fn merged(&self) -> Result<Weights> {
         Ok(self
             .tv
-            .complete(merge_all(self.tv.base(), &self.merger()?)?))
+            .complete(merge_all(self.tv.theta0(), &self.merger()?)?))
     }
 
     /// The objective at the current λ on step `step`'s batches, and its gradient ∂loss/∂λ
@@ -282,7 +282,7 @@ impl<'a> Learner<'a> {
         }
         let raw = self.lambda()?;
         // The merged weights become the leaves of each task's graph; θ₀ and τ never enter it.
-        let leaves = merge_all(self.tv.base(), &self.merger_at(&raw)?)?
+        let leaves = merge_all(self.tv.theta0(), &self.merger_at(&raw)?)?
             .map(|_, t| t.autodiff().require_grad());
         let model = self.tv.complete(leaves.clone());
         let mut grad_w: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
@@ -311,7 +311,7 @@ impl<'a> Learner<'a> {
         let unit_index = self.layering.unit_index();
         let mut dots = Vec::new();
         let mut slots = Vec::new();
-        for ((name, _), g) in self.tv.base().iter().zip(&grad_w) {
+        for ((name, _), g) in self.tv.theta0().iter().zip(&grad_w) {
             let Some(g) = g else { continue };
             let u = unit_index[name];
             for k in 0..k_tasks {

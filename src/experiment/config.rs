@@ -1,4 +1,4 @@
-//! Experiment files (DESIGN.md §7): TOML read with serde, every key checked. An error names the
+//! Experiment files (docs/design.md §7): TOML read with serde, every key checked. An error names the
 //! file and the key path (`method[2].lambda`); paths are resolved relative to the file, and a
 //! `suite:` prefix points into the built-in suite.
 
@@ -175,7 +175,10 @@ impl Experiment {
         let de = toml::Deserializer::parse(text)
             .map_err(|e| config_error("<syntax>".into(), located(&e)))?;
         let exp: Self = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            let key = match e.path().to_string() {
+                root if root == "." => "<root>".to_string(),
+                key => key,
+            };
             config_error(key, located(&e.into_inner()))
         })?;
         exp.check().map_err(|e| match e {
@@ -275,7 +278,7 @@ pub const SUITE_PREFIX: &str = "suite:";
 
 /// Resolves a path of an experiment file: `suite:` into `suite_root`, a relative one against
 /// the file's folder.
-pub fn resolve(path: &str, base: &Path, suite_root: Option<&Path>) -> Result<PathBuf> {
+pub fn resolve(path: &str, experiment_dir: &Path, suite_root: Option<&Path>) -> Result<PathBuf> {
     if let Some(rest) = path.strip_prefix(SUITE_PREFIX) {
         let root = suite_root.ok_or_else(|| {
             Error::invalid(
@@ -287,7 +290,11 @@ pub fn resolve(path: &str, base: &Path, suite_root: Option<&Path>) -> Result<Pat
     }
     let expanded = expand_env(path)?;
     let p = PathBuf::from(expanded);
-    Ok(if p.is_absolute() { p } else { base.join(p) })
+    Ok(if p.is_absolute() {
+        p
+    } else {
+        experiment_dir.join(p)
+    })
 }
 
 /// Expands `${VAR}` (so paper experiments can point at a data root the user sets).
@@ -376,19 +383,19 @@ steps = 5
 
     #[test]
     fn paths_resolve_against_the_file_the_suite_and_the_environment() {
-        let base = Path::new("/exp");
+        let dir = Path::new("/exp");
         assert_eq!(
-            resolve("a/b", base, None).unwrap(),
+            resolve("a/b", dir, None).unwrap(),
             PathBuf::from("/exp/a/b")
         );
-        assert_eq!(resolve("/a", base, None).unwrap(), PathBuf::from("/a"));
+        assert_eq!(resolve("/a", dir, None).unwrap(), PathBuf::from("/a"));
         let s = Path::new("/cache/suite");
         assert_eq!(
-            resolve("suite:models/x", base, Some(s)).unwrap(),
+            resolve("suite:models/x", dir, Some(s)).unwrap(),
             PathBuf::from("/cache/suite/models/x")
         );
-        assert!(resolve("suite:x", base, None).is_err());
-        let missing = resolve("${ADAMERGE_SURELY_UNSET_VAR}/x", base, None).unwrap_err();
+        assert!(resolve("suite:x", dir, None).is_err());
+        let missing = resolve("${ADAMERGE_SURELY_UNSET_VAR}/x", dir, None).unwrap_err();
         assert!(missing.to_string().contains("ADAMERGE_SURELY_UNSET_VAR"));
     }
 }

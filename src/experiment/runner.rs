@@ -206,11 +206,11 @@ fn planned_with_labels(exp: &Experiment) -> Result<Vec<(String, Planned)>> {
         .plan()?
         .into_iter()
         .map(|p| {
-            let base = p.built.label();
-            let mut label = base.clone();
+            let first = p.built.label();
+            let mut label = first.clone();
             let mut n = 2;
             while labels.contains(&label) {
-                label = format!("{base}#{n}");
+                label = format!("{first}#{n}");
                 n += 1;
             }
             labels.push(label.clone());

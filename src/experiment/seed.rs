@@ -98,13 +98,13 @@ impl SeedRun {
 
     /// The pretrained model on every task.
     pub fn pretrained(&self) -> Result<Record> {
-        let base = self.loaded.tv.pretrained();
-        let accuracy = self.eval().score(&base)?;
+        let pretrained = self.loaded.tv.pretrained();
+        let accuracy = self.eval().score(&pretrained)?;
         Ok(reference(
             PRETRAINED,
             self.seed,
             accuracy,
-            Some(self.entropy(&base)?),
+            Some(self.entropy(&pretrained)?),
         ))
     }
 
@@ -114,8 +114,8 @@ impl SeedRun {
         let mut acc = Vec::new();
         for (k, t) in self.tasks.iter().enumerate() {
             let ckpt = Checkpoint::open(&t.checkpoint)?;
-            let base = self.loaded.tv.base();
-            let w = load_weights(&ckpt, &self.device, |n| base.get(n).is_some())?;
+            let theta0 = self.loaded.tv.theta0();
+            let w = load_weights(&ckpt, &self.device, |n| theta0.get(n).is_some())?;
             // Tensors a vision-only fine-tune lacks (the projection) come from θ₀.
             let w = self.loaded.tv.complete(w);
             let one = EvalSet {
@@ -193,7 +193,7 @@ impl SeedRun {
             &report.lambda.layering(),
             report.lambda.applied(tv.tasks())?,
         )?;
-        let merged = tv.complete(merge_all(tv.base(), &weighted)?);
+        let merged = tv.complete(merge_all(tv.theta0(), &weighted)?);
         Ok(Some(Record {
             method: label.to_string(),
             role: Role::Learned,

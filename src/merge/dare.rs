@@ -95,7 +95,7 @@ impl Dare {
     /// Merges with the given masks instead of seeded ones.
     pub fn merge_with_masks(&self, tv: &TaskVectors, masks: DareMasks) -> Result<Weights> {
         let merger = self.prepare_with_masks(tv, masks)?;
-        tv.base().try_map(|name, _| merger.tensor(name))
+        tv.theta0().try_map(|name, _| merger.tensor(name))
     }
 }
 
@@ -134,8 +134,8 @@ impl<S: VectorSource> VectorSource for Dropped<'_, S> {
     fn num_tasks(&self) -> usize {
         self.inner.num_tasks()
     }
-    fn base(&self) -> &Weights {
-        self.inner.base()
+    fn theta0(&self) -> &Weights {
+        self.inner.theta0()
     }
     fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
         let tau = self.inner.vector(k, name, range.clone())?;

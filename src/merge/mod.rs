@@ -36,7 +36,7 @@ pub trait MergeMethod {
     fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>>;
     /// The merged weights over the merged tensors.
     fn merge(&self, tv: &TaskVectors) -> Result<Weights> {
-        merge_all(tv.base(), &*self.prepare(tv)?)
+        merge_all(tv.theta0(), &*self.prepare(tv)?)
     }
 }
 
@@ -57,7 +57,7 @@ pub trait VectorSource {
     /// Number of tasks K.
     fn num_tasks(&self) -> usize;
     /// θ₀ (names, shapes, order).
-    fn base(&self) -> &Weights;
+    fn theta0(&self) -> &Weights;
     /// Entries `range` of task `k`'s vector for tensor `name` (flat).
     fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>>;
 }
@@ -66,8 +66,8 @@ impl<S: VectorSource> VectorSource for &S {
     fn num_tasks(&self) -> usize {
         (**self).num_tasks()
     }
-    fn base(&self) -> &Weights {
-        (**self).base()
+    fn theta0(&self) -> &Weights {
+        (**self).theta0()
     }
     fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
         (**self).vector(k, name, range)
@@ -78,8 +78,8 @@ impl VectorSource for TaskVectors {
     fn num_tasks(&self) -> usize {
         TaskVectors::num_tasks(self)
     }
-    fn base(&self) -> &Weights {
-        TaskVectors::base(self)
+    fn theta0(&self) -> &Weights {
+        TaskVectors::theta0(self)
     }
     fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
         let t = &self.vector(k).require(name)?.data;
@@ -129,7 +129,7 @@ pub(crate) struct ScaledSum<S> {
 
 impl<S: VectorSource> TensorMerge for ScaledSum<S> {
     fn tensor(&self, name: &str) -> Result<Tensor<1>> {
-        let t0 = self.src.base().require(name)?;
+        let t0 = self.src.theta0().require(name)?;
         by_chunks(t0.numel(), |r| {
             let mut sum = self.src.vector(0, name, r.clone())?;
             for k in 1..self.src.num_tasks() {

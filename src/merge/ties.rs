@@ -1,4 +1,4 @@
-//! TIES-Merging: trim, elect sign, disjoint merge (DESIGN.md §3).
+//! TIES-Merging: trim, elect sign, disjoint merge (docs/design.md §3).
 
 use std::ops::Range;
 
@@ -78,8 +78,8 @@ impl Ties {
         let thresholds = Thresholds::compute(&src, self.k, self.scope)?;
         // Majority sign: sgn of Σ γ over the whole vector (or per tensor), for entries whose
         // trimmed sum is exactly zero.
-        let mut votes = Vec::with_capacity(src.base().len());
-        for (i, (name, t0)) in src.base().iter().enumerate() {
+        let mut votes = Vec::with_capacity(src.theta0().len());
+        for (i, (name, t0)) in src.theta0().iter().enumerate() {
             let mut vote = 0;
             for r in chunks(t0.numel()) {
                 let hats = trimmed(&src, &thresholds, i, name, r)?;
@@ -127,9 +127,9 @@ impl TiesMerge<TaskVectors> {
     /// sign, kept apart rather than merged. Each original tensor is released as soon as its
     /// processed replacement exists, so memory stays at K + 1 checkpoints plus one tensor.
     pub fn into_task_vectors(mut self) -> Result<TaskVectors> {
-        let names: Vec<String> = self.src.base().names().map(str::to_string).collect();
+        let names: Vec<String> = self.src.theta0().names().map(str::to_string).collect();
         for (i, name) in names.iter().enumerate() {
-            let n = self.src.base().require(name)?.numel();
+            let n = self.src.theta0().require(name)?.numel();
             let mut per_task: Vec<Vec<Tensor<1>>> = vec![Vec::new(); self.src.num_tasks()];
             for r in chunks(n) {
                 let ElectedChunk { hats, gamma } = self.elect(i, name, r)?;
@@ -156,11 +156,11 @@ impl<S: VectorSource> VectorSource for TiesMerge<S> {
     fn num_tasks(&self) -> usize {
         self.src.num_tasks()
     }
-    fn base(&self) -> &Weights {
-        self.src.base()
+    fn theta0(&self) -> &Weights {
+        self.src.theta0()
     }
     fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
-        let i = self.src.base().index_of(name).ok_or_else(|| {
+        let i = self.src.theta0().index_of(name).ok_or_else(|| {
             crate::error::Error::invalid("tensor", format!("`{name}` is not merged"))
         })?;
         let ElectedChunk { mut hats, gamma } = self.elect(i, name, range)?;
@@ -177,7 +177,7 @@ struct ElectedChunk {
 
 impl<S: VectorSource> TensorMerge for TiesMerge<S> {
     fn tensor(&self, name: &str) -> Result<Tensor<1>> {
-        let base = self.src.base();
+        let base = self.src.theta0();
         let i = base.index_of(name).ok_or_else(|| {
             crate::error::Error::invalid("tensor", format!("`{name}` is not merged"))
         })?;
@@ -242,9 +242,9 @@ impl Thresholds {
         for task in 0..src.num_tasks() {
             let row = match scope {
                 TrimScope::Global => {
-                    let d = src.base().num_params() as u64;
+                    let d = src.theta0().num_params() as u64;
                     let read = |f: &mut dyn FnMut(&[f32])| -> Result<()> {
-                        for (name, t0) in src.base().iter() {
+                        for (name, t0) in src.theta0().iter() {
                             for r in chunks(t0.numel()) {
                                 f(&tensor_to_vec(src.vector(task, name, r)?)?);
                             }
@@ -254,7 +254,7 @@ impl Thresholds {
                     vec![threshold(d, k, read)?]
                 }
                 TrimScope::PerTensor => src
-                    .base()
+                    .theta0()
                     .iter()
                     .map(|(name, t0)| {
                         let values = tensor_to_vec(src.vector(task, name, 0..t0.numel())?)?;

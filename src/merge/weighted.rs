@@ -34,7 +34,7 @@ impl<S: VectorSource> WeightedSum<S> {
             .into_iter()
             .map(|(n, u)| (n.to_string(), u))
             .collect();
-        if let Some(missing) = src.base().names().find(|n| !unit_of.contains_key(*n)) {
+        if let Some(missing) = src.theta0().names().find(|n| !unit_of.contains_key(*n)) {
             return Err(Error::invalid(
                 "coefficients",
                 format!("merged tensor `{missing}` belongs to no coefficient unit"),
@@ -51,7 +51,7 @@ impl<S: VectorSource> WeightedSum<S> {
 
 impl<S: VectorSource> TensorMerge for WeightedSum<S> {
     fn tensor(&self, name: &str) -> Result<Tensor<1>> {
-        let t0 = self.src.base().require(name)?;
+        let t0 = self.src.theta0().require(name)?;
         let u = self.unit_of.get(name).copied().ok_or_else(|| {
             Error::invalid("tensor", format!("`{name}` belongs to no coefficient unit"))
         })?;

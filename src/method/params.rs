@@ -202,10 +202,15 @@ impl Param {
         };
         if ok {
             Ok(v)
-        } else {
+        } else if let Kind::Float { .. } = self.kind {
             Err(Error::invalid(
                 key,
                 format!("{v} is not in {}", self.range_text()),
+            ))
+        } else {
+            Err(Error::invalid(
+                key,
+                format!("{v} is not {}", self.range_text()),
             ))
         }
     }

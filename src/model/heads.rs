@@ -1,5 +1,5 @@
 //! Classification heads: zero-shot heads built from class names and templates with the text
-//! tower (DESIGN.md §3), or read from a safetensors file; logits over normalised image features.
+//! tower (docs/design.md §3), or read from a safetensors file; logits over normalised image features.
 
 use std::path::Path;
 

@@ -311,7 +311,7 @@ impl Stage<'_> {
         let r = self.recipe;
         let steps_per_task = r.finetune_epochs * (r.train_per_task / r.batch_size);
         let pb = bar(progress, steps_per_task * TASKS.len(), "fine-tune");
-        let base_norm = norm(pretrained)?;
+        let theta0_norm = norm(pretrained)?;
         let mut finetuned = Vec::new();
         for (k, task) in TASKS.iter().enumerate() {
             pb.set_message(task.name);
@@ -324,7 +324,7 @@ impl Stage<'_> {
                 &w,
             )?;
             let tau = w.try_map(|n, t| Ok(t.data.clone() - pretrained.require(n)?.data.clone()))?;
-            finetuned.push((w, norm(&tau)? / base_norm));
+            finetuned.push((w, norm(&tau)? / theta0_norm));
         }
         pb.finish_and_clear();
         Ok(finetuned)

@@ -1,4 +1,4 @@
-//! The built-in small suite (DESIGN.md §6): eight procedural image tasks, a tiny CLIP-style ViT
+//! The built-in small suite (docs/design.md §6): eight procedural image tasks, a tiny CLIP-style ViT
 //! pretrained on all of them, class-mean heads and one gently fine-tuned copy per task, generated
 //! from a seed with no download and cached outside the repository.
 
