@@ -7,8 +7,7 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use common::{adamerge, copy_models, experiment, learn_args_from, make_data};
 use serde_json::Value;
@@ -316,30 +315,9 @@ fn a_run_that_fails_before_its_first_result_leaves_nothing() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// Starts `args` held at `point` (see `ADAMERGE_FAULT`'s `wait=`), returning once it is there.
-fn held_at(args: &[String], point: &str, hold: &Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adamerge"))
-        .args(args)
-        .env("ADAMERGE_FAULT", format!("{point}:wait={}", hold.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !hold.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "ended before {point}");
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "never reached {point}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 /// Ctrl-C while held at `point`, then released: returns what the stopped process said.
 fn interrupted_at(args: &[String], point: &str, hold: &Path) -> String {
-    let child = held_at(args, point, hold);
+    let child = common::held_at(args, point, hold, &[]);
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     std::fs::remove_file(hold).unwrap();
@@ -409,26 +387,7 @@ fn every_suggestion_an_error_makes_works() {
 
     // "pass --force to replace a folder adamerge wrote"
     let merged = tmp.path().join("merged");
-    let mut merge = vec![
-        "merge",
-        "--method",
-        "weight-average",
-        "--out",
-        merged.to_str().unwrap(),
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    merge.extend([
-        "--pretrained".into(),
-        models.join("pretrained").display().to_string(),
-    ]);
-    for t in common::TASKS {
-        merge.extend([
-            "--finetuned".into(),
-            format!("{t}={}", models.join("finetuned").join(t).display()),
-        ]);
-    }
+    let mut merge = common::merge_args(&models, "weight-average", &merged, &[]);
     succeeds(&merge);
     let (ok, said) = adamerge(&merge);
     assert!(!ok && said.contains("pass --force"), "{said}");
@@ -498,25 +457,7 @@ fn smaller_input_errors_say_precisely_what_is_wrong() {
     section["hidden_size"] = Value::from("wide");
     std::fs::write(&cfg_path, v.to_string()).unwrap();
     let out = tmp.path().join("avg");
-    let mut merge: Vec<String> = [
-        "merge",
-        "--method",
-        "weight-average",
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
-    merge.extend([
-        "--pretrained".into(),
-        models.join("pretrained").display().to_string(),
-    ]);
-    for t in common::TASKS {
-        merge.extend([
-            "--finetuned".into(),
-            format!("{t}={}", models.join("finetuned").join(t).display()),
-        ]);
-    }
+    let merge = common::merge_args(&models, "weight-average", &out, &[]);
     let (ok, said) = adamerge(&merge);
     assert!(
         !ok && said.contains("hidden_size") && !said.contains("<fields>"),
@@ -525,9 +466,7 @@ fn smaller_input_errors_say_precisely_what_is_wrong() {
     std::fs::write(&cfg_path, cfg).unwrap();
 
     // A bound prints readably.
-    let mut ties = merge.clone();
-    ties[2] = "ties".into();
-    ties.extend(["--k".into(), "0".into()]);
+    let ties = common::merge_args(&models, "ties", &out, &["--k", "0"]);
     let (ok, said) = adamerge(&ties);
     assert!(
         !ok && said.contains("0 is not in (0, 1]") && said.len() < 200,
@@ -551,10 +490,12 @@ fn smaller_input_errors_say_precisely_what_is_wrong() {
     lambda["effective"][0][2] = Value::from(1e36);
     let edited = tmp.path().join("edited.json");
     std::fs::write(&edited, lambda.to_string()).unwrap();
-    let mut apply = merge.clone();
-    apply[2] = "adamerging".into();
-    apply[4] = tmp.path().join("ada").display().to_string();
-    apply.extend(["--lambda-file".into(), edited.display().to_string()]);
+    let apply = common::merge_args(
+        &models,
+        "adamerging",
+        &tmp.path().join("ada"),
+        &["--lambda-file", edited.to_str().unwrap()],
+    );
     let (ok, said) = adamerge(&apply);
     assert!(!ok && said.contains("effective[0][2] = 1e36"), "{said}");
 }

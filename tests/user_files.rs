@@ -14,29 +14,8 @@ use std::time::{Duration, Instant};
 use adamerge::data::{LabeledImages, scan_unlabeled};
 use common::{
     AVERAGE_ONLY, TASKS, adamerge, copy_models, experiment, fixture, learn_args_from, make_data,
-    snapshot,
+    merge_args, snapshot,
 };
-
-fn merge_args(models: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "merge".to_string(),
-        "--method".into(),
-        "task-arithmetic".into(),
-        "--pretrained".into(),
-        models.join("pretrained").display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    for t in TASKS {
-        args.push("--finetuned".into());
-        args.push(format!(
-            "{t}={}",
-            models.join("finetuned").join(t).display()
-        ));
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
 
 fn refused(args: &[String], must_contain: &[&str]) {
     let (ok, text) = adamerge(args);
@@ -65,7 +44,7 @@ fn merge_never_writes_over_its_inputs() {
     ];
     for out in &outs {
         for force in [&[][..], &["--force"][..]] {
-            let args = merge_args(&models, out, force);
+            let args = merge_args(&models, "task-arithmetic", out, force);
             refused(
                 &args,
                 &["never writes where it reads", &out.display().to_string()],
@@ -79,8 +58,7 @@ fn merge_never_writes_over_its_inputs() {
         }
     }
     // The λ file is an input too, refused before it is even read.
-    let mut args = merge_args(&models, &lambda_dir, &["--force"]);
-    args[2] = "adamerging".into();
+    let mut args = merge_args(&models, "adamerging", &lambda_dir, &["--force"]);
     args.extend([
         "--lambda-file".into(),
         lambda_dir.join("lambda.json").display().to_string(),
@@ -94,14 +72,22 @@ fn force_replaces_only_a_folder_adamerge_wrote() {
     let tmp = tempfile::tempdir().unwrap();
     let models = copy_models(tmp.path());
     let out = tmp.path().join("merged");
-    let (ok, text) = adamerge(&merge_args(&models, &out, &[]));
+    let (ok, text) = adamerge(&merge_args(&models, "task-arithmetic", &out, &[]));
     assert!(ok, "{text}");
     assert!(out.join(".adamerge-manifest.json").is_file());
     let written = snapshot(tmp.path());
 
-    refused(&merge_args(&models, &out, &[]), &["not empty", "--force"]);
+    refused(
+        &merge_args(&models, "task-arithmetic", &out, &[]),
+        &["not empty", "--force"],
+    );
     assert_eq!(snapshot(tmp.path()), written);
-    let (ok, text) = adamerge(&merge_args(&models, &out, &["--force", "--lambda", "0.5"]));
+    let (ok, text) = adamerge(&merge_args(
+        &models,
+        "task-arithmetic",
+        &out,
+        &["--force", "--lambda", "0.5"],
+    ));
     assert!(ok, "{text}");
     assert_ne!(snapshot(tmp.path()), written, "replaced");
 
@@ -109,7 +95,7 @@ fn force_replaces_only_a_folder_adamerge_wrote() {
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
     let before = snapshot(tmp.path());
     refused(
-        &merge_args(&models, &out, &["--force"]),
+        &merge_args(&models, "task-arithmetic", &out, &["--force"]),
         &["notes.txt", "not written by adamerge"],
     );
     assert_eq!(snapshot(tmp.path()), before);
@@ -124,7 +110,7 @@ fn force_replaces_only_a_folder_adamerge_wrote() {
     drop(f);
     let before = snapshot(tmp.path());
     refused(
-        &merge_args(&models, &out, &["--force"]),
+        &merge_args(&models, "task-arithmetic", &out, &["--force"]),
         &["config.json", "changed"],
     );
     assert_eq!(snapshot(tmp.path()), before);
@@ -135,13 +121,13 @@ fn force_replaces_only_a_folder_adamerge_wrote() {
     std::fs::write(mine.join("sub/data.bin"), "x").unwrap();
     let before = snapshot(tmp.path());
     refused(
-        &merge_args(&models, &mine, &["--force"]),
+        &merge_args(&models, "task-arithmetic", &mine, &["--force"]),
         &[".adamerge-manifest.json", "remove it"],
     );
     assert_eq!(snapshot(tmp.path()), before);
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let (ok, text) = adamerge(&merge_args(&models, &empty, &[]));
+    let (ok, text) = adamerge(&merge_args(&models, "task-arithmetic", &empty, &[]));
     assert!(ok, "{text}");
     // Nothing hidden is left beside the outputs.
     let hidden: Vec<_> = std::fs::read_dir(tmp.path())
@@ -410,34 +396,9 @@ fn decoding_memory_does_not_grow_with_threads() {
     );
 }
 
-/// Starts `adamerge args` held at the `run-locked` fault point; returns it once it is there.
-fn start_held(args: &[String], hold: &Path, env: &[(&str, &Path)]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_adamerge"));
-    cmd.args(args)
-        .env(
-            "ADAMERGE_FAULT",
-            format!("run-locked:wait={}", hold.display()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let start = Instant::now();
-    while !hold.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-            panic!("ended before the lock ({status}): {err}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "never reached the lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+/// Starts `adamerge args` held just after it took its folder's lock.
+fn held_at_lock(args: &[String], hold: &Path, env: &[(&str, &Path)]) -> Child {
+    common::held_at(args, "run-locked", hold, env)
 }
 
 fn finish(mut child: Child, hold: &Path) {
@@ -459,7 +420,7 @@ fn one_writer_per_run_folder() {
     let out = tmp.path().join("learn");
     let (ok, text) = adamerge(&learn_args_from(&models, &data, &out, &["--steps", "2"]));
     assert!(ok, "{text}");
-    let first = start_held(
+    let first = held_at_lock(
         &learn_args_from(&models, &data, &out, &["--steps", "4", "--resume"]),
         &hold,
         &[],
@@ -498,7 +459,7 @@ fn one_writer_per_run_folder() {
         runs.to_str().unwrap(),
     ]
     .map(String::from);
-    let first = start_held(&args, &hold, &[]);
+    let first = held_at_lock(&args, &hold, &[]);
     let dir = std::fs::read_dir(runs.join("fx"))
         .unwrap()
         .next()
@@ -524,7 +485,7 @@ fn one_writer_per_run_folder() {
         suite.to_str().unwrap(),
     ]
     .map(String::from);
-    let mut first = start_held(&build, &hold, &[("ADAMERGE_CACHE", &cache)]);
+    let mut first = held_at_lock(&build, &hold, &[("ADAMERGE_CACHE", &cache)]);
     refused(
         &build,
         &[&format!("process {}", first.id()), suite.to_str().unwrap()],

@@ -253,3 +253,61 @@ pub fn experiment(
     }
     s + methods
 }
+
+/// `merge --method METHOD` of the models in `models` (laid out as `tests/fixtures/adamerging`)
+/// into `out`, then `extra`.
+pub fn merge_args(models: &Path, method: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "merge".to_string(),
+        "--method".into(),
+        method.into(),
+        "--pretrained".into(),
+        models.join("pretrained").display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    for t in TASKS {
+        args.push("--finetuned".into());
+        args.push(format!(
+            "{t}={}",
+            models.join("finetuned").join(t).display()
+        ));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Starts `adamerge args` held at fault point `point` (`ADAMERGE_FAULT`'s `wait=`) with the
+/// extra environment `env`, returning once it is there (stdout and stderr piped).
+pub fn held_at(
+    args: &[String],
+    point: &str,
+    hold: &Path,
+    env: &[(&str, &Path)],
+) -> std::process::Child {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_adamerge"));
+    cmd.args(args)
+        .env("ADAMERGE_FAULT", format!("{point}:wait={}", hold.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    while !hold.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("ended before {point} ({status}): {err}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "never reached {point}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
