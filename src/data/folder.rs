@@ -17,6 +17,15 @@ pub fn is_image(path: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Every entry of folder `dir` (one level), an entry that cannot be read an error naming the
+/// folder rather than a file silently left out.
+pub fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect()
+}
+
 /// Every file under `root` at any depth, in no particular order. Links are followed, but a
 /// link back to a folder already being walked is skipped (so the walk ends), and a file reached
 /// by two paths is listed once (the first path found).
@@ -48,14 +57,11 @@ pub fn files_under(root: &Path) -> Result<Vec<PathBuf>> {
 /// Reads `root/<class>/*.{png,jpg,jpeg}`: class names in label order and (image, label) sorted
 /// by class then file name. See [`LabeledImages::folder`].
 pub(super) fn read(root: &Path, folders: Option<&[String]>) -> Result<LabeledImages> {
-    let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(root, e))?;
-        if entry.path().is_dir() {
-            found.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
+    let mut found: Vec<String> = entries(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
     found.sort();
     let classes = match folders {
         Some(list) => {
@@ -80,9 +86,8 @@ pub(super) fn read(root: &Path, folders: Option<&[String]>) -> Result<LabeledIma
     let mut seen: HashMap<PathBuf, (PathBuf, usize)> = HashMap::new();
     for (label, class) in classes.iter().enumerate() {
         let dir = root.join(class);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
+        let mut files: Vec<PathBuf> = entries(&dir)?
+            .into_iter()
             .filter(|p| p.is_file() && is_image(p))
             .collect();
         if files.is_empty() {

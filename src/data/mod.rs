@@ -10,7 +10,7 @@ mod tasks;
 mod unlabeled;
 
 pub use decode::{DEFAULT_MAX_IMAGE_PIXELS, decode, set_max_image_pixels};
-pub use folder::{files_under, is_image};
+pub use folder::{entries, files_under, is_image};
 pub use labeled::{ImageRef, LabeledImages, scan_unlabeled};
 pub use preprocess::{Preprocessor, Rgb8, center_crop, resize_bicubic, shortest_edge_size};
 pub use tasks::TaskClasses;

@@ -67,9 +67,8 @@ pub(super) fn shards(path: &Path) -> Result<Option<Vec<PathBuf>>> {
         return Ok(Some(vec![path.to_path_buf()]));
     }
     if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::io(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
+        let mut files: Vec<PathBuf> = super::entries(path)?
+            .into_iter()
             .filter(|p| p.is_file() && is_parquet(p))
             .collect();
         if !files.is_empty() {

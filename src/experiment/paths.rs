@@ -91,7 +91,7 @@ pub fn existing(exp: &Experiment, dir: &Path, file: &Path) -> Result<Vec<(String
     let (paths, mut problems) = resolve_all(exp, dir);
     let raw: std::collections::HashMap<String, &str> = exp.paths().into_iter().collect();
     for (key, p) in &paths {
-        let written = raw.get(key).copied().unwrap_or_default();
+        let written = raw[key.as_str()];
         let text = p.to_string_lossy();
         let found = match written.strip_prefix(SUITE_PREFIX) {
             // A suite not built yet will hold exactly what a build writes.

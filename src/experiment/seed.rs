@@ -213,9 +213,8 @@ impl SeedRun {
 pub fn checkpoint_hash(dir: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Seek, SeekFrom};
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+    let mut files: Vec<std::path::PathBuf> = crate::data::entries(dir)?
+        .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     files.sort();
