@@ -231,6 +231,40 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_killed_between_its_renames_is_undone_by_the_next_writer() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target = tmp.path().join("out");
+        // The old output moved aside, the new one not yet in place, its writer gone.
+        let old = sibling(&target, ".old-4194303");
+        std::fs::create_dir_all(&old).expect("mkdir");
+        std::fs::write(old.join("model.safetensors"), b"v1").expect("write");
+        Manifest::of_dir(&old)
+            .expect("list")
+            .write(&old)
+            .expect("write");
+        OutputDir::remove_stale(&target).expect("clean");
+        assert_eq!(
+            std::fs::read(target.join("model.safetensors")).expect("back"),
+            b"v1"
+        );
+        assert!(!old.exists());
+        // Beside a target in place, a leftover old output of adamerge's is removed; one holding
+        // a file adamerge did not write is kept.
+        std::fs::create_dir_all(&old).expect("mkdir");
+        std::fs::write(old.join("model.safetensors"), b"v0").expect("write");
+        Manifest::of_dir(&old)
+            .expect("list")
+            .write(&old)
+            .expect("write");
+        OutputDir::remove_stale(&target).expect("clean");
+        assert!(!old.exists());
+        std::fs::create_dir_all(&old).expect("mkdir");
+        std::fs::write(old.join("mine.txt"), b"keep").expect("write");
+        OutputDir::remove_stale(&target).expect("clean");
+        assert!(old.join("mine.txt").exists());
+    }
+
+    #[test]
     fn stale_staging_of_a_dead_writer_is_removed_and_a_live_one_kept() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let target = tmp.path().join("out");
