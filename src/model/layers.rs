@@ -147,6 +147,10 @@ pub trait Observer {
     fn linear_input(&mut self, layer: usize, kind: LinearKind, x: &Tensor<3>) {
         let _ = (layer, kind, x);
     }
+    /// The input [B, hidden] of the tower's projection (`visual_projection`): the pooled output.
+    fn projection_input(&mut self, x: &Tensor<2>) {
+        let _ = x;
+    }
 }
 
 /// The observer that observes nothing.

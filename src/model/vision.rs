@@ -99,7 +99,7 @@ impl VisionTower {
         for l in 0..self.layers.len() {
             x = self.block(l, x, obs);
         }
-        Ok(self.head(x))
+        Ok(self.head_observed(x, obs))
     }
 
     /// The projected image embeddings [B, projection]: what a head scores. An error when the
@@ -156,16 +156,25 @@ impl VisionTower {
 
     /// `post_layernorm` of the class token and the projection, on the last block's output.
     pub fn head(&self, last_hidden_state: Tensor<3>) -> VisionOutput {
+        self.head_observed(last_hidden_state, &mut NoObserver)
+    }
+
+    /// [`VisionTower::head`], showing `obs` the projection's input.
+    pub fn head_observed(
+        &self,
+        last_hidden_state: Tensor<3>,
+        obs: &mut impl Observer,
+    ) -> VisionOutput {
         let [b, _, width] = last_hidden_state.dims();
         let cls_out = last_hidden_state
             .clone()
             .narrow(1, 0, 1)
             .reshape([b, width]);
         let pooled = self.post_layernorm.forward(cls_out);
-        let image_embeds = self
-            .visual_projection
-            .as_ref()
-            .map(|proj| proj.forward(pooled.clone()));
+        let image_embeds = self.visual_projection.as_ref().map(|proj| {
+            obs.projection_input(&pooled);
+            proj.forward(pooled.clone())
+        });
         VisionOutput {
             last_hidden_state,
             pooled,

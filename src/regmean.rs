@@ -1,0 +1,442 @@
+//! RegMean (Jin et al., ICLR 2023) and RegMean++: every linear weight merged as the solution of
+//! a regression on the inputs each fine-tuned model sees, W = (Σ_k W_k G̃_k)(Σ_k G̃_k)⁻¹, with
+//! G_k the Gram of the layer's inputs on task k's images (divided by its rows), and
+//! G̃_k = α G_k + (1 − α) diag(G_k); every other merged tensor is the fine-tunes' mean. As in
+//! FusionBench (`fusion_bench/method/regmean`, `regmean_plusplus`; docs/design.md §3).
+//!
+//! RegMean runs each fine-tuned model on its task's images. RegMean++ goes block by block: task
+//! k's fine-tuned block l runs on the activations the *merged* blocks before l made of task k's
+//! images, so each block is merged for the inputs it will see; its embeddings and pre-LN are the
+//! mean, its post-LN stays pretrained. Grams accumulate in f32 on the device, streamed over
+//! batches; the solve runs on the host in f64 by a Cholesky factorisation.
+
+use std::collections::HashMap;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+
+use crate::config::VisionConfig;
+use crate::data::{ImageRef, Preprocessor, UnlabeledImages};
+use crate::error::{Error, Result};
+use crate::eval::load_batch;
+use crate::linalg::{NotPositiveDefinite, solve_spd};
+use crate::model::{LinearKind, NoObserver, Observer, VisionTower};
+use crate::task_vector::TaskVectors;
+use crate::weights::{FlatTensor, Weights, tensor_to_vec};
+
+/// The paper.
+pub const PAPER: &str =
+    "Jin et al., Dataless knowledge fusion by merging weights of language models, ICLR 2023";
+/// RegMean++'s paper.
+pub const PAPER_PP: &str = "Nguyen et al., RegMean++: Enhancing effectiveness and generalization of regression mean for model merging, 2025";
+
+/// RegMean's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegMean {
+    /// α: the weight kept on the Grams' off-diagonal entries (FusionBench's
+    /// `reduce_non_diagonal_ratio`).
+    pub alpha: f64,
+    /// Images per task.
+    pub images: usize,
+    /// Images per forward batch.
+    pub batch_size: usize,
+    /// RegMean++: block by block on the merged model's activations.
+    pub plus_plus: bool,
+}
+
+/// Where a Gram comes from: the input of some linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Site {
+    /// Block l's q, k and v projections (one input, one Gram).
+    Qkv(usize),
+    /// Block l's attention output projection.
+    Out(usize),
+    /// Block l's first MLP layer.
+    Fc1(usize),
+    /// Block l's second MLP layer.
+    Fc2(usize),
+    /// The tower's projection (its input is the pooled output).
+    Projection,
+}
+
+impl Site {
+    /// The merged weights this site's Gram solves for.
+    fn weights(self) -> Vec<String> {
+        let layer = |l: usize, kinds: &[LinearKind]| {
+            kinds
+                .iter()
+                .map(|k| format!("vision_model.encoder.layers.{l}.{}.weight", k.name()))
+                .collect()
+        };
+        match self {
+            Site::Qkv(l) => layer(l, &[LinearKind::Q, LinearKind::K, LinearKind::V]),
+            Site::Out(l) => layer(l, &[LinearKind::Out]),
+            Site::Fc1(l) => layer(l, &[LinearKind::Fc1]),
+            Site::Fc2(l) => layer(l, &[LinearKind::Fc2]),
+            Site::Projection => vec![PROJECTION.to_string()],
+        }
+    }
+}
+
+const PROJECTION: &str = "visual_projection.weight";
+
+/// Sums XᵀX of the inputs it is shown, per site, and the rows they had.
+#[derive(Default)]
+struct GramSums {
+    sums: HashMap<Site, Tensor<2>>,
+    rows: HashMap<Site, usize>,
+}
+
+impl GramSums {
+    fn add(&mut self, site: Site, x: Tensor<2>) {
+        let [rows, _] = x.dims();
+        let xtx = x.clone().transpose().matmul(x);
+        let sum = match self.sums.remove(&site) {
+            Some(s) => s + xtx,
+            None => xtx,
+        };
+        self.sums.insert(site, sum);
+        *self.rows.entry(site).or_default() += rows;
+    }
+
+    /// G = Σ XᵀX / rows per site: the mean, so that tasks weigh alike whatever their image count.
+    fn normalised(self) -> HashMap<Site, Tensor<2>> {
+        let rows = self.rows;
+        self.sums
+            .into_iter()
+            .map(|(site, s)| {
+                let n = rows[&site].max(1) as f64;
+                (site, s.div_scalar(n))
+            })
+            .collect()
+    }
+}
+
+impl Observer for GramSums {
+    fn linear_input(&mut self, layer: usize, kind: LinearKind, x: &Tensor<3>) {
+        let site = match kind {
+            LinearKind::Q => Site::Qkv(layer),
+            // q, k and v read the same input: its Gram is taken once, at q.
+            LinearKind::K | LinearKind::V => return,
+            LinearKind::Out => Site::Out(layer),
+            LinearKind::Fc1 => Site::Fc1(layer),
+            LinearKind::Fc2 => Site::Fc2(layer),
+        };
+        let [b, t, width] = x.dims();
+        self.add(site, x.clone().reshape([b * t, width]));
+    }
+
+    fn projection_input(&mut self, x: &Tensor<2>) {
+        self.add(Site::Projection, x.clone());
+    }
+}
+
+/// The running sums of the merge: Σ_k G̃_k per site and Σ_k G̃_k W_kᵀ per weight, on the device.
+#[derive(Default)]
+struct Accumulator {
+    sum_g: HashMap<Site, Tensor<2>>,
+    sum_gw: HashMap<String, Tensor<2>>,
+}
+
+impl Accumulator {
+    /// Adds task `k`'s Grams (for the sites it has) with its fine-tuned weights `w`.
+    fn add(&mut self, grams: HashMap<Site, Tensor<2>>, alpha: f64, w: &Weights) -> Result<()> {
+        for (site, g) in grams {
+            let g = reduce_off_diagonal(g, alpha);
+            for name in site.weights() {
+                let t = w.require(&name)?;
+                let [out, inn] = [t.shape[0], t.shape[1]];
+                let gw = g
+                    .clone()
+                    .matmul(t.data.clone().reshape([out, inn]).transpose());
+                let sum = match self.sum_gw.remove(&name) {
+                    Some(s) => s + gw,
+                    None => gw,
+                };
+                self.sum_gw.insert(name, sum);
+            }
+            let sum = match self.sum_g.remove(&site) {
+                Some(s) => s + g,
+                None => g,
+            };
+            self.sum_g.insert(site, sum);
+        }
+        Ok(())
+    }
+
+    /// The merged weights: W = ((Σ G̃)⁻¹ Σ G̃ Wᵀ)ᵀ, solved in f64 on the host.
+    fn solve(self, device: &Device) -> Result<Weights> {
+        let mut out = Weights::new();
+        let mut sites: Vec<_> = self.sum_g.into_iter().collect();
+        sites.sort_by_key(|(s, _)| site_order(*s));
+        for (site, a) in sites {
+            let [n, _] = a.dims();
+            let a = to_f64(a)?;
+            for name in site.weights() {
+                let b = self
+                    .sum_gw
+                    .get(&name)
+                    .expect("every weight of a site has its product")
+                    .clone();
+                let [_, m] = b.dims();
+                let x = solve_spd(&a, &to_f64(b)?, n, m).map_err(|NotPositiveDefinite| {
+                    Error::invalid(
+                        name.trim_end_matches(".weight"),
+                        format!(
+                            "RegMean: the sum of the tasks' Grams ({n} × {n}) is not positive \
+                             definite; give more images, or a smaller alpha"
+                        ),
+                    )
+                })?;
+                // X is Wᵀ [in, out]; the weight is stored [out, in].
+                let w: Vec<f32> = (0..m)
+                    .flat_map(|o| (0..n).map(move |i| (o, i)))
+                    .map(|(o, i)| x[i * m + o] as f32)
+                    .collect();
+                out.insert(name, FlatTensor::from_vec(w, vec![m, n], device));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn site_order(s: Site) -> (usize, usize) {
+    match s {
+        Site::Qkv(l) => (l, 0),
+        Site::Out(l) => (l, 1),
+        Site::Fc1(l) => (l, 2),
+        Site::Fc2(l) => (l, 3),
+        Site::Projection => (usize::MAX, 0),
+    }
+}
+
+/// G̃ = α G + (1 − α) diag(G): the off-diagonal entries scaled by α.
+fn reduce_off_diagonal(g: Tensor<2>, alpha: f64) -> Tensor<2> {
+    let [n, _] = g.dims();
+    let device = g.device();
+    let eye = Tensor::<2>::from_data(
+        TensorData::new(
+            (0..n * n)
+                .map(|i| if i / n == i % n { 1.0f32 } else { 0.0 })
+                .collect::<Vec<_>>(),
+            [n, n],
+        ),
+        &device,
+    );
+    let diag = g.clone() * eye;
+    g.mul_scalar(alpha) + diag.mul_scalar(1.0 - alpha)
+}
+
+fn to_f64(t: Tensor<2>) -> Result<Vec<f64>> {
+    let [r, c] = t.dims();
+    Ok(tensor_to_vec(t.reshape([r * c]))?
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// What RegMean reads: the model's config and preprocessing, θ₀ and the task vectors, and each
+/// task's unlabeled images.
+pub struct RegMeanInputs<'a> {
+    /// The vision config.
+    pub cfg: &'a VisionConfig,
+    /// Preprocessing.
+    pub pre: &'a Preprocessor,
+    /// θ₀ and τ_k.
+    pub tv: &'a TaskVectors,
+    /// Each task's images (all of its adaptation images; `images` of them are drawn).
+    pub images: &'a [UnlabeledImages],
+    /// Seed of the draw.
+    pub seed: u64,
+}
+
+impl RegMean {
+    /// The label of a run: `regmean(alpha=0.95)`, `regmean++(alpha=0.95)`, with the image count
+    /// when it is not FusionBench's 256.
+    pub fn label(&self) -> String {
+        let pp = if self.plus_plus { "++" } else { "" };
+        let mut s = format!("regmean{pp}(alpha={})", crate::merge::fmt_param(self.alpha));
+        if self.images != 256 {
+            s += &format!("[images={}]", self.images);
+        }
+        s
+    }
+
+    /// The merged weights over the task vectors' merged tensors.
+    pub fn merge(&self, inputs: &RegMeanInputs<'_>, device: &Device) -> Result<Weights> {
+        let k = inputs.tv.num_tasks();
+        if inputs.images.len() != k {
+            return Err(Error::invalid(
+                "RegMean",
+                format!("{} image sets for {k} tasks", inputs.images.len()),
+            ));
+        }
+        let batches = (0..k)
+            .map(|t| self.batches(inputs, t, device))
+            .collect::<Result<Vec<_>>>()?;
+        self.merge_pixels(inputs.cfg, inputs.tv, batches, device)
+    }
+
+    /// The merged weights from each task's preprocessed pixel batches [B, C, H, W].
+    pub fn merge_pixels(
+        &self,
+        cfg: &VisionConfig,
+        tv: &TaskVectors,
+        batches: Vec<Vec<Tensor<4>>>,
+        device: &Device,
+    ) -> Result<Weights> {
+        let k = tv.num_tasks();
+        if batches.len() != k || batches.iter().any(Vec::is_empty) {
+            return Err(Error::invalid(
+                "RegMean",
+                format!(
+                    "{} image sets for {k} tasks (each needs an image)",
+                    batches.len()
+                ),
+            ));
+        }
+        let finetuned = (0..k)
+            .map(|t| finetuned(tv, t))
+            .collect::<Result<Vec<_>>>()?;
+        let mean = mean_of(tv)?;
+        if self.plus_plus {
+            self.merge_plus_plus(cfg, tv, &finetuned, &mean, batches, device)
+        } else {
+            self.merge_plain(cfg, tv, &finetuned, mean, &batches, device)
+        }
+    }
+
+    /// `images` of task `t`'s images (all when it has fewer), drawn by the seed, in batches.
+    fn batches(
+        &self,
+        inputs: &RegMeanInputs<'_>,
+        t: usize,
+        device: &Device,
+    ) -> Result<Vec<Tensor<4>>> {
+        let set = &inputs.images[t].images;
+        let mut rng = ChaCha8Rng::seed_from_u64(inputs.seed ^ (t as u64).wrapping_mul(0x9e37_79b9));
+        let take = self.images.min(set.len());
+        let mut picked = rand::seq::index::sample(&mut rng, set.len(), take).into_vec();
+        picked.sort_unstable();
+        picked
+            .chunks(self.batch_size.max(1))
+            .map(|chunk| {
+                let refs: Vec<&ImageRef> = chunk.iter().map(|&i| &set[i]).collect();
+                load_batch(&refs, inputs.pre, device)
+            })
+            .collect()
+    }
+
+    /// RegMean: each fine-tuned model on its own task's images, all at once.
+    fn merge_plain(
+        &self,
+        cfg: &VisionConfig,
+        tv: &TaskVectors,
+        finetuned: &[Weights],
+        mean: Weights,
+        batches: &[Vec<Tensor<4>>],
+        device: &Device,
+    ) -> Result<Weights> {
+        let mut acc = Accumulator::default();
+        for (w, task_batches) in finetuned.iter().zip(batches) {
+            let tower = VisionTower::new(cfg, &tv.complete(w.clone()))?;
+            let mut grams = GramSums::default();
+            for pixels in task_batches {
+                tower.forward_observed(pixels.clone(), &mut grams)?;
+            }
+            let mut grams = grams.normalised();
+            keep_merged_sites(&mut grams, tv);
+            acc.add(grams, self.alpha, w)?;
+        }
+        let solved = acc.solve(device)?;
+        Ok(mean.map(|name, t| solved.get(name).map_or(t, |s| s.data.clone())))
+    }
+
+    /// RegMean++: block by block, each fine-tuned block on the merged model's activations.
+    fn merge_plus_plus(
+        &self,
+        cfg: &VisionConfig,
+        tv: &TaskVectors,
+        finetuned: &[Weights],
+        mean: &Weights,
+        batches: Vec<Vec<Tensor<4>>>,
+        device: &Device,
+    ) -> Result<Weights> {
+        // The mean everywhere but post_layernorm (pretrained); blocks are replaced as they merge.
+        let mut merged = mean.try_map(|name, t| {
+            Ok(if name.starts_with("vision_model.post_layernorm.") {
+                tv.theta0().require(name)?.data.clone()
+            } else {
+                t.data.clone()
+            })
+        })?;
+        let towers = finetuned
+            .iter()
+            .map(|w| VisionTower::new(cfg, &tv.complete(w.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        let start = VisionTower::new(cfg, &tv.complete(merged.clone()))?;
+        let mut xs: Vec<Vec<Tensor<3>>> = batches
+            .into_iter()
+            .map(|bs| bs.into_iter().map(|p| start.embed(p)).collect())
+            .collect::<Result<_>>()?;
+        for l in 0..cfg.num_hidden_layers {
+            let mut acc = Accumulator::default();
+            for (k, tower) in towers.iter().enumerate() {
+                let mut grams = GramSums::default();
+                for x in &xs[k] {
+                    tower.block(l, x.clone(), &mut grams);
+                }
+                acc.add(grams.normalised(), self.alpha, &finetuned[k])?;
+            }
+            for (name, t) in acc.solve(device)?.iter() {
+                merged.insert(name, t.clone());
+            }
+            let tower = VisionTower::new(cfg, &tv.complete(merged.clone()))?;
+            for xk in xs.iter_mut() {
+                for x in xk.iter_mut() {
+                    *x = tower.block(l, x.clone(), &mut NoObserver);
+                }
+            }
+        }
+        if tv.theta0().get(PROJECTION).is_some() {
+            // The projection reads the (pretrained) post-LN of the merged model's class token.
+            let tower = VisionTower::new(cfg, &tv.complete(merged.clone()))?;
+            let mut acc = Accumulator::default();
+            for (k, xk) in xs.into_iter().enumerate() {
+                let mut grams = GramSums::default();
+                for x in xk {
+                    tower.head_observed(x, &mut grams);
+                }
+                acc.add(grams.normalised(), self.alpha, &finetuned[k])?;
+            }
+            for (name, t) in acc.solve(device)?.iter() {
+                merged.insert(name, t.clone());
+            }
+        }
+        Ok(merged)
+    }
+}
+
+/// Drops the Grams of weights the merge does not cover (a projection the fine-tunes lack).
+fn keep_merged_sites(grams: &mut HashMap<Site, Tensor<2>>, tv: &TaskVectors) {
+    grams.retain(|site, _| site.weights().iter().all(|n| tv.theta0().get(n).is_some()));
+}
+
+/// Fine-tuned model `k` over the merged tensors: θ₀ + τ_k.
+fn finetuned(tv: &TaskVectors, k: usize) -> Result<Weights> {
+    tv.theta0()
+        .try_map(|name, t0| Ok(t0.data.clone() + tv.vector(k).require(name)?.data.clone()))
+}
+
+/// The fine-tunes' mean over the merged tensors: θ₀ + (1/K) Σ_k τ_k.
+fn mean_of(tv: &TaskVectors) -> Result<Weights> {
+    let k = tv.num_tasks() as f64;
+    tv.theta0().try_map(|name, t0| {
+        let mut sum = t0.data.zeros_like();
+        for v in tv.vectors() {
+            sum = sum + v.require(name)?.data.clone();
+        }
+        Ok(t0.data.clone() + sum.div_scalar(k))
+    })
+}
