@@ -15,6 +15,8 @@ use crate::data::{Preprocessor, UnlabeledImages, split_for_adaptation};
 use crate::error::Result;
 use crate::eval::{EvalTask, HeadSource, TextTower, prepare_task};
 use crate::output::Inputs;
+use crate::regmean::{RegMean, RegMeanInputs};
+use crate::results::ImagesUsed;
 use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
 
 /// One task's files.
@@ -196,6 +198,32 @@ pub struct MergeSummary {
     pub seconds: (f64, f64, f64),
     /// The folder written.
     pub out: PathBuf,
+    /// The unlabeled images a data-based merge read, per task (none for the others).
+    pub images: Vec<ImagesUsed>,
+}
+
+/// Which of each task's images a data-based merge drawing `take` per task read, and from where.
+pub fn images_used(
+    tasks: &[TaskPaths],
+    sets: &[UnlabeledImages],
+    take: usize,
+    adaptation: Adaptation,
+) -> Vec<ImagesUsed> {
+    tasks
+        .iter()
+        .zip(sets)
+        .map(|(t, set)| ImagesUsed {
+            task: t.name.clone(),
+            count: take.min(set.len()),
+            of: set.len(),
+            from: match (&t.adapt, adaptation) {
+                (Some(_), _) => "adapt",
+                (None, Adaptation::Transductive) => "test",
+                (None, Adaptation::Split(_)) => "test-split",
+            }
+            .to_string(),
+        })
+        .collect()
 }
 
 /// Merges `finetuned` over `pretrained` with `method` and streams the result into `out`, each
@@ -251,5 +279,75 @@ pub fn merge_to_dir(
             (total - loaded - merge).as_secs_f64(),
         ),
         out,
+        images: Vec::new(),
+    })
+}
+
+/// Merges the tasks' checkpoints over `pretrained` with a data-based `method`, from each task's
+/// unlabeled images (its `adapt` folder, else the images of its `data`; labels are not read),
+/// and writes the result into `out`. The images are drawn with the method's seed, else 0.
+pub fn data_merge_to_dir(
+    method: &RegMean,
+    pretrained: &Path,
+    tasks: &[TaskPaths],
+    out: &Path,
+    force: bool,
+    device: &Device,
+    progress: &ProgressBar,
+) -> Result<MergeSummary> {
+    use std::time::Instant;
+    let start = Instant::now();
+    let finetuned: Vec<Finetuned> = tasks
+        .iter()
+        .map(|t| Finetuned {
+            name: t.name.clone(),
+            path: t.checkpoint.clone(),
+        })
+        .collect();
+    let (tv, plan) = TaskVectors::load(
+        pretrained,
+        &finetuned,
+        &MergeScope::default(),
+        device,
+        progress,
+    )?;
+    progress.finish_and_clear();
+    let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(pretrained)?)?;
+    let pre = Preprocessor::from_dir(pretrained, cfg.image_size)?;
+    let images = tasks
+        .iter()
+        .map(|t| UnlabeledImages::scan(t.adapt.as_deref().unwrap_or(&t.data)))
+        .collect::<Result<Vec<_>>>()?;
+    let loaded = start.elapsed();
+    let inputs = RegMeanInputs {
+        cfg: &cfg,
+        pre: &pre,
+        tv: &tv,
+        images: &images,
+        seed: 0,
+    };
+    let merged = method.merge(&inputs, device)?;
+    let merging = start.elapsed() - loaded;
+    let out = crate::checkpoint::save_merged(
+        pretrained,
+        &crate::checkpoint::Replacement::from_weights(&merged),
+        out,
+        force,
+    )?;
+    let total = start.elapsed();
+    Ok(MergeSummary {
+        label: method.label(),
+        paper: method.paper().to_string(),
+        merged: plan.merged.len(),
+        carried: plan.carried.len(),
+        params: tv.theta0().num_params(),
+        tasks: tasks.len(),
+        seconds: (
+            loaded.as_secs_f64(),
+            merging.as_secs_f64(),
+            (total - loaded - merging).as_secs_f64(),
+        ),
+        out,
+        images: images_used(tasks, &images, method.images, Adaptation::Transductive),
     })
 }

@@ -41,6 +41,8 @@ pub struct RegMean {
     pub images: usize,
     /// Images per forward batch.
     pub batch_size: usize,
+    /// Seed of the images drawn (default: the caller's).
+    pub seed: Option<u64>,
     /// RegMean++: block by block on the merged model's activations.
     pub plus_plus: bool,
 }
@@ -247,20 +249,32 @@ pub struct RegMeanInputs<'a> {
     pub tv: &'a TaskVectors,
     /// Each task's images (all of its adaptation images; `images` of them are drawn).
     pub images: &'a [UnlabeledImages],
-    /// Seed of the draw.
+    /// Seed of the draw, where the method has none of its own.
     pub seed: u64,
 }
 
 impl RegMean {
     /// The label of a run: `regmean(alpha=0.95)`, `regmean++(alpha=0.95)`, with the image count
-    /// when it is not FusionBench's 256.
+    /// when it is not FusionBench's 256 and the seed when one is set.
     pub fn label(&self) -> String {
         let pp = if self.plus_plus { "++" } else { "" };
         let mut s = format!("regmean{pp}(alpha={})", crate::merge::fmt_param(self.alpha));
+        let mut extra = Vec::new();
         if self.images != 256 {
-            s += &format!("[images={}]", self.images);
+            extra.push(format!("images={}", self.images));
+        }
+        if let Some(seed) = self.seed {
+            extra.push(format!("seed={seed}"));
+        }
+        if !extra.is_empty() {
+            s += &format!("[{}]", extra.join(","));
         }
         s
+    }
+
+    /// The paper of the variant.
+    pub fn paper(&self) -> &'static str {
+        if self.plus_plus { PAPER_PP } else { PAPER }
     }
 
     /// The merged weights over the task vectors' merged tensors.
@@ -315,7 +329,8 @@ impl RegMean {
         device: &Device,
     ) -> Result<Vec<Tensor<4>>> {
         let set = &inputs.images[t].images;
-        let mut rng = ChaCha8Rng::seed_from_u64(inputs.seed ^ (t as u64).wrapping_mul(0x9e37_79b9));
+        let seed = self.seed.unwrap_or(inputs.seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9));
         let take = self.images.min(set.len());
         let mut picked = rand::seq::index::sample(&mut rng, set.len(), take).into_vec();
         picked.sort_unstable();
@@ -439,4 +454,74 @@ fn mean_of(tv: &TaskVectors) -> Result<Weights> {
         }
         Ok(t0.data.clone() + sum.div_scalar(k))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+    }
+
+    #[test]
+    fn equal_grams_give_the_mean_of_different_weights() {
+        let device = Device::flex();
+        let name = "vision_model.encoder.layers.0.mlp.fc2.weight";
+        // A full (non-diagonal) SPD Gram, so that α and the off-diagonal path are exercised.
+        let g = matrix(
+            vec![4.0, 1.0, 0.5, 1.0, 3.0, -0.7, 0.5, -0.7, 2.0],
+            3,
+            3,
+            &device,
+        );
+        let w1 = [1.0f32, -2.0, 0.5, 3.0, 0.25, -1.0];
+        let w2 = [-0.5f32, 4.0, 1.5, 0.0, 2.0, 7.0];
+        let mut acc = Accumulator::default();
+        for w in [w1, w2] {
+            let mut weights = Weights::new();
+            weights.insert(name, FlatTensor::from_vec(w.to_vec(), vec![2, 3], &device));
+            let grams = HashMap::from([(Site::Fc2(0), g.clone())]);
+            acc.add(grams, 0.6, &weights).unwrap();
+        }
+        let merged = acc.solve(&device).unwrap();
+        let got = merged.require(name).unwrap().to_vec().unwrap();
+        for (i, g) in got.iter().enumerate() {
+            let want = (w1[i] + w2[i]) / 2.0;
+            assert!((g - want).abs() < 1e-5, "{i}: {g} vs {want}");
+        }
+    }
+
+    #[test]
+    fn different_grams_weigh_each_model_by_its_inputs() {
+        // Diagonal Grams: column i of the merge is Σ_k g_k,i W_k[:, i] / Σ_k g_k,i.
+        let device = Device::flex();
+        let name = "vision_model.encoder.layers.0.mlp.fc2.weight";
+        let g1 = matrix(vec![1.0, 0.0, 0.0, 3.0], 2, 2, &device);
+        let g2 = matrix(vec![3.0, 0.0, 0.0, 1.0], 2, 2, &device);
+        let (w1, w2) = ([1.0f32, 2.0], [5.0f32, 6.0]);
+        let mut acc = Accumulator::default();
+        for (w, g) in [(w1, g1), (w2, g2)] {
+            let mut weights = Weights::new();
+            weights.insert(name, FlatTensor::from_vec(w.to_vec(), vec![1, 2], &device));
+            acc.add(HashMap::from([(Site::Fc2(0), g)]), 1.0, &weights)
+                .unwrap();
+        }
+        let got = acc
+            .solve(&device)
+            .unwrap()
+            .require(name)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let want = [(1.0 + 3.0 * 5.0) / 4.0, (3.0 * 2.0 + 6.0) / 4.0];
+        for i in 0..2 {
+            assert!(
+                (got[i] - want[i]).abs() < 1e-5,
+                "{i}: {} vs {}",
+                got[i],
+                want[i]
+            );
+        }
+    }
 }

@@ -16,8 +16,24 @@ pub enum Role {
     Reference,
     /// A fixed merge.
     Fixed,
+    /// A merge computed in one go from unlabeled images (RegMean).
+    Data,
     /// A learned merge.
     Learned,
+}
+
+/// The unlabeled images a data-based merge read from one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagesUsed {
+    /// The task.
+    pub task: String,
+    /// Images read.
+    pub count: usize,
+    /// Images there were to draw from.
+    pub of: usize,
+    /// Where they came from: `test` (the scored images, transductive), `adapt` (the task's
+    /// `adapt` folder) or `test-split` (the unscored part of a split test set).
+    pub from: String,
 }
 
 /// One method on one seed.
@@ -41,6 +57,9 @@ pub struct Record {
     pub steps: Option<usize>,
     /// The learned λ file, relative to the run directory.
     pub lambda: Option<String>,
+    /// The images a data-based merge read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImagesUsed>>,
 }
 
 /// The records a run has so far (`progress.json`): what `--resume` skips.
@@ -107,6 +126,7 @@ impl MethodResult {
             seeds: rs.iter().map(|r| r.seed).collect(),
             avg_per_seed: per_seed,
             lambda: rs.iter().filter_map(|r| r.lambda.clone()).collect(),
+            images: rs.iter().find_map(|r| r.images.clone()),
         }
     }
 }
@@ -210,6 +230,9 @@ pub struct MethodResult {
     /// λ files per seed (learned methods).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lambda: Vec<String>,
+    /// The images a data-based merge read (of its first seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImagesUsed>>,
 }
 
 /// A swept fixed method: which value a user would pick without labels, and the oracle.
@@ -331,6 +354,7 @@ mod tests {
             seconds: 1.0,
             steps: None,
             lambda: None,
+            images: None,
         }
     }
 

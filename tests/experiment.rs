@@ -35,7 +35,9 @@ fn experiment(seeds: &str) -> String {
           [[method]]\nkind = \"task-arithmetic\"\nlambda = [0.1, 0.3, 0.5]\n\
           [[method]]\nkind = \"ties\"\n\
           [[method]]\nkind = \"adamerging\"\ngranularity = \"task\"\nsteps = 3\nlr = 0.01\n\
-          [[method]]\nkind = \"adamerging\"\ngranularity = \"layer\"\nsteps = 4\nlr = 0.01\n";
+          [[method]]\nkind = \"adamerging\"\ngranularity = \"layer\"\nsteps = 4\nlr = 0.01\n\
+          [[method]]\nkind = \"regmean\"\nalpha = [0.6, 0.95]\nimages = 16\n\
+          [[method]]\nkind = \"regmean++\"\nimages = 16\n";
     s
 }
 
@@ -78,7 +80,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
 
     let checked = ok(&adamerge(&cache, &["run", "--check", f]));
     assert!(
-        checked.contains("8 tasks, 7 method runs per seed"),
+        checked.contains("8 tasks, 10 method runs per seed"),
         "{checked}"
     );
 
@@ -100,6 +102,9 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
         "ties(k=0.2,lambda=1,mean)",
         "adamerging(task)[steps=3,lr=0.01]",
         "adamerging(layer)[steps=4,lr=0.01]",
+        "regmean(alpha=0.6)[images=16]",
+        "regmean(alpha=0.95)[images=16]",
+        "regmean++(alpha=0.95)[images=16]",
     ];
     let labels: Vec<&str> = results.methods.keys().map(String::as_str).collect();
     assert_eq!(labels, expected);
@@ -108,8 +113,23 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
         assert_eq!(m.seeds, [0, 1], "{label}");
         assert!(m.tasks.values().all(|a| (0.0..=1.0).contains(a)), "{label}");
     }
-    let sweep = results.sweeps.values().next().unwrap();
-    assert_eq!(sweep.values.len(), 3);
+    assert_eq!(
+        results.sweeps["task-arithmetic (method[1])"].values.len(),
+        3
+    );
+    assert_eq!(results.sweeps["regmean (method[5])"].values.len(), 2);
+    // Data-based merges record which unlabeled images they read: 16 of each task's test set.
+    for label in &expected[9..] {
+        let images = results.methods[*label].images.as_ref().unwrap();
+        assert_eq!(images.len(), 8, "{label}");
+        for i in images {
+            assert!(
+                i.count == 16 && i.of > 16 && i.from == "test",
+                "{label}: {i:?}"
+            );
+        }
+    }
+    assert!(results.methods["weight-average"].images.is_none());
     assert!(results.provenance["inputs"].as_array().unwrap().len() == 2);
 
     // Learned methods log their steps, and lower the entropy objective on fixed adaptation
@@ -163,7 +183,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
         .collect();
     assert_eq!(
         events.iter().filter(|v| v["event"] == "method").count(),
-        2 * 9
+        2 * 12
     );
     // Both learned methods' steps, on both seeds, with their method and seed.
     let steps = events.iter().filter(|v| v["event"] == "step").count();
@@ -177,7 +197,10 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
     // The table and the plots.
     let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
     assert!(
-        table.contains("(lowest entropy") && table.contains("±"),
+        table.contains("(lowest entropy")
+            && table.contains("±")
+            && table
+                .contains("- regmean++(alpha=0.95)[images=16]: 16 of each task's 24 test images"),
         "{table}"
     );
     for plot in [

@@ -1,7 +1,8 @@
 //! RegMean and RegMean++ against an independent PyTorch implementation with forward hooks
 //! (`scripts/reference/reference_regmean.py`, fixture `tests/fixtures/regmean/`), and their
 //! defining properties: one task gives back its own model; equal Grams give the mean; a sum of
-//! Grams that is not positive definite is an error naming the layer.
+//! Grams that is not positive definite is an error naming the layer. And `merge --method
+//! regmean|regmean++ --task ...` end to end: the library's merge of the images it names.
 
 mod common;
 
@@ -9,11 +10,12 @@ use std::collections::HashMap;
 
 use adamerge::checkpoint::{Checkpoint, StoredDtype};
 use adamerge::config::VisionConfig;
-use adamerge::regmean::RegMean;
+use adamerge::data::{Preprocessor, UnlabeledImages};
+use adamerge::regmean::{RegMean, RegMeanInputs};
 use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
 use adamerge::weights::Weights;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::{TASKS, fixture, read_all};
+use common::{TASKS, adamerge, fixture, make_data, read_all};
 use indicatif::ProgressBar;
 
 /// The fixture's models `tasks` (a model may come twice: its second copy is named `<t>2`).
@@ -61,6 +63,7 @@ fn merge(
         alpha,
         images: 24,
         batch_size: 8,
+        seed: None,
         plus_plus,
     };
     m.merge_pixels(&cfg, &tv, batches, &device)
@@ -173,6 +176,7 @@ fn a_singular_sum_of_grams_is_an_error_naming_the_layer() {
         alpha: 1.0,
         images: 1,
         batch_size: 1,
+        seed: None,
         plus_plus: false,
     };
     let err = m
@@ -184,4 +188,121 @@ fn a_singular_sum_of_grams_is_an_error_naming_the_layer() {
             && err.contains("not positive definite"),
         "{err}"
     );
+}
+
+/// `merge --method METHOD --task T,checkpoint=..,data=..,head=..[,adapt=..]` for the fixture's
+/// tasks over `data` (from `make_data`), `adapt` giving task alpha's adaptation folder.
+fn merge_cli(
+    method: &str,
+    data: &[(String, std::path::PathBuf, std::path::PathBuf)],
+    adapt: Option<&std::path::Path>,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = ["merge", "--method", method, "--pretrained"]
+        .map(String::from)
+        .to_vec();
+    args.push(fixture("adamerging/pretrained").display().to_string());
+    args.extend(["--out".to_string(), out.display().to_string()]);
+    for (task, dir, head) in data {
+        let mut spec = format!(
+            "{task},checkpoint={},data={},head={}",
+            fixture(&format!("adamerging/finetuned/{task}")).display(),
+            dir.display(),
+            head.display()
+        );
+        if let (Some(a), "alpha") = (adapt, task.as_str()) {
+            spec += &format!(",adapt={}", a.display());
+        }
+        args.extend(["--task".to_string(), spec]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[test]
+fn merge_on_the_command_line_writes_the_merge_of_the_images_it_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = make_data(&tmp.path().join("data"));
+    let device = Device::flex();
+    let (cfg, tv) = task_vectors(&TASKS, &device);
+    let pretrained = fixture("adamerging/pretrained");
+    let pre = Preprocessor::from_dir(&pretrained, cfg.image_size).unwrap();
+    // Task alpha adapts on beta's images: its Grams, and so the merge, change with the folder.
+    let adapt = &data[1].1;
+    let sets = |adapt: bool| -> Vec<UnlabeledImages> {
+        data.iter()
+            .enumerate()
+            .map(|(i, (_, dir, _))| {
+                let dir = if adapt && i == 0 { &data[1].1 } else { dir };
+                UnlabeledImages::scan(dir).unwrap()
+            })
+            .collect()
+    };
+    let (plain, adapted) = (sets(false), sets(true));
+    let n = plain[0].len();
+    assert!(n > 5, "the draw of 5 images must leave some out");
+    let extra = ["--alpha", "0.6", "--images", "5", "--batch-size", "2"];
+    for (method, plus_plus) in [("regmean", false), ("regmean++", true)] {
+        for (with_adapt, seed) in [(false, None), (true, None), (false, Some(7))] {
+            let out = tmp.path().join(format!("{method}-{with_adapt}-{seed:?}"));
+            let mut extra = extra.to_vec();
+            let seed_text = seed.map(|s: u64| s.to_string());
+            if let Some(s) = &seed_text {
+                extra.extend(["--seed", s.as_str()]);
+            }
+            let a = with_adapt.then_some(adapt.as_path());
+            let (ok, said) = adamerge(&merge_cli(method, &data, a, &out, &extra));
+            assert!(ok, "{said}");
+            let (from, n) = if with_adapt {
+                ("adapt", adapted[0].len())
+            } else {
+                ("test", n)
+            };
+            assert!(
+                said.contains(&format!("task `alpha`: 5 of its {n} {from} images read")),
+                "{said}"
+            );
+            let m = RegMean {
+                alpha: 0.6,
+                images: 5,
+                batch_size: 2,
+                seed,
+                plus_plus,
+            };
+            let inputs = RegMeanInputs {
+                cfg: &cfg,
+                pre: &pre,
+                tv: &tv,
+                images: if with_adapt { &adapted } else { &plain },
+                seed: 0,
+            };
+            let want = m.merge(&inputs, &device).unwrap();
+            let got = read_all(&out);
+            for (name, t) in want.iter() {
+                let w = t.to_vec().unwrap();
+                let e = w
+                    .iter()
+                    .zip(&got[name])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    e < 1e-6,
+                    "{method} {with_adapt} {seed:?}: {name} off by {e:.2e}"
+                );
+            }
+        }
+        // The three runs differ: the folder and the seed choose the images.
+        let q = "vision_model.encoder.layers.0.self_attn.q_proj.weight";
+        let read = |a: bool, s: Option<u64>| {
+            read_all(&tmp.path().join(format!("{method}-{a}-{s:?}")))[q].clone()
+        };
+        assert_ne!(read(false, None), read(true, None));
+        assert_ne!(read(false, None), read(false, Some(7)));
+    }
+    // Checkpoints without images: refused, naming the form that works.
+    let out = tmp.path().join("refused");
+    let args = common::merge_args(&fixture("adamerging"), "regmean", &out, &[]);
+    let (ok, said) = adamerge(&args);
+    assert!(!ok && said.contains("--task") && !out.exists(), "{said}");
 }

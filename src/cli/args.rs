@@ -244,7 +244,7 @@ pub struct Models {
     #[arg(long)]
     pub pretrained: PathBuf,
     /// A fine-tuned checkpoint as NAME=DIR (repeat for each task; NAME defaults to DIR's name).
-    #[arg(long = "finetuned", value_parser = parse_finetuned, required = true)]
+    #[arg(long = "finetuned", value_parser = parse_finetuned, required_unless_present = "tasks", conflicts_with = "tasks")]
     pub finetuned: Vec<Finetuned>,
 }
 
@@ -262,6 +262,11 @@ pub struct MergeArgs {
     /// The checkpoints.
     #[command(flatten)]
     pub models: Models,
+    /// A task as NAME,checkpoint=DIR,data=DIR[,head=FILE][,adapt=DIR] (repeat), in place of
+    /// --finetuned: data-based methods (regmean, regmean++) read unlabeled images from adapt=,
+    /// else from data= (labels unused); head= is not read by a merge.
+    #[arg(long = "task", value_parser = parse_learn_task)]
+    pub tasks: Vec<TaskPaths>,
     /// Output directory (written whole or not at all; never one of the inputs or a folder
     /// holding or inside one).
     #[arg(long)]

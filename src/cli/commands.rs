@@ -16,14 +16,13 @@ use crate::diagnostics::{TaskVectorReport, TensorListing};
 use crate::error::{Error, Result};
 use crate::experiment::runner::{self, RunEnd, RunOptions};
 use crate::layout::{LearnDir, RunDir};
-use crate::merge::MergeMethod;
 use crate::method::Built;
 use crate::output::{Inputs, OutputDir};
-use crate::pipeline::{Adaptation, merge_to_dir};
+use crate::pipeline::{Adaptation, data_merge_to_dir, merge_to_dir};
 use crate::report::table::{compare_runs, markdown};
 use crate::results::Results;
 use crate::suite::{SuiteInfo, SuiteSpec, build as build_suite, suite_dir};
-use crate::task_vector::{MergeScope, TaskVectors};
+use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
 
 fn choice(c: &Option<MethodChoice>) -> &MethodChoice {
     c.as_ref()
@@ -44,41 +43,93 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     for f in &args.models.finetuned {
         inputs.add(format!("the fine-tuned checkpoint `{}`", f.name), &f.path);
     }
+    for t in &args.tasks {
+        let n = &t.name;
+        inputs.add(format!("task `{n}`'s checkpoint"), &t.checkpoint);
+        inputs.add(format!("task `{n}`'s data"), &t.data);
+        if let Some(adapt) = &t.adapt {
+            inputs.add(format!("task `{n}`'s adaptation images"), adapt);
+        }
+    }
     if let Some(file) = &args.lambda_file {
         inputs.add("the λ file", file);
     }
     inputs.check(&args.out)?;
     OutputDir::check_target(&args.out, args.force)?;
     let c = choice(&args.choice);
-    let method: Box<dyn MergeMethod> = match (c.method.build(&c.params)?, &args.lambda_file) {
-        (Built::Fixed(m), None) => m,
-        (Built::Fixed(_), Some(_)) => {
-            return Err(Error::invalid(
-                "--lambda-file",
-                format!("only applies to a learned method, not {}", c.method.name()),
-            ));
+    let built = c.method.build(&c.params)?;
+    if args.lambda_file.is_some() && !matches!(built, Built::Learned(_)) {
+        return Err(Error::invalid(
+            "--lambda-file",
+            format!("only applies to a learned method, not {}", c.method.name()),
+        ));
+    }
+    let finetuned: Vec<Finetuned> = if args.tasks.is_empty() {
+        args.models.finetuned.clone()
+    } else {
+        args.tasks
+            .iter()
+            .map(|t| Finetuned {
+                name: t.name.clone(),
+                path: t.checkpoint.clone(),
+            })
+            .collect()
+    };
+    let bar = load_bar(finetuned.len());
+    let device = backend.device()?;
+    let s = match built {
+        Built::Data(m) => {
+            if args.tasks.is_empty() {
+                return Err(Error::invalid(
+                    "--finetuned",
+                    format!(
+                        "{} reads each task's images: give --task \
+                         NAME,checkpoint=DIR,data=DIR[,adapt=DIR] instead",
+                        c.method.name()
+                    ),
+                ));
+            }
+            data_merge_to_dir(
+                &m,
+                &args.models.pretrained,
+                &args.tasks,
+                &args.out,
+                args.force,
+                &device,
+                &bar,
+            )?
         }
-        (Built::Learned(_), Some(file)) => Box::new(LearnedLambda::load(file)?),
-        (Built::Learned(_), None) => {
-            return Err(Error::invalid(
-                "--lambda-file",
-                format!(
-                    "--method {} needs the lambda.json of a learn run",
-                    c.method.name()
-                ),
-            ));
+        Built::Fixed(m) => merge_to_dir(
+            m.as_ref(),
+            &args.models.pretrained,
+            &finetuned,
+            &args.out,
+            args.force,
+            &device,
+            &bar,
+        )?,
+        Built::Learned(_) => {
+            let Some(file) = &args.lambda_file else {
+                return Err(Error::invalid(
+                    "--lambda-file",
+                    format!(
+                        "--method {} needs the lambda.json of a learn run",
+                        c.method.name()
+                    ),
+                ));
+            };
+            let method = LearnedLambda::load(file)?;
+            merge_to_dir(
+                &method,
+                &args.models.pretrained,
+                &finetuned,
+                &args.out,
+                args.force,
+                &device,
+                &bar,
+            )?
         }
     };
-    let bar = load_bar(args.models.finetuned.len());
-    let s = merge_to_dir(
-        method.as_ref(),
-        &args.models.pretrained,
-        &args.models.finetuned,
-        &args.out,
-        args.force,
-        &backend.device()?,
-        &bar,
-    )?;
     println!(
         "{} — {}\nmerged {} tensors ({} parameters) of {} tasks; carried {} tensors over from the pretrained checkpoint\nload {:.2}s, merge {:.2}s, write {:.2}s on {backend}\nwrote {}",
         s.label,
@@ -92,6 +143,12 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
         s.seconds.2,
         s.out.display()
     );
+    for i in &s.images {
+        println!(
+            "task `{}`: {} of its {} {} images read (no labels)",
+            i.task, i.count, i.of, i.from
+        );
+    }
     Ok(())
 }
 

@@ -344,6 +344,12 @@ fn methods(
                 pb.finish_and_clear();
                 r
             }
+            Built::Data(method) => {
+                let pb = bar(opts, 1, &format!("seed {seed}: {label}"));
+                let r = seed_run.data(label, method, p.sweep)?;
+                pb.finish_and_clear();
+                r
+            }
             Built::Learned(config) => {
                 if opts.progress {
                     // The learner's bar says "learning λ"; this line says which method.

@@ -19,7 +19,8 @@ use crate::eval::EvalSet;
 use crate::layout::RunDir;
 use crate::merge::{MergeMethod, WeightedSum, merge_all};
 use crate::model::{VisionTower, logits};
-use crate::pipeline::{Adaptation, LoadSpec, Loaded, TaskPaths};
+use crate::pipeline::{Adaptation, LoadSpec, Loaded, TaskPaths, images_used};
+use crate::regmean::{RegMean, RegMeanInputs};
 use crate::results::{INDIVIDUAL, PRETRAINED, Record, Role};
 use crate::weights::{Weights, scalar};
 
@@ -31,6 +32,8 @@ pub struct SeedRun {
     pub tasks: Vec<TaskPaths>,
     /// Everything loaded.
     pub loaded: Loaded,
+    /// Where the adaptation images come from.
+    adaptation: Adaptation,
     /// Where the run's scoring settings come from.
     eval_every: usize,
     device: Device,
@@ -56,6 +59,7 @@ impl SeedRun {
             seed: spec.seed,
             tasks: spec.tasks.to_vec(),
             loaded,
+            adaptation: spec.adaptation,
             eval_every,
             device: device.clone(),
         })
@@ -148,6 +152,42 @@ impl SeedRun {
             seconds,
             steps: None,
             lambda: None,
+            images: None,
+        })
+    }
+
+    /// A data-based merge (RegMean), from the seed's unlabeled images, scored.
+    pub fn data(&self, label: &str, method: &RegMean, sweep: Option<usize>) -> Result<Record> {
+        let start = Instant::now();
+        let inputs = RegMeanInputs {
+            cfg: &self.loaded.cfg,
+            pre: &self.loaded.pre,
+            tv: &self.loaded.tv,
+            images: &self.loaded.adapt,
+            seed: self.seed,
+        };
+        let merged = self
+            .loaded
+            .tv
+            .complete(method.merge(&inputs, &self.device)?);
+        let seconds = start.elapsed().as_secs_f64();
+        let images = images_used(
+            &self.tasks,
+            &self.loaded.adapt,
+            method.images,
+            self.adaptation,
+        );
+        Ok(Record {
+            method: label.to_string(),
+            role: Role::Data,
+            seed: self.seed,
+            accuracy: self.eval().score(&merged)?,
+            entropy: Some(self.entropy(&merged)?),
+            sweep,
+            seconds,
+            steps: None,
+            lambda: None,
+            images: Some(images),
         })
     }
 
@@ -204,6 +244,7 @@ impl SeedRun {
             seconds: report.seconds,
             steps: Some(config.steps),
             lambda: Some(RunDir::lambda_file(label, self.seed)),
+            images: None,
         }))
     }
 }
@@ -273,6 +314,7 @@ fn reference(label: &str, seed: u64, accuracy: Vec<f64>, entropy: Option<f64>) -
         seconds: 0.0,
         steps: None,
         lambda: None,
+        images: None,
     }
 }
 

@@ -6,6 +6,7 @@
 mod adamerging;
 mod dare;
 pub mod params;
+mod regmean;
 mod task_arithmetic;
 mod ties;
 mod weight_average;
@@ -15,6 +16,7 @@ pub use params::{Bound, Kind, Param, ParamDefault, Params, Source, Value};
 use crate::adamerging::LearnConfig;
 use crate::error::{Error, Result};
 use crate::merge::MergeMethod;
+use crate::regmean::RegMean;
 
 /// What a method needs beyond θ₀ and the task vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -37,6 +39,8 @@ pub struct Needs {
 pub enum Built {
     /// A merge computed from task vectors (and whatever else it needs) in one go.
     Fixed(Box<dyn MergeMethod>),
+    /// A merge computed in one go from the task vectors and each task's unlabeled images.
+    Data(RegMean),
     /// Coefficients learned by entropy minimisation (AdaMerging and AdaMerging++).
     Learned(LearnConfig),
 }
@@ -66,6 +70,8 @@ pub fn registry() -> &'static [&'static dyn Method] {
         &task_arithmetic::TaskArithmeticMethod,
         &ties::TiesMethod,
         &dare::DareMethod,
+        &regmean::RegMeanMethod,
+        &regmean::RegMeanPlusPlusMethod,
         &adamerging::AdaMergingMethod,
     ]
 }
@@ -84,10 +90,11 @@ pub fn find(name: &str, key: &str) -> Result<&'static dyn Method> {
 
 impl Built {
     /// The label of this run: a result key and the name in tables and plots
-    /// (`ties(k=0.2,lambda=1,mean)`, `adamerging(layer)[steps=200,lr=0.01]`).
+    /// (`ties(k=0.2,lambda=1,mean)`, `regmean(alpha=0.95)`, `adamerging(layer)[steps=200,lr=0.01]`).
     pub fn label(&self) -> String {
         match self {
             Built::Fixed(m) => m.label(),
+            Built::Data(m) => m.label(),
             Built::Learned(c) => c.run_label(),
         }
     }

@@ -99,7 +99,34 @@ pub fn markdown(r: &Results) -> String {
         );
     }
     s += &paper_rows(r);
+    s += &images_read(r);
     s += &sweep_tables(r);
+    s
+}
+
+/// Which unlabeled images each data-based merge read (of its first seed), one line per method.
+fn images_read(r: &Results) -> String {
+    let mut s = String::new();
+    for (label, m) in &r.methods {
+        let Some(images) = &m.images else { continue };
+        if s.is_empty() {
+            s += "\nUnlabeled images read by the data-based merges (no labels):\n\n";
+        }
+        let first = images.first().map(|i| (i.count, i.of, i.from.as_str()));
+        let same = images
+            .iter()
+            .all(|i| Some((i.count, i.of, i.from.as_str())) == first);
+        let per_task: Vec<String> = match first {
+            Some((count, of, from)) if same => {
+                vec![format!("{count} of each task's {of} {from} images")]
+            }
+            _ => images
+                .iter()
+                .map(|i| format!("{} {} of {} {}", i.task, i.count, i.of, i.from))
+                .collect(),
+        };
+        s += &format!("- {label}: {}\n", per_task.join(", "));
+    }
     s
 }
 
@@ -210,6 +237,7 @@ mod tests {
             seconds: 0.0,
             steps: None,
             lambda: None,
+            images: None,
         };
         let records = vec![
             rec("individual", Role::Reference, [1.0, 1.0], None, None),

@@ -1,0 +1,122 @@
+//! RegMean and RegMean++ as units of the method model: merges computed in one go from the
+//! Grams of the linear layers' inputs on each task's unlabeled images.
+
+use super::{Bound, Built, Kind, Method, Needs, Param, ParamDefault, Params, Value};
+use crate::error::Result;
+use crate::regmean::{PAPER, PAPER_PP, RegMean};
+
+const PARAMS: &[Param] = &[
+    Param {
+        name: "alpha",
+        help: "weight kept on the Grams' off-diagonal entries (FusionBench's reduce_non_diagonal_ratio: 1 is the full Gram, 0 its diagonal)",
+        kind: Kind::Float {
+            min: Bound::Incl(0.0),
+            max: Bound::Incl(1.0),
+        },
+        // FusionBench's CLIP configurations (clip_regmean.yaml, clip_regmean_plusplus.yaml).
+        default: ParamDefault::Value(Value::Float(0.95)),
+        sweep: true,
+        aliases: &[],
+    },
+    Param {
+        name: "images",
+        help: "unlabeled images per task whose layer inputs make the Grams (drawn by the seed)",
+        kind: Kind::Int {
+            min: 1,
+            max: u64::MAX,
+        },
+        default: ParamDefault::Value(Value::Int(256)),
+        sweep: false,
+        aliases: &[],
+    },
+    Param {
+        name: "batch_size",
+        help: "images per forward batch",
+        kind: Kind::Int {
+            min: 1,
+            max: u64::MAX,
+        },
+        default: ParamDefault::Value(Value::Int(32)),
+        sweep: false,
+        aliases: &[],
+    },
+    Param {
+        name: "seed",
+        help: "seed of the images drawn from each task",
+        kind: Kind::Int {
+            min: 0,
+            max: u64::MAX,
+        },
+        default: ParamDefault::Derived("the run's seed in an experiment, 0 in merge"),
+        sweep: false,
+        aliases: &[],
+    },
+];
+
+fn build(p: &Params, plus_plus: bool) -> Result<Built> {
+    let int = |name| p.int(name).expect("every integer has a default") as usize;
+    Ok(Built::Data(RegMean {
+        alpha: p.float("alpha").expect("alpha has a default"),
+        images: int("images"),
+        batch_size: int("batch_size"),
+        seed: p.int("seed"),
+        plus_plus,
+    }))
+}
+
+/// RegMean in the method registry.
+pub struct RegMeanMethod;
+
+impl Method for RegMeanMethod {
+    fn name(&self) -> &'static str {
+        "regmean"
+    }
+    fn paper(&self) -> &'static str {
+        PAPER
+    }
+    fn summary(&self) -> &'static str {
+        "each linear weight solves a regression on the inputs every fine-tune sees on its task's unlabeled images; the rest is the mean"
+    }
+    fn params(&self) -> &'static [Param] {
+        PARAMS
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            unlabeled_data: true,
+            layer_inputs: true,
+            ..Needs::default()
+        }
+    }
+    fn build(&self, p: &Params) -> Result<Built> {
+        build(p, false)
+    }
+}
+
+/// RegMean++ in the method registry.
+pub struct RegMeanPlusPlusMethod;
+
+impl Method for RegMeanPlusPlusMethod {
+    fn name(&self) -> &'static str {
+        "regmean++"
+    }
+    fn paper(&self) -> &'static str {
+        PAPER_PP
+    }
+    fn summary(&self) -> &'static str {
+        "RegMean block by block: each block's Grams come from the activations the merged blocks before it produce"
+    }
+    fn params(&self) -> &'static [Param] {
+        PARAMS
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            unlabeled_data: true,
+            layer_inputs: true,
+            block_by_block: true,
+            ..Needs::default()
+        }
+    }
+    fn build(&self, p: &Params) -> Result<Built> {
+        build(p, true)
+    }
+}
