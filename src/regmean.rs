@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
@@ -216,17 +216,7 @@ fn site_order(s: Site) -> (usize, usize) {
 /// G̃ = α G + (1 − α) diag(G): the off-diagonal entries scaled by α.
 fn reduce_off_diagonal(g: Tensor<2>, alpha: f64) -> Tensor<2> {
     let [n, _] = g.dims();
-    let device = g.device();
-    let eye = Tensor::<2>::from_data(
-        TensorData::new(
-            (0..n * n)
-                .map(|i| if i / n == i % n { 1.0f32 } else { 0.0 })
-                .collect::<Vec<_>>(),
-            [n, n],
-        ),
-        &device,
-    );
-    let diag = g.clone() * eye;
+    let diag = g.clone() * Tensor::<2>::eye(n, &g.device());
     g.mul_scalar(alpha) + diag.mul_scalar(1.0 - alpha)
 }
 
@@ -286,10 +276,12 @@ impl RegMean {
                 format!("{} image sets for {k} tasks", inputs.images.len()),
             ));
         }
-        let batches = (0..k)
-            .map(|t| self.batches(inputs, t, device))
-            .collect::<Result<Vec<_>>>()?;
-        self.merge_pixels(inputs.cfg, inputs.tv, batches, device)
+        self.run(
+            inputs.cfg,
+            inputs.tv,
+            &|t| self.batches(inputs, t, device),
+            device,
+        )
     }
 
     /// The merged weights from each task's preprocessed pixel batches [B, C, H, W].
@@ -310,14 +302,23 @@ impl RegMean {
                 ),
             ));
         }
-        let finetuned = (0..k)
-            .map(|t| finetuned(tv, t))
-            .collect::<Result<Vec<_>>>()?;
+        self.run(cfg, tv, &|t| Ok(batches[t].clone()), device)
+    }
+
+    /// The merge, reading task `t`'s pixel batches from `batches(t)` when it needs them, so that
+    /// one task's images (and, in RegMean++, every task's activations) are held at a time.
+    fn run(
+        &self,
+        cfg: &VisionConfig,
+        tv: &TaskVectors,
+        batches: &dyn Fn(usize) -> Result<Vec<Tensor<4>>>,
+        device: &Device,
+    ) -> Result<Weights> {
         let mean = mean_of(tv)?;
         if self.plus_plus {
-            self.merge_plus_plus(cfg, tv, &finetuned, &mean, batches, device)
+            self.merge_plus_plus(cfg, tv, mean, batches, device)
         } else {
-            self.merge_plain(cfg, tv, &finetuned, mean, &batches, device)
+            self.merge_plain(cfg, tv, mean, batches, device)
         }
     }
 
@@ -343,39 +344,39 @@ impl RegMean {
             .collect()
     }
 
-    /// RegMean: each fine-tuned model on its own task's images, all at once.
+    /// RegMean: each fine-tuned model on its own task's images, one task at a time.
     fn merge_plain(
         &self,
         cfg: &VisionConfig,
         tv: &TaskVectors,
-        finetuned: &[Weights],
         mean: Weights,
-        batches: &[Vec<Tensor<4>>],
+        batches: &dyn Fn(usize) -> Result<Vec<Tensor<4>>>,
         device: &Device,
     ) -> Result<Weights> {
         let mut acc = Accumulator::default();
-        for (w, task_batches) in finetuned.iter().zip(batches) {
+        for k in 0..tv.num_tasks() {
+            let w = finetuned(tv, k, |_| true)?;
             let tower = VisionTower::new(cfg, &tv.complete(w.clone()))?;
             let mut grams = GramSums::default();
-            for pixels in task_batches {
-                tower.forward_observed(pixels.clone(), &mut grams)?;
+            for pixels in batches(k)? {
+                tower.forward_observed(pixels, &mut grams)?;
             }
             let mut grams = grams.normalised();
             keep_merged_sites(&mut grams, tv);
-            acc.add(grams, self.alpha, w)?;
+            acc.add(grams, self.alpha, &w)?;
         }
         let solved = acc.solve(device)?;
         Ok(mean.map(|name, t| solved.get(name).map_or(t, |s| s.data.clone())))
     }
 
-    /// RegMean++: block by block, each fine-tuned block on the merged model's activations.
+    /// RegMean++: block by block, each fine-tuned block on the merged model's activations. Task
+    /// k's fine-tuned weights are formed one block at a time, over the merged model's others.
     fn merge_plus_plus(
         &self,
         cfg: &VisionConfig,
         tv: &TaskVectors,
-        finetuned: &[Weights],
-        mean: &Weights,
-        batches: Vec<Vec<Tensor<4>>>,
+        mean: Weights,
+        batches: &dyn Fn(usize) -> Result<Vec<Tensor<4>>>,
         device: &Device,
     ) -> Result<Weights> {
         // The mean everywhere but post_layernorm (pretrained); blocks are replaced as they merge.
@@ -386,23 +387,25 @@ impl RegMean {
                 t.data.clone()
             })
         })?;
-        let towers = finetuned
-            .iter()
-            .map(|w| VisionTower::new(cfg, &tv.complete(w.clone())))
-            .collect::<Result<Vec<_>>>()?;
         let start = VisionTower::new(cfg, &tv.complete(merged.clone()))?;
-        let mut xs: Vec<Vec<Tensor<3>>> = batches
-            .into_iter()
-            .map(|bs| bs.into_iter().map(|p| start.embed(p)).collect())
+        let mut xs: Vec<Vec<Tensor<3>>> = (0..tv.num_tasks())
+            .map(|k| batches(k)?.into_iter().map(|p| start.embed(p)).collect())
             .collect::<Result<_>>()?;
         for l in 0..cfg.num_hidden_layers {
+            let prefix = format!("vision_model.encoder.layers.{l}.");
             let mut acc = Accumulator::default();
-            for (k, tower) in towers.iter().enumerate() {
+            for (k, xk) in xs.iter().enumerate() {
+                let block = finetuned(tv, k, |name| name.starts_with(&prefix))?;
+                let mut w = merged.clone();
+                for (name, t) in block.iter() {
+                    w.insert(name, t.clone());
+                }
+                let tower = VisionTower::new(cfg, &tv.complete(w))?;
                 let mut grams = GramSums::default();
-                for x in &xs[k] {
+                for x in xk {
                     tower.block(l, x.clone(), &mut grams);
                 }
-                acc.add(grams.normalised(), self.alpha, &finetuned[k])?;
+                acc.add(grams.normalised(), self.alpha, &block)?;
             }
             for (name, t) in acc.solve(device)?.iter() {
                 merged.insert(name, t.clone());
@@ -423,7 +426,8 @@ impl RegMean {
                 for x in xk {
                     tower.head_observed(x, &mut grams);
                 }
-                acc.add(grams.normalised(), self.alpha, &finetuned[k])?;
+                let w = finetuned(tv, k, |name| name == PROJECTION)?;
+                acc.add(grams.normalised(), self.alpha, &w)?;
             }
             for (name, t) in acc.solve(device)?.iter() {
                 merged.insert(name, t.clone());
@@ -438,10 +442,16 @@ fn keep_merged_sites(grams: &mut HashMap<Site, Tensor<2>>, tv: &TaskVectors) {
     grams.retain(|site, _| site.weights().iter().all(|n| tv.theta0().get(n).is_some()));
 }
 
-/// Fine-tuned model `k` over the merged tensors: θ₀ + τ_k.
-fn finetuned(tv: &TaskVectors, k: usize) -> Result<Weights> {
-    tv.theta0()
-        .try_map(|name, t0| Ok(t0.data.clone() + tv.vector(k).require(name)?.data.clone()))
+/// Fine-tuned model `k` over the merged tensors that `keep` names: θ₀ + τ_k.
+fn finetuned(tv: &TaskVectors, k: usize, keep: impl Fn(&str) -> bool) -> Result<Weights> {
+    let mut w = Weights::new();
+    for (name, t0) in tv.theta0().iter().filter(|(n, _)| keep(n)) {
+        w.insert(
+            name,
+            t0.with_data(t0.data.clone() + tv.vector(k).require(name)?.data.clone()),
+        );
+    }
+    Ok(w)
 }
 
 /// The fine-tunes' mean over the merged tensors: θ₀ + (1/K) Σ_k τ_k.
@@ -458,6 +468,8 @@ fn mean_of(tv: &TaskVectors) -> Result<Weights> {
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::TensorData;
+
     use super::*;
 
     fn matrix(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
