@@ -202,18 +202,23 @@ def run_ours(binary: str, args, cache: Path, method: str, out: Path, logdir: Pat
     return r
 
 
-def compare(ours: Path, ref: Path) -> tuple[float, str]:
+def compare(ours: Path, ref: Path) -> dict:
+    """Largest |ours - torch| / largest |torch| per tensor: the worst over the encoder's linear
+    weights (Grams of 12,800 token rows per task) and over every merged tensor (the projection's
+    Gram has only 256 pooled rows per task, and a random model's pooled outputs are nearly
+    collinear, so float32 solves of it disagree most)."""
     import numpy as np
     from safetensors.numpy import load_file
 
     a, b = load_file(str(ours / "model.safetensors")), load_file(str(ref))
-    worst = (0.0, "")
+    worst = {"all": (0.0, ""), "encoder_linear": (0.0, "")}
     for name, want in b.items():
         if not (name.startswith("vision_model.") or name == "visual_projection.weight"):
             continue
-        got = a[name].astype(np.float64)
-        e = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-        worst = max(worst, (e, name))
+        e = float(np.abs(a[name].astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+        worst["all"] = max(worst["all"], (e, name))
+        if re.search(r"\.encoder\.layers\.\d+\.(self_attn\.\w+_proj|mlp\.fc\d)\.weight$", name):
+            worst["encoder_linear"] = max(worst["encoder_linear"], (e, name))
     return worst
 
 
@@ -251,8 +256,7 @@ def main() -> None:
             o = run_ours(str(binary), args, cache, method, ours_out, work)
             print(f"{method}: PyTorch ...", file=sys.stderr, flush=True)
             t = run_torch(args.python, args, cache, method, torch_out, work)
-            err, name = compare(ours_out, torch_out)
-            rows.append({"method": method, "ours": o, "torch": t, "worst_rel": err, "worst_tensor": name})
+            rows.append({"method": method, "ours": o, "torch": t, "worst": compare(ours_out, torch_out)})
             shutil.rmtree(ours_out, ignore_errors=True)
             torch_out.unlink(missing_ok=True)
     finally:
@@ -266,13 +270,15 @@ def main() -> None:
     print(f"ViT-B/32 shape, {NUM_TASKS} tasks x {args.images} images, batch 32, alpha {args.alpha}\n")
     print(f"    {' '.join(rerun_prefix(__file__))} --images {args.images} --threads {args.threads}\n")
     print("| method | ours s | PyTorch s | ours / PyTorch time | ours peak RSS MiB | PyTorch peak RSS MiB "
-          "| ours / PyTorch RSS | worst rel. diff |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+          "| ours / PyTorch RSS | worst rel. diff, encoder linear | worst rel. diff, all |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         o, t = r["ours"], r["torch"]
         print(f"| {r['method']} | {o['wall']:.1f} | {t['wall']:.1f} | {fmt_ratio(o['wall'] / t['wall'])} | "
               f"{o['maxrss'] / MIB:.0f} | {t['maxrss'] / MIB:.0f} | {fmt_ratio(o['maxrss'] / t['maxrss'])} | "
-              f"{r['worst_rel']:.1e} |")
+              f"{r['worst']['encoder_linear'][0]:.1e} | {r['worst']['all'][0]:.1e} ({r['worst']['all'][1]}) |")
+    print("\nOther processes' share of the CPU during each run (> ~0.1: contended): " + ", ".join(
+        f"{r['method']} ours {r['ours']['foreign_share']:.2f}, PyTorch {r['torch']['foreign_share']:.2f}" for r in rows))
     print("\nPhases (s):")
     for r in rows:
         print(f"- {r['method']}: ours {r['ours']['phases']}; PyTorch "

@@ -50,6 +50,9 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
         if let Some(adapt) = &t.adapt {
             inputs.add(format!("task `{n}`'s adaptation images"), adapt);
         }
+        if let Some(head) = &t.head {
+            inputs.add(format!("task `{n}`'s head"), head);
+        }
     }
     if let Some(file) = &args.lambda_file {
         inputs.add("the λ file", file);

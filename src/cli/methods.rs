@@ -66,33 +66,45 @@ pub fn add_flags(cmd: clap::Command, learned: bool) -> clap::Command {
     cmd
 }
 
-/// A flag's help: what it does, the methods that take it, its range and defaults.
+/// A flag's help: what it does, the methods that take it, its range and defaults; where the
+/// methods describe or default it differently, each group of methods says its own.
 fn help(p: &Param, users: &[&'static dyn Method]) -> String {
-    let who = users
-        .iter()
-        .map(|m| m.name())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let own = |m: &&'static dyn Method| *m.params().iter().find(|q| q.name == p.name).unwrap_or(p);
+    let who = |ms: &[&str]| ms.join(", ");
     if let (Kind::Bool, ParamDefault::Value(Value::Bool(true))) = (p.kind, p.default) {
-        return format!("[{who}] turn off: {}", p.help);
+        let names: Vec<&str> = users.iter().map(|m| m.name()).collect();
+        return format!("[{}] turn off: {}", who(&names), p.help);
     }
-    let defaults: Vec<(&str, String)> = users
-        .iter()
-        .map(|m| {
-            let own = m.params().iter().find(|q| q.name == p.name).unwrap_or(p);
-            (m.name(), own.default_text())
-        })
-        .collect();
-    let default = if defaults.iter().all(|(_, d)| *d == defaults[0].1) {
-        defaults[0].1.clone()
-    } else {
-        defaults
+    let helps = grouped(users.iter().map(|m| (m.name(), own(m).help.to_string())));
+    let defaults = grouped(users.iter().map(|m| (m.name(), own(m).default_text())));
+    let default = match defaults.as_slice() {
+        [(_, d)] => d.clone(),
+        _ => defaults
             .iter()
-            .map(|(m, d)| format!("{m}: {d}"))
+            .map(|(ms, d)| format!("{}: {d}", who(ms)))
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; "),
     };
-    format!("[{who}] {} ({}; default {default})", p.help, p.range_text())
+    let text = helps
+        .iter()
+        .map(|(ms, h)| format!("[{}] {h}", who(ms)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!("{text} ({}; default {default})", p.range_text())
+}
+
+/// Methods grouped by equal text, in first-seen order.
+fn grouped(
+    items: impl Iterator<Item = (&'static str, String)>,
+) -> Vec<(Vec<&'static str>, String)> {
+    let mut groups: Vec<(Vec<&'static str>, String)> = Vec::new();
+    for (name, text) in items {
+        match groups.iter_mut().find(|(_, t)| *t == text) {
+            Some((names, _)) => names.push(name),
+            None => groups.push((vec![name], text)),
+        }
+    }
+    groups
 }
 
 /// The chosen method (`--method`) and its values, read from the flags; a flag the method does
