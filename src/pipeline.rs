@@ -286,6 +286,7 @@ pub fn merge_to_dir(
 /// Merges the tasks' checkpoints over `pretrained` with a data-based `method`, from each task's
 /// unlabeled images (its `adapt` folder, else the images of its `data`; labels are not read),
 /// and writes the result into `out`. The images are drawn with the method's seed, else 0.
+/// `progress` shows the loading; a bar like it (hidden when it is) then shows the merge.
 pub fn data_merge_to_dir(
     method: &RegMean,
     pretrained: &Path,
@@ -319,14 +320,22 @@ pub fn data_merge_to_dir(
         .map(|t| UnlabeledImages::scan(t.adapt.as_deref().unwrap_or(&t.data)))
         .collect::<Result<Vec<_>>>()?;
     let loaded = start.elapsed();
+    let merge_bar = crate::progress::bar_if(
+        !progress.is_hidden(),
+        0,
+        "{msg} [{bar:30}] {pos}/{len} {elapsed}",
+    )
+    .with_message(method.label());
     let inputs = RegMeanInputs {
         cfg: &cfg,
         pre: &pre,
         tv: &tv,
         images: &images,
         seed: 0,
+        progress: &merge_bar,
     };
     let merged = method.merge(&inputs, device)?;
+    merge_bar.finish_and_clear();
     let merging = start.elapsed() - loaded;
     let out = crate::checkpoint::save_merged(
         pretrained,

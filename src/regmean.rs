@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use burn::tensor::{Device, Tensor};
+use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
@@ -241,6 +242,8 @@ pub struct RegMeanInputs<'a> {
     pub images: &'a [UnlabeledImages],
     /// Seed of the draw, where the method has none of its own.
     pub seed: u64,
+    /// Advanced once per task (RegMean) or per block and task (RegMean++).
+    pub progress: &'a ProgressBar,
 }
 
 impl RegMean {
@@ -280,6 +283,7 @@ impl RegMean {
             inputs.cfg,
             inputs.tv,
             &|t| self.batches(inputs, t, device),
+            inputs.progress,
             device,
         )
     }
@@ -302,7 +306,8 @@ impl RegMean {
                 ),
             ));
         }
-        self.run(cfg, tv, &|t| Ok(batches[t].clone()), device)
+        let hidden = ProgressBar::hidden();
+        self.run(cfg, tv, &|t| Ok(batches[t].clone()), &hidden, device)
     }
 
     /// The merge, reading task `t`'s pixel batches from `batches(t)` when it needs them, so that
@@ -312,13 +317,22 @@ impl RegMean {
         cfg: &VisionConfig,
         tv: &TaskVectors,
         batches: &dyn Fn(usize) -> Result<Vec<Tensor<4>>>,
+        progress: &ProgressBar,
         device: &Device,
     ) -> Result<Weights> {
         let mean = mean_of(tv)?;
-        if self.plus_plus {
-            self.merge_plus_plus(cfg, tv, mean, batches, device)
+        let k = tv.num_tasks();
+        let steps = if self.plus_plus {
+            (cfg.num_hidden_layers + 1) * k
         } else {
-            self.merge_plain(cfg, tv, mean, batches, device)
+            k
+        };
+        progress.set_length(steps as u64);
+        progress.set_position(0);
+        if self.plus_plus {
+            self.merge_plus_plus(cfg, tv, mean, batches, progress, device)
+        } else {
+            self.merge_plain(cfg, tv, mean, batches, progress, device)
         }
     }
 
@@ -351,6 +365,7 @@ impl RegMean {
         tv: &TaskVectors,
         mean: Weights,
         batches: &dyn Fn(usize) -> Result<Vec<Tensor<4>>>,
+        progress: &ProgressBar,
         device: &Device,
     ) -> Result<Weights> {
         let mut acc = Accumulator::default();
@@ -364,6 +379,7 @@ impl RegMean {
             let mut grams = grams.normalised();
             keep_merged_sites(&mut grams, tv);
             acc.add(grams, self.alpha, &w)?;
+            progress.inc(1);
         }
         let solved = acc.solve(device)?;
         Ok(mean.map(|name, t| solved.get(name).map_or(t, |s| s.data.clone())))
@@ -377,6 +393,7 @@ impl RegMean {
         tv: &TaskVectors,
         mean: Weights,
         batches: &dyn Fn(usize) -> Result<Vec<Tensor<4>>>,
+        progress: &ProgressBar,
         device: &Device,
     ) -> Result<Weights> {
         // The mean everywhere but post_layernorm (pretrained); blocks are replaced as they merge.
@@ -389,7 +406,11 @@ impl RegMean {
         })?;
         let start = VisionTower::new(cfg, &tv.complete(merged.clone()))?;
         let mut xs: Vec<Vec<Tensor<3>>> = (0..tv.num_tasks())
-            .map(|k| batches(k)?.into_iter().map(|p| start.embed(p)).collect())
+            .map(|k| {
+                let x = batches(k)?.into_iter().map(|p| start.embed(p)).collect();
+                progress.inc(1);
+                x
+            })
             .collect::<Result<_>>()?;
         for l in 0..cfg.num_hidden_layers {
             let prefix = format!("vision_model.encoder.layers.{l}.");
@@ -406,6 +427,7 @@ impl RegMean {
                     tower.block(l, x.clone(), &mut grams);
                 }
                 acc.add(grams.normalised(), self.alpha, &block)?;
+                progress.inc(1);
             }
             for (name, t) in acc.solve(device)?.iter() {
                 merged.insert(name, t.clone());

@@ -276,6 +276,7 @@ fn merge_on_the_command_line_writes_the_merge_of_the_images_it_names() {
                 tv: &tv,
                 images: if with_adapt { &adapted } else { &plain },
                 seed: 0,
+                progress: &ProgressBar::hidden(),
             };
             let want = m.merge(&inputs, &device).unwrap();
             let got = read_all(&out);

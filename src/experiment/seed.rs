@@ -156,8 +156,15 @@ impl SeedRun {
         })
     }
 
-    /// A data-based merge (RegMean), from the seed's unlabeled images, scored.
-    pub fn data(&self, label: &str, method: &RegMean, sweep: Option<usize>) -> Result<Record> {
+    /// A data-based merge (RegMean), from the seed's unlabeled images, scored; `progress`
+    /// follows the merge.
+    pub fn data(
+        &self,
+        label: &str,
+        method: &RegMean,
+        sweep: Option<usize>,
+        progress: &ProgressBar,
+    ) -> Result<Record> {
         let start = Instant::now();
         let inputs = RegMeanInputs {
             cfg: &self.loaded.cfg,
@@ -165,6 +172,7 @@ impl SeedRun {
             tv: &self.loaded.tv,
             images: &self.loaded.adapt,
             seed: self.seed,
+            progress,
         };
         let merged = self
             .loaded
