@@ -347,6 +347,12 @@ impl RegMean {
         let seed = self.seed.unwrap_or(inputs.seed);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9));
         let take = self.images.min(set.len());
+        if take == 0 {
+            return Err(Error::invalid(
+                "RegMean",
+                format!("task {} has no images to draw from", t + 1),
+            ));
+        }
         let mut picked = rand::seq::index::sample(&mut rng, set.len(), take).into_vec();
         picked.sort_unstable();
         picked

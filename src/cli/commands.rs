@@ -67,6 +67,16 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
             format!("only applies to a learned method, not {}", c.method.name()),
         ));
     }
+    if matches!(built, Built::Data(_)) && args.tasks.is_empty() {
+        return Err(Error::invalid(
+            "--finetuned",
+            format!(
+                "{} reads each task's images: give --task \
+                 NAME,checkpoint=DIR,data=DIR[,adapt=DIR] instead",
+                c.method.name()
+            ),
+        ));
+    }
     let finetuned: Vec<Finetuned> = if args.tasks.is_empty() {
         args.models.finetuned.clone()
     } else {
@@ -81,27 +91,15 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     let bar = load_bar(finetuned.len());
     let device = backend.device()?;
     let s = match built {
-        Built::Data(m) => {
-            if args.tasks.is_empty() {
-                return Err(Error::invalid(
-                    "--finetuned",
-                    format!(
-                        "{} reads each task's images: give --task \
-                         NAME,checkpoint=DIR,data=DIR[,adapt=DIR] instead",
-                        c.method.name()
-                    ),
-                ));
-            }
-            data_merge_to_dir(
-                &m,
-                &args.models.pretrained,
-                &args.tasks,
-                &args.out,
-                args.force,
-                &device,
-                &bar,
-            )?
-        }
+        Built::Data(m) => data_merge_to_dir(
+            &m,
+            &args.models.pretrained,
+            &args.tasks,
+            &args.out,
+            args.force,
+            &device,
+            &bar,
+        )?,
         Built::Fixed(m) => merge_to_dir(
             m.as_ref(),
             &args.models.pretrained,
