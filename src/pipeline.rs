@@ -34,6 +34,16 @@ pub struct TaskPaths {
     pub adapt: Option<PathBuf>,
 }
 
+impl TaskPaths {
+    /// The task's fine-tuned checkpoint, named by the task.
+    pub fn finetuned(&self) -> Finetuned {
+        Finetuned {
+            name: self.name.clone(),
+            path: self.checkpoint.clone(),
+        }
+    }
+}
+
 /// Where learned methods' unlabeled images come from.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -112,14 +122,7 @@ impl Loaded {
 
 /// Loads `spec` on `device`; `progress` shows the checkpoint loading.
 pub fn load(spec: &LoadSpec<'_>, device: &Device, progress: &ProgressBar) -> Result<Loaded> {
-    let finetuned: Vec<Finetuned> = spec
-        .tasks
-        .iter()
-        .map(|t| Finetuned {
-            name: t.name.clone(),
-            path: t.checkpoint.clone(),
-        })
-        .collect();
+    let finetuned: Vec<Finetuned> = spec.tasks.iter().map(TaskPaths::finetuned).collect();
     let (tv, _) = TaskVectors::load(
         spec.pretrained,
         &finetuned,
@@ -298,13 +301,7 @@ pub fn data_merge_to_dir(
 ) -> Result<MergeSummary> {
     use std::time::Instant;
     let start = Instant::now();
-    let finetuned: Vec<Finetuned> = tasks
-        .iter()
-        .map(|t| Finetuned {
-            name: t.name.clone(),
-            path: t.checkpoint.clone(),
-        })
-        .collect();
+    let finetuned: Vec<Finetuned> = tasks.iter().map(TaskPaths::finetuned).collect();
     let (tv, plan) = TaskVectors::load(
         pretrained,
         &finetuned,

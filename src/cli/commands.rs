@@ -16,9 +16,11 @@ use crate::diagnostics::{TaskVectorReport, TensorListing};
 use crate::error::{Error, Result};
 use crate::experiment::runner::{self, RunEnd, RunOptions};
 use crate::layout::{LearnDir, RunDir};
+use crate::merge::MergeMethod;
 use crate::method::Built;
 use crate::output::{Inputs, OutputDir};
-use crate::pipeline::{Adaptation, data_merge_to_dir, merge_to_dir};
+use crate::pipeline::{Adaptation, TaskPaths, data_merge_to_dir, merge_to_dir};
+use crate::regmean::RegMean;
 use crate::report::table::{compare_runs, markdown};
 use crate::results::Results;
 use crate::suite::{SuiteInfo, SuiteSpec, build as build_suite, suite_dir};
@@ -60,38 +62,51 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     inputs.check(&args.out)?;
     OutputDir::check_target(&args.out, args.force)?;
     let c = choice(&args.choice);
-    let built = c.method.build(&c.params)?;
-    if args.lambda_file.is_some() && !matches!(built, Built::Learned(_)) {
-        return Err(Error::invalid(
-            "--lambda-file",
-            format!("only applies to a learned method, not {}", c.method.name()),
-        ));
+    // What runs: a merge from images, or one over the task vectors alone (a learned method's
+    // saved λ included). Every refusal comes before anything loads.
+    enum Job {
+        Images(RegMean),
+        Tensors(Box<dyn MergeMethod>),
     }
-    if matches!(built, Built::Data(_)) && args.tasks.is_empty() {
-        return Err(Error::invalid(
-            "--finetuned",
-            format!(
-                "{} reads each task's images: give --task \
-                 NAME,checkpoint=DIR,data=DIR[,adapt=DIR] instead",
-                c.method.name()
-            ),
-        ));
-    }
+    let job = match (c.method.build(&c.params)?, &args.lambda_file) {
+        (Built::Learned(_), Some(file)) => Job::Tensors(Box::new(LearnedLambda::load(file)?)),
+        (Built::Learned(_), None) => {
+            return Err(Error::invalid(
+                "--lambda-file",
+                format!(
+                    "--method {} needs the lambda.json of a learn run",
+                    c.method.name()
+                ),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(Error::invalid(
+                "--lambda-file",
+                format!("only applies to a learned method, not {}", c.method.name()),
+            ));
+        }
+        (Built::Data(_), None) if args.tasks.is_empty() => {
+            return Err(Error::invalid(
+                "--finetuned",
+                format!(
+                    "{} reads each task's images: give --task \
+                     NAME,checkpoint=DIR,data=DIR[,adapt=DIR] instead",
+                    c.method.name()
+                ),
+            ));
+        }
+        (Built::Data(m), None) => Job::Images(m),
+        (Built::Fixed(m), None) => Job::Tensors(m),
+    };
     let finetuned: Vec<Finetuned> = if args.tasks.is_empty() {
         args.models.finetuned.clone()
     } else {
-        args.tasks
-            .iter()
-            .map(|t| Finetuned {
-                name: t.name.clone(),
-                path: t.checkpoint.clone(),
-            })
-            .collect()
+        args.tasks.iter().map(TaskPaths::finetuned).collect()
     };
     let bar = load_bar(finetuned.len());
     let device = backend.device()?;
-    let s = match built {
-        Built::Data(m) => data_merge_to_dir(
+    let s = match job {
+        Job::Images(m) => data_merge_to_dir(
             &m,
             &args.models.pretrained,
             &args.tasks,
@@ -100,7 +115,7 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
             &device,
             &bar,
         )?,
-        Built::Fixed(m) => merge_to_dir(
+        Job::Tensors(m) => merge_to_dir(
             m.as_ref(),
             &args.models.pretrained,
             &finetuned,
@@ -109,27 +124,6 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
             &device,
             &bar,
         )?,
-        Built::Learned(_) => {
-            let Some(file) = &args.lambda_file else {
-                return Err(Error::invalid(
-                    "--lambda-file",
-                    format!(
-                        "--method {} needs the lambda.json of a learn run",
-                        c.method.name()
-                    ),
-                ));
-            };
-            let method = LearnedLambda::load(file)?;
-            merge_to_dir(
-                &method,
-                &args.models.pretrained,
-                &finetuned,
-                &args.out,
-                args.force,
-                &device,
-                &bar,
-            )?
-        }
     };
     println!(
         "{} — {}\nmerged {} tensors ({} parameters) of {} tasks; carried {} tensors over from the pretrained checkpoint\nload {:.2}s, merge {:.2}s, write {:.2}s on {backend}\nwrote {}",

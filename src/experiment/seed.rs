@@ -21,7 +21,7 @@ use crate::merge::{MergeMethod, WeightedSum, merge_all};
 use crate::model::{VisionTower, logits};
 use crate::pipeline::{Adaptation, LoadSpec, Loaded, TaskPaths, images_used};
 use crate::regmean::{RegMean, RegMeanInputs};
-use crate::results::{INDIVIDUAL, PRETRAINED, Record, Role};
+use crate::results::{INDIVIDUAL, ImagesUsed, PRETRAINED, Record, Role};
 use crate::weights::{Weights, scalar};
 
 /// What a seed runs on.
@@ -141,19 +141,7 @@ impl SeedRun {
     ) -> Result<Record> {
         let start = Instant::now();
         let merged = self.loaded.tv.complete(method.merge(&self.loaded.tv)?);
-        let seconds = start.elapsed().as_secs_f64();
-        Ok(Record {
-            method: label.to_string(),
-            role: Role::Fixed,
-            seed: self.seed,
-            accuracy: self.eval().score(&merged)?,
-            entropy: Some(self.entropy(&merged)?),
-            sweep,
-            seconds,
-            steps: None,
-            lambda: None,
-            images: None,
-        })
+        self.merged_record(label, Role::Fixed, &merged, sweep, start, None)
     }
 
     /// A data-based merge (RegMean), from the seed's unlabeled images, scored; `progress`
@@ -178,24 +166,37 @@ impl SeedRun {
             .loaded
             .tv
             .complete(method.merge(&inputs, &self.device)?);
-        let seconds = start.elapsed().as_secs_f64();
         let images = images_used(
             &self.tasks,
             &self.loaded.adapt,
             method.images,
             self.adaptation,
         );
+        self.merged_record(label, Role::Data, &merged, sweep, start, Some(images))
+    }
+
+    /// The record of a merge computed in one go since `start`: scored, with its entropy.
+    fn merged_record(
+        &self,
+        label: &str,
+        role: Role,
+        merged: &Weights,
+        sweep: Option<usize>,
+        start: Instant,
+        images: Option<Vec<ImagesUsed>>,
+    ) -> Result<Record> {
+        let seconds = start.elapsed().as_secs_f64();
         Ok(Record {
             method: label.to_string(),
-            role: Role::Data,
+            role,
             seed: self.seed,
-            accuracy: self.eval().score(&merged)?,
-            entropy: Some(self.entropy(&merged)?),
+            accuracy: self.eval().score(merged)?,
+            entropy: Some(self.entropy(merged)?),
             sweep,
             seconds,
             steps: None,
             lambda: None,
-            images: Some(images),
+            images,
         })
     }
 

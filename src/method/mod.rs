@@ -70,8 +70,8 @@ pub fn registry() -> &'static [&'static dyn Method] {
         &task_arithmetic::TaskArithmeticMethod,
         &ties::TiesMethod,
         &dare::DareMethod,
-        &regmean::RegMeanMethod,
-        &regmean::RegMeanPlusPlusMethod,
+        &regmean::RegMeanMethod { plus_plus: false },
+        &regmean::RegMeanMethod { plus_plus: true },
         &adamerging::AdaMergingMethod,
     ]
 }

@@ -53,29 +53,29 @@ const PARAMS: &[Param] = &[
     },
 ];
 
-fn build(p: &Params, plus_plus: bool) -> Result<Built> {
-    let int = |name| p.int(name).expect("every integer has a default") as usize;
-    Ok(Built::Data(RegMean {
-        alpha: p.float("alpha").expect("alpha has a default"),
-        images: int("images"),
-        batch_size: int("batch_size"),
-        seed: p.int("seed"),
-        plus_plus,
-    }))
+/// RegMean (`plus_plus: false`) or RegMean++ in the method registry.
+pub struct RegMeanMethod {
+    /// Block by block on the merged model's activations.
+    pub plus_plus: bool,
 }
-
-/// RegMean in the method registry.
-pub struct RegMeanMethod;
 
 impl Method for RegMeanMethod {
     fn name(&self) -> &'static str {
-        "regmean"
+        if self.plus_plus {
+            "regmean++"
+        } else {
+            "regmean"
+        }
     }
     fn paper(&self) -> &'static str {
-        PAPER
+        if self.plus_plus { PAPER_PP } else { PAPER }
     }
     fn summary(&self) -> &'static str {
-        "each linear weight solves a regression on the inputs every fine-tune sees on its task's unlabeled images; the rest is the mean"
+        if self.plus_plus {
+            "RegMean block by block: each block's Grams come from the activations the merged blocks before it produce"
+        } else {
+            "each linear weight solves a regression on the inputs every fine-tune sees on its task's unlabeled images; the rest is the mean"
+        }
     }
     fn params(&self) -> &'static [Param] {
         PARAMS
@@ -84,39 +84,18 @@ impl Method for RegMeanMethod {
         Needs {
             unlabeled_data: true,
             layer_inputs: true,
+            block_by_block: self.plus_plus,
             ..Needs::default()
         }
     }
     fn build(&self, p: &Params) -> Result<Built> {
-        build(p, false)
-    }
-}
-
-/// RegMean++ in the method registry.
-pub struct RegMeanPlusPlusMethod;
-
-impl Method for RegMeanPlusPlusMethod {
-    fn name(&self) -> &'static str {
-        "regmean++"
-    }
-    fn paper(&self) -> &'static str {
-        PAPER_PP
-    }
-    fn summary(&self) -> &'static str {
-        "RegMean block by block: each block's Grams come from the activations the merged blocks before it produce"
-    }
-    fn params(&self) -> &'static [Param] {
-        PARAMS
-    }
-    fn needs(&self) -> Needs {
-        Needs {
-            unlabeled_data: true,
-            layer_inputs: true,
-            block_by_block: true,
-            ..Needs::default()
-        }
-    }
-    fn build(&self, p: &Params) -> Result<Built> {
-        build(p, true)
+        let int = |name| p.int(name).expect("every integer has a default") as usize;
+        Ok(Built::Data(RegMean {
+            alpha: p.float("alpha").expect("alpha has a default"),
+            images: int("images"),
+            batch_size: int("batch_size"),
+            seed: p.int("seed"),
+            plus_plus: self.plus_plus,
+        }))
     }
 }
