@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::Checkpoint;
 use crate::config::VisionConfig;
 use crate::data::{Preprocessor, UnlabeledImages, split_for_adaptation};
+use crate::data_merge::{DataInputs, DataMerge};
 use crate::error::Result;
 use crate::eval::{EvalTask, HeadSource, TextTower, prepare_task};
 use crate::output::Inputs;
-use crate::regmean::{RegMean, RegMeanInputs};
 use crate::results::ImagesUsed;
 use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
 
@@ -287,11 +287,13 @@ pub fn merge_to_dir(
 }
 
 /// Merges the tasks' checkpoints over `pretrained` with a data-based `method`, from each task's
-/// unlabeled images (its `adapt` folder, else the images of its `data`; labels are not read),
-/// and writes the result into `out`. The images are drawn with the method's seed, else 0.
-/// `progress` shows the loading; a bar like it (hidden when it is) then shows the merge.
+/// unlabeled images (its `adapt` folder, else the images of its `data`; labels are not read)
+/// and, for a method that predicts, its head (its `head` file, else zero-shot from the
+/// pretrained checkpoint's text tower), and writes the result into `out`. The images are drawn
+/// with the method's seed, else 0. `progress` shows the loading; a bar like it (hidden when it
+/// is) then shows the merge.
 pub fn data_merge_to_dir(
-    method: &RegMean,
+    method: &dyn DataMerge,
     pretrained: &Path,
     tasks: &[TaskPaths],
     out: &Path,
@@ -316,6 +318,11 @@ pub fn data_merge_to_dir(
         .iter()
         .map(|t| UnlabeledImages::scan(t.adapt.as_deref().unwrap_or(&t.data)))
         .collect::<Result<Vec<_>>>()?;
+    let heads = if method.needs_heads() {
+        heads_of(pretrained, tasks, device)?
+    } else {
+        Vec::new()
+    };
     let loaded = start.elapsed();
     let merge_bar = crate::progress::bar_if(
         !progress.is_hidden(),
@@ -323,11 +330,12 @@ pub fn data_merge_to_dir(
         "{msg} [{bar:30}] {pos}/{len} {elapsed}",
     )
     .with_message(method.label());
-    let inputs = RegMeanInputs {
+    let inputs = DataInputs {
         cfg: &cfg,
         pre: &pre,
         tv: &tv,
         images: &images,
+        heads: &heads,
         seed: 0,
         progress: &merge_bar,
     };
@@ -354,6 +362,21 @@ pub fn data_merge_to_dir(
             (total - loaded - merging).as_secs_f64(),
         ),
         out,
-        images: images_used(tasks, &images, method.images, Adaptation::Transductive),
+        images: images_used(tasks, &images, method.images(), Adaptation::Transductive),
     })
+}
+
+/// Each task's head: its file, else zero-shot from the text tower of `pretrained` (class names
+/// from its data folder or the paper task's list).
+fn heads_of(pretrained: &Path, tasks: &[TaskPaths], device: &Device) -> Result<Vec<Tensor<2>>> {
+    let text =
+        TextTower::load_if_needed(tasks.iter().map(|t| t.head.is_none()), pretrained, device)?;
+    let cache = crate::cache::cache_dir().join("heads");
+    tasks
+        .iter()
+        .map(|t| {
+            let head = HeadSource::for_task(&t.name, t.head.as_deref(), text.as_ref(), &cache)?;
+            Ok(prepare_task(&t.name, &t.data, head, None, device)?.head)
+        })
+        .collect()
 }

@@ -14,13 +14,10 @@ use std::collections::HashMap;
 
 use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
-use rand::SeedableRng;
-use rand::rngs::ChaCha8Rng;
 
 use crate::config::VisionConfig;
-use crate::data::{ImageRef, Preprocessor, UnlabeledImages};
+use crate::data_merge::{DataInputs, DataMerge};
 use crate::error::{Error, Result};
-use crate::eval::load_batch;
 use crate::linalg::{NotPositiveDefinite, solve_spd};
 use crate::model::{LinearKind, NoObserver, Observer, VisionTower};
 use crate::task_vector::TaskVectors;
@@ -229,65 +226,7 @@ fn to_f64(t: Tensor<2>) -> Result<Vec<f64>> {
         .collect())
 }
 
-/// What RegMean reads: the model's config and preprocessing, θ₀ and the task vectors, and each
-/// task's unlabeled images.
-pub struct RegMeanInputs<'a> {
-    /// The vision config.
-    pub cfg: &'a VisionConfig,
-    /// Preprocessing.
-    pub pre: &'a Preprocessor,
-    /// θ₀ and τ_k.
-    pub tv: &'a TaskVectors,
-    /// Each task's images (all of its adaptation images; `images` of them are drawn).
-    pub images: &'a [UnlabeledImages],
-    /// Seed of the draw, where the method has none of its own.
-    pub seed: u64,
-    /// Advanced once per task (RegMean) or per block and task (RegMean++).
-    pub progress: &'a ProgressBar,
-}
-
 impl RegMean {
-    /// The label of a run: `regmean(alpha=0.95)`, `regmean++(alpha=0.95)`, with the image count
-    /// when it is not FusionBench's 256 and the seed when one is set.
-    pub fn label(&self) -> String {
-        let pp = if self.plus_plus { "++" } else { "" };
-        let mut s = format!("regmean{pp}(alpha={})", crate::merge::fmt_param(self.alpha));
-        let mut extra = Vec::new();
-        if self.images != 256 {
-            extra.push(format!("images={}", self.images));
-        }
-        if let Some(seed) = self.seed {
-            extra.push(format!("seed={seed}"));
-        }
-        if !extra.is_empty() {
-            s += &format!("[{}]", extra.join(","));
-        }
-        s
-    }
-
-    /// The paper of the variant.
-    pub fn paper(&self) -> &'static str {
-        if self.plus_plus { PAPER_PP } else { PAPER }
-    }
-
-    /// The merged weights over the task vectors' merged tensors.
-    pub fn merge(&self, inputs: &RegMeanInputs<'_>, device: &Device) -> Result<Weights> {
-        let k = inputs.tv.num_tasks();
-        if inputs.images.len() != k {
-            return Err(Error::invalid(
-                "RegMean",
-                format!("{} image sets for {k} tasks", inputs.images.len()),
-            ));
-        }
-        self.run(
-            inputs.cfg,
-            inputs.tv,
-            &|t| self.batches(inputs, t, device),
-            inputs.progress,
-            device,
-        )
-    }
-
     /// The merged weights from each task's preprocessed pixel batches [B, C, H, W].
     pub fn merge_pixels(
         &self,
@@ -336,34 +275,6 @@ impl RegMean {
         }
     }
 
-    /// `images` of task `t`'s images (all when it has fewer), drawn by the seed, in batches.
-    fn batches(
-        &self,
-        inputs: &RegMeanInputs<'_>,
-        t: usize,
-        device: &Device,
-    ) -> Result<Vec<Tensor<4>>> {
-        let set = &inputs.images[t].images;
-        let seed = self.seed.unwrap_or(inputs.seed);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9));
-        let take = self.images.min(set.len());
-        if take == 0 {
-            return Err(Error::invalid(
-                "RegMean",
-                format!("task {} has no images to draw from", t + 1),
-            ));
-        }
-        let mut picked = rand::seq::index::sample(&mut rng, set.len(), take).into_vec();
-        picked.sort_unstable();
-        picked
-            .chunks(self.batch_size.max(1))
-            .map(|chunk| {
-                let refs: Vec<&ImageRef> = chunk.iter().map(|&i| &set[i]).collect();
-                load_batch(&refs, inputs.pre, device)
-            })
-            .collect()
-    }
-
     /// RegMean: each fine-tuned model on its own task's images, one task at a time.
     fn merge_plain(
         &self,
@@ -376,7 +287,7 @@ impl RegMean {
     ) -> Result<Weights> {
         let mut acc = Accumulator::default();
         for k in 0..tv.num_tasks() {
-            let w = finetuned(tv, k, |_| true)?;
+            let w = tv.finetuned(k, |_| true)?;
             let tower = VisionTower::new(cfg, &tv.complete(w.clone()))?;
             let mut grams = GramSums::default();
             for pixels in batches(k)? {
@@ -422,7 +333,7 @@ impl RegMean {
             let prefix = format!("vision_model.encoder.layers.{l}.");
             let mut acc = Accumulator::default();
             for (k, xk) in xs.iter().enumerate() {
-                let block = finetuned(tv, k, |name| name.starts_with(&prefix))?;
+                let block = tv.finetuned(k, |name| name.starts_with(&prefix))?;
                 let mut w = merged.clone();
                 for (name, t) in block.iter() {
                     w.insert(name, t.clone());
@@ -454,7 +365,7 @@ impl RegMean {
                 for x in xk {
                     tower.head_observed(x, &mut grams);
                 }
-                let w = finetuned(tv, k, |name| name == PROJECTION)?;
+                let w = tv.finetuned(k, |name| name == PROJECTION)?;
                 acc.add(grams.normalised(), self.alpha, &w)?;
             }
             for (name, t) in acc.solve(device)?.iter() {
@@ -465,21 +376,49 @@ impl RegMean {
     }
 }
 
+impl DataMerge for RegMean {
+    /// `regmean(alpha=0.95)`, `regmean++(alpha=0.95)`, with the image count when it is not
+    /// FusionBench's 256 and the seed when one is set.
+    fn label(&self) -> String {
+        let pp = if self.plus_plus { "++" } else { "" };
+        let mut s = format!("regmean{pp}(alpha={})", crate::merge::fmt_param(self.alpha));
+        let mut extra = Vec::new();
+        if self.images != 256 {
+            extra.push(format!("images={}", self.images));
+        }
+        if let Some(seed) = self.seed {
+            extra.push(format!("seed={seed}"));
+        }
+        if !extra.is_empty() {
+            s += &format!("[{}]", extra.join(","));
+        }
+        s
+    }
+
+    fn paper(&self) -> &'static str {
+        if self.plus_plus { PAPER_PP } else { PAPER }
+    }
+    fn images(&self) -> usize {
+        self.images
+    }
+    fn needs_heads(&self) -> bool {
+        false
+    }
+    fn merge(&self, inputs: &DataInputs<'_>, device: &Device) -> Result<Weights> {
+        inputs.check("RegMean", false)?;
+        self.run(
+            inputs.cfg,
+            inputs.tv,
+            &|t| inputs.draw(t, self.images, self.batch_size, self.seed, device),
+            inputs.progress,
+            device,
+        )
+    }
+}
+
 /// Drops the Grams of weights the merge does not cover (a projection the fine-tunes lack).
 fn keep_merged_sites(grams: &mut HashMap<Site, Tensor<2>>, tv: &TaskVectors) {
     grams.retain(|site, _| site.weights().iter().all(|n| tv.theta0().get(n).is_some()));
-}
-
-/// Fine-tuned model `k` over the merged tensors that `keep` names: θ₀ + τ_k.
-fn finetuned(tv: &TaskVectors, k: usize, keep: impl Fn(&str) -> bool) -> Result<Weights> {
-    let mut w = Weights::new();
-    for (name, t0) in tv.theta0().iter().filter(|(n, _)| keep(n)) {
-        w.insert(
-            name,
-            t0.with_data(t0.data.clone() + tv.vector(k).require(name)?.data.clone()),
-        );
-    }
-    Ok(w)
 }
 
 /// The fine-tunes' mean over the merged tensors: θ₀ + (1/K) Σ_k τ_k.

@@ -233,6 +233,16 @@ impl TaskVectors {
         &self.vectors[k]
     }
 
+    /// Fine-tuned model `k` over the merged tensors that `keep` names: θ₀ + τ_k.
+    pub fn finetuned(&self, k: usize, keep: impl Fn(&str) -> bool) -> Result<Weights> {
+        let mut w = Weights::new();
+        for (name, t0) in self.base.iter().filter(|(n, _)| keep(n)) {
+            let tau = self.vectors[k].require(name)?;
+            w.insert(name, t0.with_data(t0.data.clone() + tau.data.clone()));
+        }
+        Ok(w)
+    }
+
     /// All task vectors.
     pub fn vectors(&self) -> &[Weights] {
         &self.vectors

@@ -78,6 +78,7 @@ fn from_file(m: &dyn Method, given: &[(&Param, Value)]) -> Result<Params, String
         let text = match v {
             Value::Choice(c) => format!("\"{c}\""),
             Value::Float(x) => format!("{x:?}"),
+            Value::Floats(xs) => format!("{xs:?}"),
             other => other.to_string(),
         };
         toml += &format!("{} = {text}\n", p.name);
@@ -90,8 +91,8 @@ fn from_file(m: &dyn Method, given: &[(&Param, Value)]) -> Result<Params, String
 
 /// A value of `p` other than its default, inside its range.
 fn another(p: &Param) -> Value {
-    let default = match p.default {
-        ParamDefault::Value(v) => Some(v),
+    let default = match &p.default {
+        ParamDefault::Value(v) => Some(v.clone()),
         _ => None,
     };
     match p.kind {
@@ -123,11 +124,12 @@ fn another(p: &Param) -> Value {
                 .copied()
                 .expect("two choices"),
         ),
+        Kind::Floats { .. } => Value::Floats(vec![0.5, 2.0, 1.25]),
     }
 }
 
 fn values(p: &Params) -> Vec<(&'static str, Value)> {
-    p.iter().collect()
+    p.iter().map(|(k, v)| (k, v.clone())).collect()
 }
 
 fn label(m: &dyn Method, p: &Params) -> Result<String, String> {
@@ -146,7 +148,13 @@ fn every_method_reads_the_same_from_the_command_line_and_a_file() {
             match (cli, file) {
                 (Ok(cli), Ok(file)) => {
                     assert_eq!(values(&cli), values(&file), "{} {}", m.name(), p.name);
-                    assert_eq!(cli.get(p.name), Some(given[0].1), "{} {}", m.name(), p.name);
+                    assert_eq!(
+                        cli.get(p.name),
+                        Some(given[0].1.clone()),
+                        "{} {}",
+                        m.name(),
+                        p.name
+                    );
                     assert_eq!(label(*m, &cli), label(*m, &file), "{} {}", m.name(), p.name);
                 }
                 // A value that only applies with others (DARE's TIES keys): the same refusal,
@@ -175,18 +183,22 @@ fn out_of_range_values_and_foreign_keys_are_refused_under_each_source_key() {
                     ..
                 } => Value::Float(x + 1.0),
                 Kind::Int { min, .. } if min > 0 => Value::Int(min - 1),
+                Kind::Floats {
+                    min: Bound::Incl(x) | Bound::Excl(x),
+                    ..
+                } => Value::Floats(vec![1.0, x - 1.0]),
                 _ => continue,
             };
-            let cli = from_cli(*m, &[(p, bad)]).err().unwrap_or_default();
+            let cli = from_cli(*m, &[(p, bad.clone())]).err().unwrap_or_default();
             let file = from_file(*m, &[(p, bad)]).err().unwrap_or_default();
             assert!(cli.contains(&p.flag()) && cli.contains(" is not "), "{cli}");
             assert!(file.contains(&format!("method[0].{}", p.name)), "{file}");
         }
     }
     let ta = adamerge::method::find("task-arithmetic", "--method").unwrap();
-    let k = adamerge::method::find("ties", "--method").unwrap().params()[0];
-    let cli = from_cli(ta, &[(&k, Value::Float(0.2))]).unwrap_err();
-    let file = from_file(ta, &[(&k, Value::Float(0.2))]).unwrap_err();
+    let k = &adamerge::method::find("ties", "--method").unwrap().params()[0];
+    let cli = from_cli(ta, &[(k, Value::Float(0.2))]).unwrap_err();
+    let file = from_file(ta, &[(k, Value::Float(0.2))]).unwrap_err();
     assert!(
         cli.contains("--k") && cli.contains("does not apply to task-arithmetic"),
         "{cli}"

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use adamerge::checkpoint::{Checkpoint, StoredDtype};
 use adamerge::config::VisionConfig;
 use adamerge::data::{Preprocessor, UnlabeledImages};
-use adamerge::regmean::{RegMean, RegMeanInputs};
+use adamerge::data_merge::{DataInputs, DataMerge};
+use adamerge::regmean::RegMean;
 use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
 use adamerge::weights::Weights;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -270,11 +271,12 @@ fn merge_on_the_command_line_writes_the_merge_of_the_images_it_names() {
                 seed,
                 plus_plus,
             };
-            let inputs = RegMeanInputs {
+            let inputs = DataInputs {
                 cfg: &cfg,
                 pre: &pre,
                 tv: &tv,
                 images: if with_adapt { &adapted } else { &plain },
+                heads: &[],
                 seed: 0,
                 progress: &ProgressBar::hidden(),
             };

@@ -11,6 +11,7 @@ use super::args::{
 };
 use crate::adamerging::{Job, LearnOptions, LearnedLambda, Outcome, report_markdown, run_job};
 use crate::checkpoint::Checkpoint;
+use crate::data_merge::DataMerge;
 use crate::device::Backend;
 use crate::diagnostics::{TaskVectorReport, TensorListing};
 use crate::error::{Error, Result};
@@ -20,7 +21,6 @@ use crate::merge::MergeMethod;
 use crate::method::Built;
 use crate::output::{Inputs, OutputDir};
 use crate::pipeline::{Adaptation, TaskPaths, data_merge_to_dir, merge_to_dir};
-use crate::regmean::RegMean;
 use crate::report::table::{compare_runs, markdown};
 use crate::results::Results;
 use crate::suite::{SuiteInfo, SuiteSpec, build as build_suite, suite_dir};
@@ -65,7 +65,7 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     // What runs: a merge from images, or one over the task vectors alone (a learned method's
     // saved λ included). Every refusal comes before anything loads.
     enum Job {
-        Images(RegMean),
+        Images(Box<dyn DataMerge>),
         Tensors(Box<dyn MergeMethod>),
     }
     let job = match (c.method.build(&c.params)?, &args.lambda_file) {
@@ -90,7 +90,7 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
                 "--finetuned",
                 format!(
                     "{} reads each task's images: give --task \
-                     NAME,checkpoint=DIR,data=DIR[,adapt=DIR] instead",
+                     NAME,checkpoint=DIR,data=DIR[,head=FILE][,adapt=DIR] instead",
                     c.method.name()
                 ),
             ));
@@ -107,7 +107,7 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     let device = backend.device()?;
     let s = match job {
         Job::Images(m) => data_merge_to_dir(
-            &m,
+            m.as_ref(),
             &args.models.pretrained,
             &args.tasks,
             &args.out,

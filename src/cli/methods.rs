@@ -21,13 +21,13 @@ fn methods(learned: bool) -> Vec<&'static dyn Method> {
 
 /// Every parameter of `methods` once (the first declaration of each name), with the methods
 /// that take it.
-fn flags(methods: &[&'static dyn Method]) -> Vec<(Param, Vec<&'static dyn Method>)> {
-    let mut out: Vec<(Param, Vec<&'static dyn Method>)> = Vec::new();
+fn flags(methods: &[&'static dyn Method]) -> Vec<(&'static Param, Vec<&'static dyn Method>)> {
+    let mut out: Vec<(&'static Param, Vec<&'static dyn Method>)> = Vec::new();
     for m in methods {
         for p in m.params() {
             match out.iter_mut().find(|(q, _)| q.name == p.name) {
                 Some((_, users)) => users.push(*m),
-                None => out.push((*p, vec![*m])),
+                None => out.push((p, vec![*m])),
             }
         }
     }
@@ -50,7 +50,7 @@ pub fn add_flags(cmd: clap::Command, learned: bool) -> clap::Command {
     for (p, users) in flags(&methods(learned)) {
         let mut arg = Arg::new(p.name)
             .long(p.flag().trim_start_matches("--").to_string())
-            .help(help(&p, &users))
+            .help(help(p, &users))
             .help_heading("Method");
         arg = match p.kind {
             Kind::Bool => arg.action(ArgAction::SetTrue),
@@ -69,9 +69,9 @@ pub fn add_flags(cmd: clap::Command, learned: bool) -> clap::Command {
 /// A flag's help: what it does, the methods that take it, its range and defaults; where the
 /// methods describe or default it differently, each group of methods says its own.
 fn help(p: &Param, users: &[&'static dyn Method]) -> String {
-    let own = |m: &&'static dyn Method| *m.params().iter().find(|q| q.name == p.name).unwrap_or(p);
+    let own = |m: &&'static dyn Method| m.params().iter().find(|q| q.name == p.name).unwrap_or(p);
     let who = |ms: &[&str]| ms.join(", ");
-    if let (Kind::Bool, ParamDefault::Value(Value::Bool(true))) = (p.kind, p.default) {
+    if let (Kind::Bool, ParamDefault::Value(Value::Bool(true))) = (p.kind, &p.default) {
         let names: Vec<&str> = users.iter().map(|m| m.name()).collect();
         return format!("[{}] turn off: {}", who(&names), p.help);
     }

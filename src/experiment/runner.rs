@@ -346,7 +346,7 @@ fn methods(
             }
             Built::Data(method) => {
                 let pb = bar(opts, 1, &format!("seed {seed}: {label}"));
-                let r = seed_run.data(label, method, p.sweep, &pb)?;
+                let r = seed_run.data(label, method.as_ref(), p.sweep, &pb)?;
                 pb.finish_and_clear();
                 r
             }

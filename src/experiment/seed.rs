@@ -14,13 +14,13 @@ use crate::adamerging::{
 };
 use crate::checkpoint::{Checkpoint, load_weights};
 use crate::config::VisionConfig;
+use crate::data_merge::{DataInputs, DataMerge};
 use crate::error::{Error, Result};
 use crate::eval::EvalSet;
 use crate::layout::RunDir;
 use crate::merge::{MergeMethod, WeightedSum, merge_all};
 use crate::model::{VisionTower, logits};
 use crate::pipeline::{Adaptation, LoadSpec, Loaded, TaskPaths, images_used};
-use crate::regmean::{RegMean, RegMeanInputs};
 use crate::results::{INDIVIDUAL, ImagesUsed, PRETRAINED, Record, Role};
 use crate::weights::{Weights, scalar};
 
@@ -144,21 +144,23 @@ impl SeedRun {
         self.merged_record(label, Role::Fixed, &merged, sweep, start, None)
     }
 
-    /// A data-based merge (RegMean), from the seed's unlabeled images, scored; `progress`
-    /// follows the merge.
+    /// A data-based merge (RegMean, Fisher), from the seed's unlabeled images, scored;
+    /// `progress` follows the merge.
     pub fn data(
         &self,
         label: &str,
-        method: &RegMean,
+        method: &dyn DataMerge,
         sweep: Option<usize>,
         progress: &ProgressBar,
     ) -> Result<Record> {
         let start = Instant::now();
-        let inputs = RegMeanInputs {
+        let heads = self.loaded.heads();
+        let inputs = DataInputs {
             cfg: &self.loaded.cfg,
             pre: &self.loaded.pre,
             tv: &self.loaded.tv,
             images: &self.loaded.adapt,
+            heads: &heads,
             seed: self.seed,
             progress,
         };
@@ -169,7 +171,7 @@ impl SeedRun {
         let images = images_used(
             &self.tasks,
             &self.loaded.adapt,
-            method.images,
+            method.images(),
             self.adaptation,
         );
         self.merged_record(label, Role::Data, &merged, sweep, start, Some(images))

@@ -5,6 +5,7 @@
 
 mod adamerging;
 mod dare;
+mod fisher;
 pub mod params;
 mod regmean;
 mod task_arithmetic;
@@ -14,9 +15,9 @@ mod weight_average;
 pub use params::{Bound, Kind, Param, ParamDefault, Params, Source, Value};
 
 use crate::adamerging::LearnConfig;
+use crate::data_merge::DataMerge;
 use crate::error::{Error, Result};
 use crate::merge::MergeMethod;
-use crate::regmean::RegMean;
 
 /// What a method needs beyond θ₀ and the task vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -27,8 +28,8 @@ pub struct Needs {
     pub layer_inputs: bool,
     /// Blocks run one at a time, on activations of another model (RegMean++).
     pub block_by_block: bool,
-    /// A backward per example (Fisher).
-    pub per_example_backward: bool,
+    /// Backward passes through the fine-tuned models (Fisher: per batch, or per image).
+    pub backward: bool,
     /// Task heads: zero-shot ones from a text tower where no head file is given.
     pub heads: bool,
     /// Coefficients learned over steps (a learning run with a checkpoint and a log).
@@ -40,7 +41,7 @@ pub enum Built {
     /// A merge computed from task vectors (and whatever else it needs) in one go.
     Fixed(Box<dyn MergeMethod>),
     /// A merge computed in one go from the task vectors and each task's unlabeled images.
-    Data(RegMean),
+    Data(Box<dyn DataMerge>),
     /// Coefficients learned by entropy minimisation (AdaMerging and AdaMerging++).
     Learned(LearnConfig),
 }
@@ -72,6 +73,7 @@ pub fn registry() -> &'static [&'static dyn Method] {
         &dare::DareMethod,
         &regmean::RegMeanMethod { plus_plus: false },
         &regmean::RegMeanMethod { plus_plus: true },
+        &fisher::FisherMethod,
         &adamerging::AdaMergingMethod,
     ]
 }

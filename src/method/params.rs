@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// One parameter of a method.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Param {
     /// Its name: the key in a file; `--name` (with `-` for `_`) on the command line.
     pub name: &'static str,
@@ -45,6 +45,13 @@ pub enum Kind {
     Bool,
     /// One of a few words.
     Choice(&'static [&'static str]),
+    /// A list of real numbers, each in a range (`1,0.5` on the command line, an array in a file).
+    Floats {
+        /// Lower bound of each.
+        min: Bound,
+        /// Upper bound of each.
+        max: Bound,
+    },
 }
 
 /// One end of a float range.
@@ -59,7 +66,7 @@ pub enum Bound {
 }
 
 /// A parameter's default.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum ParamDefault {
     /// A fixed value.
     Value(Value),
@@ -72,7 +79,7 @@ pub enum ParamDefault {
 }
 
 /// A parameter value.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Value {
     /// A switch.
@@ -83,6 +90,8 @@ pub enum Value {
     Float(f64),
     /// A word of a [`Kind::Choice`].
     Choice(&'static str),
+    /// A list of real numbers.
+    Floats(Vec<f64>),
 }
 
 impl std::fmt::Display for Value {
@@ -92,6 +101,10 @@ impl std::fmt::Display for Value {
             Value::Int(i) => write!(f, "{i}"),
             Value::Float(x) => write!(f, "{x}"),
             Value::Choice(c) => f.write_str(c),
+            Value::Floats(xs) => {
+                let xs: Vec<String> = xs.iter().map(f64::to_string).collect();
+                f.write_str(&xs.join(","))
+            }
         }
     }
 }
@@ -100,7 +113,7 @@ impl Param {
     /// The command-line flag: `--k`, `--batch-size`; a switch on by default is `--no-clamp`.
     pub fn flag(&self) -> String {
         let name = self.name.replace('_', "-");
-        match (self.kind, self.default) {
+        match (self.kind, &self.default) {
             (Kind::Bool, ParamDefault::Value(Value::Bool(true))) => format!("--no-{name}"),
             _ => format!("--{name}"),
         }
@@ -108,7 +121,7 @@ impl Param {
 
     /// The default in words, for help texts.
     pub fn default_text(&self) -> String {
-        match self.default {
+        match &self.default {
             ParamDefault::Value(v) => v.to_string(),
             ParamDefault::Derived(words) => words.to_string(),
             ParamDefault::Unset => "unset".to_string(),
@@ -118,23 +131,15 @@ impl Param {
     /// The range or choices in words.
     pub fn range_text(&self) -> String {
         match self.kind {
-            Kind::Float { min, max } => {
-                let lo = match min {
-                    Bound::Incl(x) => format!("[{x}"),
-                    Bound::Excl(x) => format!("({x}"),
-                    Bound::Open => "(-∞".into(),
-                };
-                let hi = match max {
-                    Bound::Incl(x) => format!("{x}]"),
-                    Bound::Excl(x) => format!("{x})"),
-                    Bound::Open => "∞)".into(),
-                };
-                format!("{lo}, {hi}")
-            }
+            Kind::Float { min, max } => float_range(min, max),
             Kind::Int { min, max } if max == u64::MAX => format!("an integer ≥ {min}"),
             Kind::Int { min, max } => format!("an integer in [{min}, {max}]"),
             Kind::Bool => "true or false".into(),
             Kind::Choice(words) => words.join(" | "),
+            Kind::Floats { min, max } => format!(
+                "numbers separated by commas, each in {}",
+                float_range(min, max)
+            ),
         }
     }
 
@@ -160,6 +165,14 @@ impl Param {
                 .find(|w| **w == text)
                 .map(|w| Value::Choice(w))
                 .ok_or_else(|| bad(&format!("one of {}", words.join(", ")))),
+            Kind::Floats { .. } => {
+                let xs = text
+                    .split(',')
+                    .map(|x| x.trim().parse::<f64>())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|_| bad("numbers separated by commas"))?;
+                self.check(Value::Floats(xs), key)
+            }
         }
     }
 
@@ -177,32 +190,35 @@ impl Param {
             }
             (Kind::Bool, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
             (Kind::Choice(_), toml::Value::String(s)) => self.parse_text(s, key),
+            (Kind::Floats { .. }, toml::Value::Array(items)) => {
+                let xs = items
+                    .iter()
+                    .map(|x| match x {
+                        toml::Value::Float(x) => Some(*x),
+                        toml::Value::Integer(i) => Some(*i as f64),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(bad)?;
+                self.check(Value::Floats(xs), key)
+            }
             _ => Err(bad()),
         }
     }
 
     /// Checks a value against the range.
     fn check(&self, v: Value, key: &str) -> Result<Value> {
-        let ok = match (self.kind, v) {
-            (Kind::Float { min, max }, Value::Float(x)) => {
-                x.is_finite()
-                    && match min {
-                        Bound::Incl(m) => x >= m,
-                        Bound::Excl(m) => x > m,
-                        Bound::Open => true,
-                    }
-                    && match max {
-                        Bound::Incl(m) => x <= m,
-                        Bound::Excl(m) => x < m,
-                        Bound::Open => true,
-                    }
+        let ok = match (self.kind, &v) {
+            (Kind::Float { min, max }, Value::Float(x)) => in_range(*x, min, max),
+            (Kind::Floats { min, max }, Value::Floats(xs)) => {
+                !xs.is_empty() && xs.iter().all(|x| in_range(*x, min, max))
             }
-            (Kind::Int { min, max }, Value::Int(i)) => (min..=max).contains(&i),
+            (Kind::Int { min, max }, Value::Int(i)) => (min..=max).contains(i),
             _ => true,
         };
         if ok {
             Ok(v)
-        } else if let Kind::Float { .. } = self.kind {
+        } else if let Kind::Float { .. } | Kind::Floats { .. } = self.kind {
             Err(Error::invalid(
                 key,
                 format!("{v} is not in {}", self.range_text()),
@@ -214,6 +230,36 @@ impl Param {
             ))
         }
     }
+}
+
+/// Whether `x` is finite and within the bounds.
+fn in_range(x: f64, min: Bound, max: Bound) -> bool {
+    x.is_finite()
+        && match min {
+            Bound::Incl(m) => x >= m,
+            Bound::Excl(m) => x > m,
+            Bound::Open => true,
+        }
+        && match max {
+            Bound::Incl(m) => x <= m,
+            Bound::Excl(m) => x < m,
+            Bound::Open => true,
+        }
+}
+
+/// `[lo, hi)` and the like.
+fn float_range(min: Bound, max: Bound) -> String {
+    let lo = match min {
+        Bound::Incl(x) => format!("[{x}"),
+        Bound::Excl(x) => format!("({x}"),
+        Bound::Open => "(-∞".into(),
+    };
+    let hi = match max {
+        Bound::Incl(x) => format!("{x}]"),
+        Bound::Excl(x) => format!("{x})"),
+        Bound::Open => "∞)".into(),
+    };
+    format!("{lo}, {hi}")
 }
 
 /// Where values come from, to name a key as the user wrote it.
@@ -265,12 +311,12 @@ impl Params {
     ) -> Self {
         let mut values = IndexMap::new();
         for p in params {
-            match (given.get(p.name), p.default) {
+            match (given.get(p.name), &p.default) {
                 (Some(v), _) => {
-                    values.insert(p.name, *v);
+                    values.insert(p.name, v.clone());
                 }
                 (None, ParamDefault::Value(v)) => {
-                    values.insert(p.name, v);
+                    values.insert(p.name, v.clone());
                 }
                 (None, _) => {}
             }
@@ -316,7 +362,7 @@ impl Params {
 
     /// The value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<Value> {
-        self.values.get(name).copied()
+        self.values.get(name).cloned()
     }
 
     /// A float parameter (an int read as float), if set.
@@ -352,9 +398,17 @@ impl Params {
         }
     }
 
+    /// A list of numbers, if set.
+    pub fn floats(&self, name: &str) -> Option<Vec<f64>> {
+        match self.get(name)? {
+            Value::Floats(xs) => Some(xs),
+            _ => None,
+        }
+    }
+
     /// Every set value, in declaration order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, Value)> + '_ {
-        self.values.iter().map(|(k, v)| (*k, *v))
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Value)> + '_ {
+        self.values.iter().map(|(k, v)| (*k, v))
     }
 }
 

@@ -90,12 +90,12 @@ impl Method for RegMeanMethod {
     }
     fn build(&self, p: &Params) -> Result<Built> {
         let int = |name| p.int(name).expect("every integer has a default") as usize;
-        Ok(Built::Data(RegMean {
+        Ok(Built::Data(Box::new(RegMean {
             alpha: p.float("alpha").expect("alpha has a default"),
             images: int("images"),
             batch_size: int("batch_size"),
             seed: p.int("seed"),
             plus_plus: self.plus_plus,
-        }))
+        })))
     }
 }
