@@ -37,7 +37,8 @@ fn experiment(seeds: &str) -> String {
           [[method]]\nkind = \"adamerging\"\ngranularity = \"task\"\nsteps = 3\nlr = 0.01\n\
           [[method]]\nkind = \"adamerging\"\ngranularity = \"layer\"\nsteps = 4\nlr = 0.01\n\
           [[method]]\nkind = \"regmean\"\nalpha = [0.6, 0.95]\nimages = 16\n\
-          [[method]]\nkind = \"regmean++\"\nimages = 16\n";
+          [[method]]\nkind = \"regmean++\"\nimages = 16\n\
+          [[method]]\nkind = \"fisher\"\nfisher_estimator = \"exact\"\nimages = 16\n";
     s
 }
 
@@ -80,7 +81,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
 
     let checked = ok(&adamerge(&cache, &["run", "--check", f]));
     assert!(
-        checked.contains("8 tasks, 10 method runs per seed"),
+        checked.contains("8 tasks, 11 method runs per seed"),
         "{checked}"
     );
 
@@ -105,6 +106,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
         "regmean(alpha=0.6)[images=16]",
         "regmean(alpha=0.95)[images=16]",
         "regmean++(alpha=0.95)[images=16]",
+        "fisher(exact)[images=16]",
     ];
     let labels: Vec<&str> = results.methods.keys().map(String::as_str).collect();
     assert_eq!(labels, expected);
@@ -183,7 +185,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
         .collect();
     assert_eq!(
         events.iter().filter(|v| v["event"] == "method").count(),
-        2 * 12
+        2 * 13
     );
     // Both learned methods' steps, on both seeds, with their method and seed.
     let steps = events.iter().filter(|v| v["event"] == "step").count();

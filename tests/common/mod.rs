@@ -8,8 +8,10 @@ use std::process::Command;
 use adamerge::checkpoint::{Checkpoint, StoredDtype, load_weights};
 use adamerge::config::VisionConfig;
 use adamerge::eval::save_head;
+use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
 use adamerge::weights::{FlatTensor, Weights};
 use burn::tensor::{Device, Tensor, TensorData};
+use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
 /// `tests/fixtures/<rel>`.
@@ -310,4 +312,106 @@ pub fn held_at(
         std::thread::sleep(Duration::from_millis(20));
     }
     child
+}
+
+/// The fixture's models `tasks` (a model may come twice: its second copy is named `<t>2`).
+pub fn task_vectors(tasks: &[&str], device: &Device) -> (VisionConfig, TaskVectors) {
+    let pretrained = fixture("adamerging/pretrained");
+    let fts: Vec<Finetuned> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Finetuned {
+            name: if tasks[..i].contains(t) {
+                format!("{t}2")
+            } else {
+                t.to_string()
+            },
+            path: fixture(&format!("adamerging/finetuned/{t}")),
+        })
+        .collect();
+    let scope = MergeScope::default();
+    let (tv, _) = TaskVectors::load(&pretrained, &fts, &scope, device, &ProgressBar::hidden())
+        .expect("task vectors");
+    let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(&pretrained).unwrap()).unwrap();
+    (cfg, tv)
+}
+
+/// Task `task`'s fixture images: `batches[task][0:3]` flattened, in batches of 8.
+pub fn pixels(task: &str, device: &Device) -> Vec<Tensor<4>> {
+    let all = read_all(&fixture("adamerging/batches.safetensors"));
+    let values = &all[task][..3 * 2 * 4 * 3 * 8 * 8];
+    values
+        .chunks(8 * 3 * 8 * 8)
+        .map(|c| Tensor::from_data(TensorData::new(c.to_vec(), [8, 3, 8, 8]), device))
+        .collect()
+}
+
+/// Largest |got − want| over the largest |want|, for one tensor.
+pub fn rel(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    got.iter()
+        .zip(want)
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()))
+        / scale
+}
+
+/// Every tensor of a safetensors file or directory as f64 (float64 and int64 ones exactly).
+pub fn read_f64(path: &Path) -> HashMap<String, Vec<f64>> {
+    let ckpt = Checkpoint::open(path).expect("open");
+    ckpt.names()
+        .map(|n| {
+            let values = match ckpt.meta(n).expect("meta").dtype {
+                StoredDtype::Other(safetensors::Dtype::F64) => ckpt
+                    .raw(n)
+                    .expect("raw")
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                StoredDtype::Other(safetensors::Dtype::I64) => ckpt
+                    .raw(n)
+                    .expect("raw")
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                _ => ckpt
+                    .read_f32(n)
+                    .expect("read")
+                    .into_iter()
+                    .map(f64::from)
+                    .collect(),
+            };
+            (n.to_string(), values)
+        })
+        .collect()
+}
+
+/// `merge --method METHOD --task T,checkpoint=..,data=..,head=..[,adapt=..]` for the fixture's
+/// tasks over `data` (from `make_data`), `adapt` giving task alpha's adaptation folder.
+pub fn merge_cli(
+    method: &str,
+    data: &[(String, std::path::PathBuf, std::path::PathBuf)],
+    adapt: Option<&std::path::Path>,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = ["merge", "--method", method, "--pretrained"]
+        .map(String::from)
+        .to_vec();
+    args.push(fixture("adamerging/pretrained").display().to_string());
+    args.extend(["--out".to_string(), out.display().to_string()]);
+    for (task, dir, head) in data {
+        let mut spec = format!(
+            "{task},checkpoint={},data={},head={}",
+            fixture(&format!("adamerging/finetuned/{task}")).display(),
+            dir.display(),
+            head.display()
+        );
+        if let (Some(a), "alpha") = (adapt, task.as_str()) {
+            spec += &format!(",adapt={}", a.display());
+        }
+        args.extend(["--task".to_string(), spec]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
