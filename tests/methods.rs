@@ -124,7 +124,8 @@ fn another(p: &Param) -> Value {
                 .copied()
                 .expect("two choices"),
         ),
-        Kind::Floats { .. } => Value::Floats(vec![0.5, 2.0, 1.25]),
+        // One value: the file of `from_file` has one task.
+        Kind::PerTask { .. } => Value::Floats(vec![0.5]),
     }
 }
 
@@ -183,7 +184,7 @@ fn out_of_range_values_and_foreign_keys_are_refused_under_each_source_key() {
                     ..
                 } => Value::Float(x + 1.0),
                 Kind::Int { min, .. } if min > 0 => Value::Int(min - 1),
-                Kind::Floats {
+                Kind::PerTask {
                     min: Bound::Incl(x) | Bound::Excl(x),
                     ..
                 } => Value::Floats(vec![1.0, x - 1.0]),

@@ -62,6 +62,8 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     inputs.check(&args.out)?;
     OutputDir::check_target(&args.out, args.force)?;
     let c = choice(&args.choice);
+    c.params
+        .check_tasks(args.tasks.len().max(args.models.finetuned.len()))?;
     // What runs: a merge from images, or one over the task vectors alone (a learned method's
     // saved λ included). Every refusal comes before anything loads.
     enum Job {

@@ -238,7 +238,10 @@ impl Experiment {
     pub fn plan(&self) -> Result<Vec<Planned>> {
         let mut out = Vec::new();
         for (i, m) in self.methods.iter().enumerate() {
-            out.extend(m.plan(i)?);
+            for planned in m.plan(i)? {
+                planned.params.check_tasks(self.tasks.len())?;
+                out.push(planned);
+            }
         }
         Ok(out)
     }

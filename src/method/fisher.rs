@@ -58,7 +58,7 @@ const PARAMS: &[Param] = &[
     Param {
         name: "scaling",
         help: "a positive weight per model, in task order (FusionBench's fisher_scaling_coefficients; all equal when unset)",
-        kind: Kind::Floats {
+        kind: Kind::PerTask {
             min: Bound::Excl(0.0),
             max: Bound::Open,
         },

@@ -45,8 +45,9 @@ pub enum Kind {
     Bool,
     /// One of a few words.
     Choice(&'static [&'static str]),
-    /// A list of real numbers, each in a range (`1,0.5` on the command line, an array in a file).
-    Floats {
+    /// A real number per task, in task order, each in a range (`1,0.5` on the command line, an
+    /// array in a file); the count is checked against the tasks by [`Params::check_tasks`].
+    PerTask {
         /// Lower bound of each.
         min: Bound,
         /// Upper bound of each.
@@ -136,8 +137,8 @@ impl Param {
             Kind::Int { min, max } => format!("an integer in [{min}, {max}]"),
             Kind::Bool => "true or false".into(),
             Kind::Choice(words) => words.join(" | "),
-            Kind::Floats { min, max } => format!(
-                "numbers separated by commas, each in {}",
+            Kind::PerTask { min, max } => format!(
+                "one number per task, separated by commas, each in {}",
                 float_range(min, max)
             ),
         }
@@ -165,7 +166,7 @@ impl Param {
                 .find(|w| **w == text)
                 .map(|w| Value::Choice(w))
                 .ok_or_else(|| bad(&format!("one of {}", words.join(", ")))),
-            Kind::Floats { .. } => {
+            Kind::PerTask { .. } => {
                 let xs = text
                     .split(',')
                     .map(|x| x.trim().parse::<f64>())
@@ -190,7 +191,7 @@ impl Param {
             }
             (Kind::Bool, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
             (Kind::Choice(_), toml::Value::String(s)) => self.parse_text(s, key),
-            (Kind::Floats { .. }, toml::Value::Array(items)) => {
+            (Kind::PerTask { .. }, toml::Value::Array(items)) => {
                 let xs = items
                     .iter()
                     .map(|x| match x {
@@ -210,7 +211,7 @@ impl Param {
     fn check(&self, v: Value, key: &str) -> Result<Value> {
         let ok = match (self.kind, &v) {
             (Kind::Float { min, max }, Value::Float(x)) => in_range(*x, min, max),
-            (Kind::Floats { min, max }, Value::Floats(xs)) => {
+            (Kind::PerTask { min, max }, Value::Floats(xs)) => {
                 !xs.is_empty() && xs.iter().all(|x| in_range(*x, min, max))
             }
             (Kind::Int { min, max }, Value::Int(i)) => (min..=max).contains(i),
@@ -218,7 +219,7 @@ impl Param {
         };
         if ok {
             Ok(v)
-        } else if let Kind::Float { .. } | Kind::Floats { .. } = self.kind {
+        } else if let Kind::Float { .. } | Kind::PerTask { .. } = self.kind {
             Err(Error::invalid(
                 key,
                 format!("{v} is not in {}", self.range_text()),
@@ -396,6 +397,25 @@ impl Params {
             Value::Choice(c) => Some(c),
             _ => None,
         }
+    }
+
+    /// Fails when a per-task list does not hold one value for each of `tasks` tasks.
+    pub fn check_tasks(&self, tasks: usize) -> Result<()> {
+        for p in self.params {
+            if let (Kind::PerTask { .. }, Some(Value::Floats(xs))) =
+                (p.kind, self.values.get(p.name))
+                && xs.len() != tasks
+            {
+                return Err(self.error(
+                    p.name,
+                    format!(
+                        "{} values for {tasks} tasks (one per task, in task order)",
+                        xs.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A list of numbers, if set.
