@@ -165,8 +165,12 @@ def sample_label(p: torch.Tensor, u: float) -> int:
 
 
 def _add_squares(acc: Optional[List[torch.Tensor]], grads: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    sq = [g.detach() ** 2 for g in grads]
-    return sq if acc is None else [a + s for a, s in zip(acc, sq)]
+    """acc + g**2 per tensor (in place after the first; the same roundings as acc + g**2)."""
+    if acc is None:
+        return [g.detach() ** 2 for g in grads]
+    for a, g in zip(acc, grads):
+        a.add_(g.detach().square())
+    return acc
 
 
 def fisher_batch(model: nn.Module, head: torch.Tensor, batches: Sequence[torch.Tensor]) -> Tensors:
