@@ -139,7 +139,8 @@ pub fn diagonal(
         let grads = loss.backward();
         for (slot, (_, leaf)) in sums.iter_mut().zip(leaves.iter()) {
             if let Some(g) = leaf.data.grad(&grads) {
-                let g2 = g.clone() * g;
+                // One pass each, in place where the buffer is not shared.
+                let g2 = g.square();
                 *slot = Some(match slot.take() {
                     Some(s) => s + g2,
                     None => g2,

@@ -304,6 +304,17 @@ pub fn data_merge_to_dir(
     use std::time::Instant;
     let start = Instant::now();
     let finetuned: Vec<Finetuned> = tasks.iter().map(TaskPaths::finetuned).collect();
+    // Heads and image folders first: a missing text tower or folder fails before the
+    // checkpoints load.
+    let heads = if method.needs_heads() {
+        heads_of(pretrained, tasks, device)?
+    } else {
+        Vec::new()
+    };
+    let images = tasks
+        .iter()
+        .map(|t| UnlabeledImages::scan(t.adapt.as_deref().unwrap_or(&t.data)))
+        .collect::<Result<Vec<_>>>()?;
     let (tv, plan) = TaskVectors::load(
         pretrained,
         &finetuned,
@@ -314,15 +325,6 @@ pub fn data_merge_to_dir(
     progress.finish_and_clear();
     let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(pretrained)?)?;
     let pre = Preprocessor::from_dir(pretrained, cfg.image_size)?;
-    let images = tasks
-        .iter()
-        .map(|t| UnlabeledImages::scan(t.adapt.as_deref().unwrap_or(&t.data)))
-        .collect::<Result<Vec<_>>>()?;
-    let heads = if method.needs_heads() {
-        heads_of(pretrained, tasks, device)?
-    } else {
-        Vec::new()
-    };
     let loaded = start.elapsed();
     let merge_bar = crate::progress::bar_if(
         !progress.is_hidden(),

@@ -235,6 +235,24 @@ fn merge_on_the_command_line_is_the_library_merge_of_the_images_it_names() {
     let args = merge_cli("fisher", &data, None, &out, &["--scaling", "1,2,0.5"]);
     let (ok, said) = adamerge(&args);
     assert!(ok && said.contains("scaling=1:2:0.5"), "{said}");
+    // No head file and no text tower to build a zero-shot head: refused before the checkpoints
+    // load, naming what to give.
+    let headless: Vec<_> = data
+        .iter()
+        .map(|(t, d, _)| (t.clone(), d.clone(), std::path::PathBuf::new()))
+        .collect();
+    let out = tmp.path().join("headless");
+    let mut args = merge_cli("fisher", &headless, None, &out, &[]);
+    for a in args.iter_mut() {
+        if let Some(spec) = a.strip_suffix(",head=") {
+            *a = spec.to_string();
+        }
+    }
+    let (ok, said) = adamerge(&args);
+    assert!(
+        !ok && said.contains("head=FILE") && !said.contains("load ") && !out.exists(),
+        "{said}"
+    );
     // Checkpoints without images: refused, naming the form that works.
     let out = tmp.path().join("refused");
     let args = common::merge_args(&fixture("adamerging"), "fisher", &out, &[]);

@@ -356,8 +356,10 @@ fn an_image_bomb_is_refused_from_its_header_in_folders_and_parquet() {
         head,
         &["--max-image-pixels", "100"],
     ));
+    // Every image of the folder is over 100 pixels; which one the parallel decode meets first
+    // varies from run to run.
     assert!(
-        !ok && text.contains("0.png") && text.contains("limit of 100"),
+        !ok && text.contains(".png") && text.contains("limit of 100"),
         "{text}"
     );
 }

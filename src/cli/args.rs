@@ -263,8 +263,9 @@ pub struct MergeArgs {
     #[command(flatten)]
     pub models: Models,
     /// A task as NAME,checkpoint=DIR,data=DIR[,head=FILE][,adapt=DIR] (repeat), in place of
-    /// --finetuned: data-based methods (regmean, regmean++) read unlabeled images from adapt=,
-    /// else from data= (labels unused); head= is not read by a merge.
+    /// --finetuned: data-based methods (fisher, regmean, regmean++) read unlabeled images from
+    /// adapt=, else from data= (labels unused); fisher predicts through head= (else a zero-shot
+    /// head from the pretrained CLIPModel's text tower), the others read no head.
     #[arg(long = "task", value_parser = parse_learn_task)]
     pub tasks: Vec<TaskPaths>,
     /// Output directory (written whole or not at all; never one of the inputs or a folder
