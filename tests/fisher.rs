@@ -259,3 +259,120 @@ fn merge_on_the_command_line_is_the_library_merge_of_the_images_it_names() {
     let (ok, said) = adamerge(&args);
     assert!(!ok && said.contains("--task") && !out.exists(), "{said}");
 }
+
+#[test]
+fn merge_builds_zero_shot_heads_from_the_pretrained_clip_model_where_no_head_is_given() {
+    use adamerge::checkpoint::{Replacement, load_weights, save_merged};
+    use adamerge::config::{TextConfig, VisionConfig};
+    use adamerge::eval::{HeadSource, prepare_task};
+    use adamerge::model::ClipTokenizer;
+    use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let pretrained = fixture("clip/quick_gelu");
+    let ckpt = Checkpoint::open(&pretrained).unwrap();
+    let all = load_weights(&ckpt, &device, |_| true).unwrap();
+    // Two "fine-tunes": the CLIPModel with its vision tower scaled by 1.04 and 1.08.
+    let data = make_data(&tmp.path().join("data"));
+    let mut fts = Vec::new();
+    for (k, (task, _, _)) in data.iter().take(2).enumerate() {
+        let scale = 1.0 + 0.04 * (k + 1) as f64;
+        let mut w = Weights::new();
+        for (name, t) in all.iter().filter(|(n, _)| n.starts_with("vision_model.")) {
+            w.insert(name, t.with_data(t.data.clone().mul_scalar(scale)));
+        }
+        let dir = tmp.path().join(format!("ft-{task}"));
+        save_merged(&pretrained, &Replacement::from_weights(&w), &dir, false).unwrap();
+        fts.push(Finetuned {
+            name: task.clone(),
+            path: dir,
+        });
+    }
+    let out = tmp.path().join("merged");
+    let mut args: Vec<String> = ["merge", "--method", "fisher", "--images", "6"]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--pretrained".into(), pretrained.display().to_string()]);
+    args.extend(["--out".into(), out.display().to_string()]);
+    for (f, (_, dir, _)) in fts.iter().zip(&data) {
+        args.push("--task".into());
+        args.push(format!(
+            "{},checkpoint={},data={}",
+            f.name,
+            f.path.display(),
+            dir.display()
+        ));
+    }
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_adamerge"))
+        .args(&args)
+        .env("ADAMERGE_CACHE", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{said}");
+
+    // The same merge in the library, with heads built from the text tower as `eval` does.
+    let config = ckpt.config().unwrap();
+    let text = TextConfig::locate(config, &pretrained).unwrap().unwrap();
+    let tok = ClipTokenizer::from_dir(&pretrained, text.max_position_embeddings).unwrap();
+    let heads: Vec<Tensor<2>> = data
+        .iter()
+        .take(2)
+        .map(|(task, dir, _)| {
+            let source = HeadSource::ZeroShot {
+                cache: None,
+                cfg: &text,
+                weights: &all,
+                tokenizer: &tok,
+            };
+            prepare_task(task, dir, source, None, &device).unwrap().head
+        })
+        .collect();
+    let (tv, _) = TaskVectors::load(
+        &pretrained,
+        &fts,
+        &MergeScope::default(),
+        &device,
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
+    let cfg = VisionConfig::of_checkpoint(&ckpt).unwrap();
+    let pre = Preprocessor::from_dir(&pretrained, cfg.image_size).unwrap();
+    let sets: Vec<UnlabeledImages> = data
+        .iter()
+        .take(2)
+        .map(|(_, dir, _)| UnlabeledImages::scan(dir).unwrap())
+        .collect();
+    let m = Fisher {
+        estimator: Estimator::Batch,
+        images: 6,
+        batch_size: 32,
+        seed: None,
+        normalize: true,
+        scaling: None,
+    };
+    let inputs = DataInputs {
+        cfg: &cfg,
+        pre: &pre,
+        tv: &tv,
+        images: &sets,
+        heads: &heads,
+        seed: 0,
+        progress: &ProgressBar::hidden(),
+    };
+    let want = m.merge(&inputs, &device).unwrap();
+    let got = read_all(&out);
+    let mut compared = 0;
+    for (name, t) in want.iter() {
+        let w = t.to_vec().unwrap();
+        let e = w
+            .iter()
+            .zip(&got[name])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(e < 1e-6, "{name} off by {e:.2e}");
+        compared += 1;
+    }
+    assert!(compared > 10);
+}
