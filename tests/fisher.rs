@@ -14,7 +14,8 @@ use adamerge::fisher::{Draws, Estimator, Fisher, diagonal};
 use adamerge::weights::Weights;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{
-    TASKS, adamerge, fixture, make_data, merge_cli, pixels, read_all, read_f64, rel, task_vectors,
+    TASKS, adamerge, assert_written, fixture, make_data, merge_cli, pixels, read_all, read_f64,
+    rel, task_vectors,
 };
 use indicatif::ProgressBar;
 
@@ -206,15 +207,7 @@ fn merge_on_the_command_line_is_the_library_merge_of_the_images_it_names() {
         };
         let want = m.merge(&inputs, &device).unwrap();
         let got = read_all(&out);
-        for (name, t) in want.iter() {
-            let w = t.to_vec().unwrap();
-            let e = w
-                .iter()
-                .zip(&got[name])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(e < 1e-6, "{estimator} {seed:?}: {name} off by {e:.2e}");
-        }
+        assert_written(&want, &got, 1e-6, &format!("{estimator} {seed:?}"));
         runs.insert(format!("{estimator}-{seed:?}"), got[q].clone());
     }
     // The estimator and the seed (of the images and of the exact estimator's labels) matter.
@@ -362,17 +355,6 @@ fn merge_builds_zero_shot_heads_from_the_pretrained_clip_model_where_no_head_is_
         progress: &ProgressBar::hidden(),
     };
     let want = m.merge(&inputs, &device).unwrap();
-    let got = read_all(&out);
-    let mut compared = 0;
-    for (name, t) in want.iter() {
-        let w = t.to_vec().unwrap();
-        let e = w
-            .iter()
-            .zip(&got[name])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(e < 1e-6, "{name} off by {e:.2e}");
-        compared += 1;
-    }
-    assert!(compared > 10);
+    assert!(want.len() > 10);
+    assert_written(&want, &read_all(&out), 1e-6, "zero-shot heads");
 }

@@ -12,7 +12,8 @@ use adamerge::regmean::RegMean;
 use adamerge::weights::Weights;
 use burn::tensor::Device;
 use common::{
-    TASKS, adamerge, fixture, make_data, merge_cli, pixels, read_all, read_f64, rel, task_vectors,
+    TASKS, adamerge, assert_written, fixture, make_data, merge_cli, pixels, read_all, read_f64,
+    rel, task_vectors,
 };
 use indicatif::ProgressBar;
 
@@ -182,19 +183,8 @@ fn merge_on_the_command_line_writes_the_merge_of_the_images_it_names() {
                 progress: &ProgressBar::hidden(),
             };
             let want = m.merge(&inputs, &device).unwrap();
-            let got = read_all(&out);
-            for (name, t) in want.iter() {
-                let w = t.to_vec().unwrap();
-                let e = w
-                    .iter()
-                    .zip(&got[name])
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0f32, f32::max);
-                assert!(
-                    e < 1e-6,
-                    "{method} {with_adapt} {seed:?}: {name} off by {e:.2e}"
-                );
-            }
+            let what = format!("{method} {with_adapt} {seed:?}");
+            assert_written(&want, &read_all(&out), 1e-6, &what);
         }
         // The three runs differ: the folder and the seed choose the images.
         let q = "vision_model.encoder.layers.0.self_attn.q_proj.weight";

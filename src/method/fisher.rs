@@ -1,6 +1,7 @@
 //! Fisher merging as a unit of the method model: a merge computed in one go from each
 //! fine-tune's diagonal Fisher on its task's unlabeled images.
 
+use super::regmean::{batch_size, images, seed};
 use super::{Bound, Built, Kind, Method, Needs, Param, ParamDefault, Params, Value};
 use crate::error::Result;
 use crate::fisher::{Estimator, Fisher, PAPER};
@@ -14,39 +15,9 @@ const PARAMS: &[Param] = &[
         sweep: false,
         aliases: &["estimator"],
     },
-    Param {
-        name: "images",
-        help: "unlabeled images per task the Fisher is estimated on (drawn by the seed)",
-        kind: Kind::Int {
-            min: 1,
-            max: u64::MAX,
-        },
-        default: ParamDefault::Value(Value::Int(256)),
-        sweep: false,
-        aliases: &[],
-    },
-    Param {
-        name: "batch_size",
-        help: "images per forward (the batch estimator squares one gradient per batch)",
-        kind: Kind::Int {
-            min: 1,
-            max: u64::MAX,
-        },
-        default: ParamDefault::Value(Value::Int(32)),
-        sweep: false,
-        aliases: &[],
-    },
-    Param {
-        name: "seed",
-        help: "seed of the images drawn from each task and of the exact estimator's labels",
-        kind: Kind::Int {
-            min: 0,
-            max: u64::MAX,
-        },
-        default: ParamDefault::Derived("the run's seed in an experiment, 0 in merge"),
-        sweep: false,
-        aliases: &[],
-    },
+    images("unlabeled images per task the Fisher is estimated on (drawn by the seed)"),
+    batch_size("images per forward (the batch estimator squares one gradient per batch)"),
+    seed("seed of the images drawn from each task and of the exact estimator's labels"),
     Param {
         name: "normalize",
         help: "weigh each model by 1 / the global norm of its Fisher (FusionBench's normalize_fisher_weight)",

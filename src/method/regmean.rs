@@ -18,9 +18,16 @@ const PARAMS: &[Param] = &[
         sweep: true,
         aliases: &[],
     },
+    images("unlabeled images per task whose layer inputs make the Grams (drawn by the seed)"),
+    batch_size("images per forward batch"),
+    seed("seed of the images drawn from each task"),
+];
+
+/// Images per task a data-based method draws (FusionBench's 256); `help` says what for.
+pub(super) const fn images(help: &'static str) -> Param {
     Param {
         name: "images",
-        help: "unlabeled images per task whose layer inputs make the Grams (drawn by the seed)",
+        help,
         kind: Kind::Int {
             min: 1,
             max: u64::MAX,
@@ -28,10 +35,14 @@ const PARAMS: &[Param] = &[
         default: ParamDefault::Value(Value::Int(256)),
         sweep: false,
         aliases: &[],
-    },
+    }
+}
+
+/// Images per forward batch of a data-based method (FusionBench's 32).
+pub(super) const fn batch_size(help: &'static str) -> Param {
     Param {
         name: "batch_size",
-        help: "images per forward batch",
+        help,
         kind: Kind::Int {
             min: 1,
             max: u64::MAX,
@@ -39,10 +50,14 @@ const PARAMS: &[Param] = &[
         default: ParamDefault::Value(Value::Int(32)),
         sweep: false,
         aliases: &[],
-    },
+    }
+}
+
+/// The seed of a data-based method's draws: the run's in an experiment.
+pub(super) const fn seed(help: &'static str) -> Param {
     Param {
         name: "seed",
-        help: "seed of the images drawn from each task",
+        help,
         kind: Kind::Int {
             min: 0,
             max: u64::MAX,
@@ -50,8 +65,8 @@ const PARAMS: &[Param] = &[
         default: ParamDefault::Derived("the run's seed in an experiment, 0 in merge"),
         sweep: false,
         aliases: &[],
-    },
-];
+    }
+}
 
 /// RegMean (`plus_plus: false`) or RegMean++ in the method registry.
 pub struct RegMeanMethod {

@@ -61,6 +61,24 @@ pub fn read_all(path: &Path) -> HashMap<String, Vec<f32>> {
         .collect()
 }
 
+/// Asserts that every tensor of `want` is in the checkpoint `written` (read with [`read_all`];
+/// it may hold more) within `tol`; `what` names the case in the message.
+pub fn assert_written(want: &Weights, written: &HashMap<String, Vec<f32>>, tol: f32, what: &str) {
+    for (name, t) in want.iter() {
+        let have = written
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: `{name}` was not written"));
+        let e = t
+            .to_vec()
+            .unwrap()
+            .iter()
+            .zip(have)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(e < tol, "{what}: {name} off by {e:.2e}");
+    }
+}
+
 /// Largest absolute difference between `got` and the expected tensors (same names required).
 pub fn max_abs_diff(got: &Weights, expected: &HashMap<String, Vec<f32>>) -> f32 {
     assert_eq!(got.len(), expected.len(), "tensor count");
