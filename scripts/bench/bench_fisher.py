@@ -175,24 +175,6 @@ def run_ours(binary: str, args, cache: Path, estimator: str, out: Path, logdir: 
     return r
 
 
-def compare(ours: Path, ref: Path) -> dict:
-    """Largest |ours - torch| / largest |torch| per tensor: the worst over the encoder's linear weights
-    and over every merged tensor."""
-    import numpy as np
-    from safetensors.numpy import load_file
-
-    a, b = load_file(str(ours / "model.safetensors")), load_file(str(ref))
-    worst = {"all": (0.0, ""), "encoder_linear": (0.0, "")}
-    for name, want in b.items():
-        if not (name.startswith("vision_model.") or name == "visual_projection.weight"):
-            continue
-        e = float(np.abs(a[name].astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
-        worst["all"] = max(worst["all"], (e, name))
-        if re.search(r"\.encoder\.layers\.\d+\.(self_attn\.\w+_proj|mlp\.fc\d)\.weight$", name):
-            worst["encoder_linear"] = max(worst["encoder_linear"], (e, name))
-    return worst
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -234,7 +216,7 @@ def main() -> None:
                 o = run_ours(str(binary), args, cache, est, ours_out, work)
             print(f"{est}: PyTorch ...", file=sys.stderr, flush=True)
             t = run_torch(args.python, args, cache, est, torch_out, work)
-            worst = compare(ours_out, torch_out) if o is not None and est == "batch" else None
+            worst = br.compare(ours_out, torch_out) if o is not None and est == "batch" else None
             rows.append({"estimator": est, "images": args.images if est == "batch" else args.exact_images,
                          "ours": o, "torch": t, "worst": worst})
             shutil.rmtree(ours_out, ignore_errors=True)
