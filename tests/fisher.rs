@@ -9,13 +9,12 @@ use std::collections::HashMap;
 
 use adamerge::checkpoint::Checkpoint;
 use adamerge::data::{Preprocessor, UnlabeledImages};
-use adamerge::data_merge::{DataInputs, DataMerge};
 use adamerge::fisher::{Draws, Estimator, Fisher, diagonal};
 use adamerge::weights::Weights;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{
-    TASKS, adamerge, assert_written, fixture, make_data, merge_cli, pixels, read_all, read_f64,
-    rel, task_vectors,
+    TASKS, adamerge, assert_written, fixture, library_merge, make_data, merge_cli, pixels,
+    read_all, read_f64, rel, task_vectors,
 };
 use indicatif::ProgressBar;
 
@@ -196,16 +195,7 @@ fn merge_on_the_command_line_is_the_library_merge_of_the_images_it_names() {
             normalize: true,
             scaling: None,
         };
-        let inputs = DataInputs {
-            cfg: &cfg,
-            pre: &pre,
-            tv: &tv,
-            images: &sets,
-            heads: &heads,
-            seed: 0,
-            progress: &ProgressBar::hidden(),
-        };
-        let want = m.merge(&inputs, &device).unwrap();
+        let want = library_merge(&m, &cfg, &pre, &tv, &sets, &heads);
         let got = read_all(&out);
         assert_written(&want, &got, 1e-6, &format!("{estimator} {seed:?}"));
         runs.insert(format!("{estimator}-{seed:?}"), got[q].clone());
@@ -345,16 +335,7 @@ fn merge_builds_zero_shot_heads_from_the_pretrained_clip_model_where_no_head_is_
         normalize: true,
         scaling: None,
     };
-    let inputs = DataInputs {
-        cfg: &cfg,
-        pre: &pre,
-        tv: &tv,
-        images: &sets,
-        heads: &heads,
-        seed: 0,
-        progress: &ProgressBar::hidden(),
-    };
-    let want = m.merge(&inputs, &device).unwrap();
+    let want = library_merge(&m, &cfg, &pre, &tv, &sets, &heads);
     assert!(want.len() > 10);
     assert_written(&want, &read_all(&out), 1e-6, "zero-shot heads");
 }

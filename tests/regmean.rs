@@ -7,15 +7,13 @@
 mod common;
 
 use adamerge::data::{Preprocessor, UnlabeledImages};
-use adamerge::data_merge::{DataInputs, DataMerge};
 use adamerge::regmean::RegMean;
 use adamerge::weights::Weights;
 use burn::tensor::Device;
 use common::{
-    TASKS, adamerge, assert_written, fixture, make_data, merge_cli, pixels, read_all, read_f64,
-    rel, task_vectors,
+    TASKS, adamerge, assert_written, fixture, library_merge, make_data, merge_cli, pixels,
+    read_all, read_f64, rel, task_vectors,
 };
-use indicatif::ProgressBar;
 
 fn merge(
     alpha: f64,
@@ -173,16 +171,8 @@ fn merge_on_the_command_line_writes_the_merge_of_the_images_it_names() {
                 seed,
                 plus_plus,
             };
-            let inputs = DataInputs {
-                cfg: &cfg,
-                pre: &pre,
-                tv: &tv,
-                images: if with_adapt { &adapted } else { &plain },
-                heads: &[],
-                seed: 0,
-                progress: &ProgressBar::hidden(),
-            };
-            let want = m.merge(&inputs, &device).unwrap();
+            let images = if with_adapt { &adapted } else { &plain };
+            let want = library_merge(&m, &cfg, &pre, &tv, images, &[]);
             let what = format!("{method} {with_adapt} {seed:?}");
             assert_written(&want, &read_all(&out), 1e-6, &what);
         }

@@ -7,6 +7,8 @@ use std::process::Command;
 
 use adamerge::checkpoint::{Checkpoint, StoredDtype, load_weights};
 use adamerge::config::VisionConfig;
+use adamerge::data::{Preprocessor, UnlabeledImages};
+use adamerge::data_merge::{DataInputs, DataMerge};
 use adamerge::eval::save_head;
 use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
 use adamerge::weights::{FlatTensor, Weights};
@@ -59,6 +61,28 @@ pub fn read_all(path: &Path) -> HashMap<String, Vec<f32>> {
             (n.to_string(), values)
         })
         .collect()
+}
+
+/// The library's merge by data-based `method` of `images` (heads `heads`, none for RegMean), with
+/// `merge`'s default seed 0: what the command line must have written.
+pub fn library_merge(
+    method: &dyn DataMerge,
+    cfg: &VisionConfig,
+    pre: &Preprocessor,
+    tv: &TaskVectors,
+    images: &[UnlabeledImages],
+    heads: &[Tensor<2>],
+) -> Weights {
+    let inputs = DataInputs {
+        cfg,
+        pre,
+        tv,
+        images,
+        heads,
+        seed: 0,
+        progress: &ProgressBar::hidden(),
+    };
+    method.merge(&inputs, &Device::flex()).unwrap()
 }
 
 /// Asserts that every tensor of `want` is in the checkpoint `written` (read with [`read_all`];
