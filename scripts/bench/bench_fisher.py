@@ -55,7 +55,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "reference")]  # common, bench_regm
 import bench_regmean as br  # noqa: E402  (its inputs and cache; importing it runs nothing)
 from common import (  # noqa: E402
     DEFAULT_BIN, MIB, VIT_B32, cache_dir, cpu_busy, fmt_ratio, have_gnu_time, lock_inputs, machine_info,
-    measured_run, package_versions, publish, rerun_prefix, snapshot_binary, staging,
+    measured_run, package_versions, publish, rerun_prefix, run_torch_child, snapshot_binary, staging,
 )
 
 CACHE = "bench-regmean-vitb32"  # shared with bench_regmean.py
@@ -151,11 +151,7 @@ def spec_for(args, cache: Path, estimator: str, out: Path) -> dict:
 
 def run_torch(python: str, args, cache: Path, estimator: str, out: Path, logdir: Path) -> dict:
     spec = spec_for(args, cache, estimator, out)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [python, str(Path(__file__).resolve()), "--torch-child", json.dumps(spec)]
-    r = measured_run(cmd, env, logdir, f"torch-{estimator}", have_gnu_time())
-    r["phases"] = json.loads(r["stdout"].strip().splitlines()[-1])
-    return r
+    return run_torch_child(python, Path(__file__).resolve(), spec, args.threads, logdir, f"torch-{estimator}")
 
 
 # --------------------------------------------------------------------------- ours

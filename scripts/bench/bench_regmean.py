@@ -48,7 +48,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "reference")]  # common, reference_
 
 from common import (  # noqa: E402
     DEFAULT_BIN, MIB, VIT_B32, cache_dir, cpu_busy, fmt_ratio, have_gnu_time, lock_inputs, machine_info,
-    measured_run, package_versions, publish, rerun_prefix, snapshot_binary, staging,
+    measured_run, package_versions, publish, rerun_prefix, run_torch_child, snapshot_binary, staging,
 )
 
 SEED = 20250
@@ -180,11 +180,7 @@ def run_torch(python: str, args, cache: Path, method: str, out: Path, logdir: Pa
     spec = {"pretrained": str(cache / "pretrained"), "method": method, "alpha": args.alpha, "batch": 32,
             "threads": args.threads, "out": str(out),
             "tasks": [(t, str(c), str(i)) for t, c, i in task_dirs(cache, args.images)]}
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [python, str(Path(__file__).resolve()), "--torch-child", json.dumps(spec)]
-    r = measured_run(cmd, env, logdir, f"torch-{method}", have_gnu_time())
-    r["phases"] = json.loads(r["stdout"].strip().splitlines()[-1])
-    return r
+    return run_torch_child(python, Path(__file__).resolve(), spec, args.threads, logdir, f"torch-{method}")
 
 
 # --------------------------------------------------------------------------- ours

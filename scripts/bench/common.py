@@ -385,3 +385,13 @@ def binary_staleness(bin_path: Path) -> list[str]:
 
 def fmt_ratio(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}×"
+
+
+def run_torch_child(python: str, script: Path, spec: dict, threads: int, logdir: Path, tag: str) -> dict:
+    """`script --torch-child SPEC` under `python` with `threads` OpenMP threads, measured
+    (measured_run); its last stdout line, a JSON object of its own phase times, becomes "phases"."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [python, str(script), "--torch-child", json.dumps(spec)]
+    r = measured_run(cmd, env, logdir, tag, have_gnu_time())
+    r["phases"] = json.loads(r["stdout"].strip().splitlines()[-1])
+    return r
