@@ -130,8 +130,24 @@ pub fn diagonal(
     uniform: &mut dyn FnMut() -> Result<f64>,
     progress: &ProgressBar,
 ) -> Result<Weights> {
-    check_head_width(cfg, &tv.tasks()[k], head)?;
     let w = tv.finetuned(k, |_| true)?;
+    diagonal_of(cfg, tv, k, &w, head, batches, estimator, uniform, progress)
+}
+
+/// [`diagonal`] of `w`, fine-tuned model `k` already formed (the merge weighs it next).
+#[allow(clippy::too_many_arguments)]
+fn diagonal_of(
+    cfg: &VisionConfig,
+    tv: &TaskVectors,
+    k: usize,
+    w: &Weights,
+    head: &Tensor<2>,
+    batches: &[Tensor<4>],
+    estimator: Estimator,
+    uniform: &mut dyn FnMut() -> Result<f64>,
+    progress: &ProgressBar,
+) -> Result<Weights> {
+    check_head_width(cfg, &tv.tasks()[k], head)?;
     let leaves = w.map(|_, t| t.autodiff().require_grad());
     let model = tv.complete(leaves.clone());
     let mut sums: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
@@ -315,10 +331,12 @@ impl Fisher {
         let mut acc = Accumulator::default();
         for (k, head) in heads.iter().enumerate() {
             let pixels = batches(k)?;
-            let f = diagonal(
+            let w = tv.finetuned(k, |_| true)?;
+            let f = diagonal_of(
                 cfg,
                 tv,
                 k,
+                &w,
                 head,
                 &pixels,
                 self.estimator,
@@ -326,7 +344,7 @@ impl Fisher {
                 progress,
             )?;
             let c = self.coefficient(k, global_norm(&f)?);
-            acc.add(&tv.finetuned(k, |_| true)?, f, c);
+            acc.add(&w, f, c);
         }
         Ok(acc.finish(tv.theta0()))
     }
