@@ -30,6 +30,7 @@ pub mod progress;
 pub mod regmean;
 pub mod report;
 pub mod results;
+pub mod spectral;
 pub mod suite;
 pub mod task_vector;
 pub mod weights;

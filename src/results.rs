@@ -60,6 +60,10 @@ pub struct Record {
     /// The images a data-based merge read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<ImagesUsed>>,
+    /// A spectral merge's shared SVD pass on its seed: wall time of every spectral merge's
+    /// decompositions together, not in `seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svd_seconds: Option<f64>,
 }
 
 /// The records a run has so far (`progress.json`): what `--resume` skips.
@@ -355,6 +359,7 @@ mod tests {
             steps: None,
             lambda: None,
             images: None,
+            svd_seconds: None,
         }
     }
 

@@ -38,7 +38,9 @@ fn experiment(seeds: &str) -> String {
           [[method]]\nkind = \"adamerging\"\ngranularity = \"layer\"\nsteps = 4\nlr = 0.01\n\
           [[method]]\nkind = \"regmean\"\nalpha = [0.6, 0.95]\nimages = 16\n\
           [[method]]\nkind = \"regmean++\"\nimages = 16\n\
-          [[method]]\nkind = \"fisher\"\nfisher_estimator = \"exact\"\nimages = 16\n";
+          [[method]]\nkind = \"fisher\"\nfisher_estimator = \"exact\"\nimages = 16\n\
+          [[method]]\nkind = \"tsv-m\"\nalpha = [0.5, 1.0]\n\
+          [[method]]\nkind = \"iso-cts\"\nqkv = \"split\"\n";
     s
 }
 
@@ -81,7 +83,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
 
     let checked = ok(&adamerge(&cache, &["run", "--check", f]));
     assert!(
-        checked.contains("8 tasks, 11 method runs per seed"),
+        checked.contains("8 tasks, 14 method runs per seed"),
         "{checked}"
     );
 
@@ -107,6 +109,9 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
         "regmean(alpha=0.95)[images=16]",
         "regmean++(alpha=0.95)[images=16]",
         "fisher(exact)[images=16]",
+        "tsv-m(alpha=0.5,qkv=fused)",
+        "tsv-m(alpha=1,qkv=fused)",
+        "iso-cts(alpha=1,common=0.8,qkv=split)",
     ];
     let labels: Vec<&str> = results.methods.keys().map(String::as_str).collect();
     assert_eq!(labels, expected);
@@ -121,7 +126,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
     );
     assert_eq!(results.sweeps["regmean (method[5])"].values.len(), 2);
     // Data-based merges record which unlabeled images they read: 16 of each task's test set.
-    for label in &expected[9..] {
+    for label in &expected[9..13] {
         let images = results.methods[*label].images.as_ref().unwrap();
         assert_eq!(images.len(), 8, "{label}");
         for i in images {
@@ -132,6 +137,19 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
         }
     }
     assert!(results.methods["weight-average"].images.is_none());
+    // The spectral merges of a seed share one SVD pass, whose time each records.
+    let progress = Progress::read(&RunDir::new(dir)).unwrap();
+    for seed in [0, 1] {
+        let svd: Vec<Option<f64>> = progress
+            .records
+            .iter()
+            .filter(|r| r.seed == seed)
+            .map(|r| r.svd_seconds)
+            .collect();
+        let spectral: Vec<f64> = svd.iter().flatten().copied().collect();
+        assert_eq!(spectral.len(), 3, "seed {seed}: {svd:?}");
+        assert!(spectral.iter().all(|s| *s > 0.0 && *s == spectral[0]));
+    }
     assert!(results.provenance["inputs"].as_array().unwrap().len() == 2);
 
     // Learned methods log their steps, and lower the entropy objective on fixed adaptation
@@ -155,7 +173,6 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
             "{stem}"
         );
     }
-    let progress = Progress::read(&RunDir::new(dir)).unwrap();
     for seed in [0, 1] {
         let entropy = |m: &str| {
             progress
@@ -185,7 +202,7 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
         .collect();
     assert_eq!(
         events.iter().filter(|v| v["event"] == "method").count(),
-        2 * 13
+        2 * 16
     );
     // Both learned methods' steps, on both seeds, with their method and seed.
     let steps = events.iter().filter(|v| v["event"] == "step").count();

@@ -16,6 +16,7 @@ use super::seed::{SeedRun, checkpoint_hash, load_spec};
 use crate::error::{Error, Result};
 use crate::events::{Event, Of};
 use crate::layout::RunDir;
+use crate::merge::{Spectral, SpectralDeltas};
 use crate::method::Built;
 use crate::output::{Inputs, LOCK_FILE, RunLock};
 use crate::output::{read_json, write_atomic, write_json};
@@ -330,7 +331,16 @@ fn methods(
 ) -> Result<bool> {
     let seed = seed_run.seed;
     let exp_tasks: Vec<String> = seed_run.tasks.iter().map(|t| t.name.clone()).collect();
-    for (label, p) in planned {
+    // Every spectral merge still to run shares one SVD pass, made when the first needs it and
+    // dropped after the last.
+    let spectral = |(label, p): &(String, Planned)| match &p.built {
+        Built::Fixed(m) if progress.get(label, seed).is_none() => m.spectral().copied(),
+        _ => None,
+    };
+    let pending: Vec<Spectral> = planned.iter().filter_map(spectral).collect();
+    let last_spectral = planned.iter().rposition(|e| spectral(e).is_some());
+    let mut shared: Option<SpectralDeltas> = None;
+    for (i, (label, p)) in planned.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             return Ok(false);
         }
@@ -339,8 +349,16 @@ fn methods(
         }
         let r = match &p.built {
             Built::Fixed(method) => {
+                if method.spectral().is_some() && shared.is_none() {
+                    let pb = bar(opts, 0, &format!("seed {seed}: SVDs of the task vectors"));
+                    shared = Some(SpectralDeltas::compute(&seed_run.loaded.tv, &pending, &pb)?);
+                    pb.finish_and_clear();
+                }
                 let pb = bar(opts, 1, &format!("seed {seed}: {label}"));
-                let r = seed_run.fixed(label, method.as_ref(), p.sweep)?;
+                let r = seed_run.fixed(label, method.as_ref(), p.sweep, shared.as_ref())?;
+                if Some(i) == last_spectral {
+                    shared = None;
+                }
                 pb.finish_and_clear();
                 r
             }

@@ -18,7 +18,7 @@ use crate::data_merge::{DataInputs, DataMerge};
 use crate::error::{Error, Result};
 use crate::eval::EvalSet;
 use crate::layout::RunDir;
-use crate::merge::{MergeMethod, WeightedSum, merge_all};
+use crate::merge::{MergeMethod, SpectralDeltas, WeightedSum, merge_all};
 use crate::model::{VisionTower, logits};
 use crate::pipeline::{Adaptation, LoadSpec, Loaded, TaskPaths, images_used};
 use crate::results::{INDIVIDUAL, ImagesUsed, PRETRAINED, Record, Role};
@@ -132,16 +132,29 @@ impl SeedRun {
         Ok(reference(INDIVIDUAL, self.seed, acc, None))
     }
 
-    /// A fixed merge, scored.
+    /// A fixed merge, scored; a spectral one from the Δ of the run's shared SVD pass where
+    /// `shared` holds it.
     pub fn fixed(
         &self,
         label: &str,
         method: &dyn MergeMethod,
         sweep: Option<usize>,
+        shared: Option<&SpectralDeltas>,
     ) -> Result<Record> {
         let start = Instant::now();
-        let merged = self.loaded.tv.complete(method.merge(&self.loaded.tv)?);
-        self.merged_record(label, Role::Fixed, &merged, sweep, start, None)
+        let tv = &self.loaded.tv;
+        let from_shared = method
+            .spectral()
+            .zip(shared)
+            .and_then(|(s, d)| Some((s, d.get(s)?, d.seconds)));
+        let (merged, svd_seconds) = match from_shared {
+            Some((s, delta, seconds)) => (s.merge_from(tv, delta)?, Some(seconds)),
+            None => (method.merge(tv)?, None),
+        };
+        let merged = tv.complete(merged);
+        let mut r = self.merged_record(label, Role::Fixed, &merged, sweep, start, None)?;
+        r.svd_seconds = svd_seconds;
+        Ok(r)
     }
 
     /// A data-based merge (RegMean, Fisher), from the seed's unlabeled images, scored;
@@ -199,6 +212,7 @@ impl SeedRun {
             steps: None,
             lambda: None,
             images,
+            svd_seconds: None,
         })
     }
 
@@ -256,6 +270,7 @@ impl SeedRun {
             steps: Some(config.steps),
             lambda: Some(RunDir::lambda_file(label, self.seed)),
             images: None,
+            svd_seconds: None,
         }))
     }
 }
@@ -326,6 +341,7 @@ fn reference(label: &str, seed: u64, accuracy: Vec<f64>, entropy: Option<f64>) -
         steps: None,
         lambda: None,
         images: None,
+        svd_seconds: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod average;
 mod dare;
+mod spectral;
 mod task_arithmetic;
 mod ties;
 mod weighted;
@@ -14,6 +15,7 @@ use burn::tensor::Tensor;
 
 pub use average::WeightAverage;
 pub use dare::{Dare, DareInner, DareMasks, Dropped, PAPER as DARE_PAPER, seeded_mask};
+pub use spectral::{MatrixUnit, Qkv, Spectral, SpectralDeltas, matrix_units};
 pub use task_arithmetic::TaskArithmetic;
 pub use ties::{Aggregate, Ties, TiesMerge, TrimScope, kth_smallest_magnitude};
 pub use weighted::WeightedSum;
@@ -37,6 +39,11 @@ pub trait MergeMethod {
     /// The merged weights over the merged tensors.
     fn merge(&self, tv: &TaskVectors) -> Result<Weights> {
         merge_all(tv.theta0(), &*self.prepare(tv)?)
+    }
+    /// A spectral merge's settings, so that a run computes the SVDs of every spectral merge it
+    /// holds in one shared pass ([`SpectralDeltas`]); `None` for every other method.
+    fn spectral(&self) -> Option<&Spectral> {
+        None
     }
 }
 

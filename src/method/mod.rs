@@ -8,6 +8,7 @@ mod dare;
 mod fisher;
 pub mod params;
 mod regmean;
+mod spectral;
 mod task_arithmetic;
 mod ties;
 mod weight_average;
@@ -18,6 +19,7 @@ use crate::adamerging::LearnConfig;
 use crate::data_merge::DataMerge;
 use crate::error::{Error, Result};
 use crate::merge::MergeMethod;
+use crate::spectral::Variant;
 
 /// What a method needs beyond θ₀ and the task vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -74,6 +76,15 @@ pub fn registry() -> &'static [&'static dyn Method] {
         &regmean::RegMeanMethod { plus_plus: false },
         &regmean::RegMeanMethod { plus_plus: true },
         &fisher::FisherMethod,
+        &spectral::SpectralMethod {
+            variant: Variant::TsvM,
+        },
+        &spectral::SpectralMethod {
+            variant: Variant::IsoC,
+        },
+        &spectral::SpectralMethod {
+            variant: Variant::IsoCts { common: 0.8 },
+        },
         &adamerging::AdaMergingMethod,
     ]
 }

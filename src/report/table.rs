@@ -238,6 +238,7 @@ mod tests {
             steps: None,
             lambda: None,
             images: None,
+            svd_seconds: None,
         };
         let records = vec![
             rec("individual", Role::Reference, [1.0, 1.0], None, None),
