@@ -118,11 +118,20 @@ def make_images(cache: Path, n: int) -> None:
     publish(tmp, cache / name)
 
 
-def ensure_inputs(cache: Path, n: int) -> None:
-    cache.mkdir(parents=True, exist_ok=True)
+def ensure_checkpoints(cache: Path, tasks: int = NUM_TASKS) -> None:
+    """The pretrained model and the first `tasks` fine-tunes (no images; bench_spectral.py's inputs)."""
     todo = [("pretrained", lambda: make_pretrained(cache))]
-    todo += [(f"ft{k}", lambda k=k: make_finetuned(cache, k)) for k in range(NUM_TASKS)]
-    todo += [(f"images-{n}", lambda: make_images(cache, n))]
+    todo += [(f"ft{k}", lambda k=k: make_finetuned(cache, k)) for k in range(tasks)]
+    _make_missing(cache, todo)
+
+
+def ensure_inputs(cache: Path, n: int) -> None:
+    ensure_checkpoints(cache)
+    _make_missing(cache, [(f"images-{n}", lambda: make_images(cache, n))])
+
+
+def _make_missing(cache: Path, todo) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
     for name, make in todo:
         if not done(cache / name):
             t = time.perf_counter()
@@ -203,19 +212,36 @@ def compare(ours: Path, ref: Path) -> dict:
     weights (Grams of 12,800 token rows per task) and over every merged tensor (the projection's
     Gram has only 256 pooled rows per task, and a random model's pooled outputs are nearly
     collinear, so float32 solves of it disagree most)."""
+    worst = {"all": (0.0, ""), "encoder_linear": (0.0, "")}
+    for name, d in rel_diffs(ours, ref).items():
+        worst["all"] = max(worst["all"], (d["rel"], name))
+        if ENCODER_LINEAR.search(name):
+            worst["encoder_linear"] = max(worst["encoder_linear"], (d["rel"], name))
+    return worst
+
+
+ENCODER_LINEAR = re.compile(r"\.encoder\.layers\.\d+\.(self_attn\.\w+_proj|mlp\.fc\d)\.weight$")
+
+
+def rel_diffs(ours: Path, ref: Path, base: Path | None = None) -> dict[str, dict]:
+    """Per tensor of the vision model (and projection) in ref: {"ndim", "rel": largest |ours - torch|
+    / largest |torch|}, plus, given the base checkpoint file, "rel_delta": the same over largest
+    |torch - base| (the agreement of the update, which the base does not dilute)."""
     import numpy as np
     from safetensors.numpy import load_file
 
     a, b = load_file(str(ours / "model.safetensors")), load_file(str(ref))
-    worst = {"all": (0.0, ""), "encoder_linear": (0.0, "")}
+    c = None if base is None else load_file(str(base))
+    out = {}
     for name, want in b.items():
         if not (name.startswith("vision_model.") or name == "visual_projection.weight"):
             continue
-        e = float(np.abs(a[name].astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
-        worst["all"] = max(worst["all"], (e, name))
-        if re.search(r"\.encoder\.layers\.\d+\.(self_attn\.\w+_proj|mlp\.fc\d)\.weight$", name):
-            worst["encoder_linear"] = max(worst["encoder_linear"], (e, name))
-    return worst
+        diff = np.abs(a[name].astype(np.float64) - want).max()
+        d = {"ndim": want.ndim, "rel": float(diff / max(np.abs(want).max(), 1e-30))}
+        if c is not None:
+            d["rel_delta"] = float(diff / max(np.abs(want.astype(np.float64) - c[name]).max(), 1e-30))
+        out[name] = d
+    return out
 
 
 # --------------------------------------------------------------------------- main

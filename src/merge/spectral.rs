@@ -235,14 +235,13 @@ fn unit_deltas(
             let mut row = 0;
             unit.parts
                 .iter()
-                .map(|(name, rows)| {
+                .map(|(_, rows)| {
                     let shape = vec![*rows, unit.cols];
                     let values: Vec<f32> = (row..row + rows)
                         .flat_map(|i| (0..unit.cols).map(move |j| (i, j)))
                         .map(|(i, j)| d[(i, j)] as f32)
                         .collect();
                     row += rows;
-                    debug_assert!(tv.theta0().get(name).is_some());
                     FlatTensor::from_vec(values, shape, &device).data
                 })
                 .collect()
