@@ -32,6 +32,18 @@ struct Factors {
     v: Mat<f64>,
 }
 
+impl Factors {
+    /// The first `n` components only: what TSV-M keeps of each task, so K tasks' factors take
+    /// the room of one.
+    fn truncated(self, n: usize) -> Self {
+        Self {
+            u: self.u.subcols(0, n).to_owned(),
+            s: self.s[..n].to_vec(),
+            v: self.v.subcols(0, n).to_owned(),
+        }
+    }
+}
+
 fn svd(a: MatRef<'_, f64>) -> Result<Factors, NoConvergence> {
     let f = a.thin_svd().map_err(|_| NoConvergence)?;
     let s = f.S().column_vector().iter().copied().collect();
@@ -120,9 +132,14 @@ pub fn deltas(mats: &[Mat<f64>], variants: &[Variant]) -> Result<Vec<Mat<f64>>, 
     let sum_svd = sum.as_ref().map(|w| svd(w.as_ref())).transpose()?;
     let sum_tol = sum.as_ref().map_or(0.0, |w| tolerance(w.as_ref()));
     let task_tol: Vec<f64> = mats.iter().map(|t| tolerance(t.as_ref())).collect();
+    let top = tsv_rank(r, k);
     let task_svd: Option<Vec<Factors>> = variants
         .contains(&Variant::TsvM)
-        .then(|| mats.par_iter().map(|t| svd(t.as_ref())).collect())
+        .then(|| {
+            mats.par_iter()
+                .map(|t| Ok(svd(t.as_ref())?.truncated(top)))
+                .collect()
+        })
         .transpose()?;
 
     variants
@@ -130,7 +147,6 @@ pub fn deltas(mats: &[Mat<f64>], variants: &[Variant]) -> Result<Vec<Mat<f64>>, 
         .map(|v| match *v {
             Variant::TsvM => {
                 let fs = task_svd.as_ref().expect("decomposed above");
-                let top = tsv_rank(r, k);
                 let (mut us, mut vs, mut ws) = (Vec::new(), Vec::new(), Vec::new());
                 for (f, tol) in fs.iter().zip(&task_tol) {
                     for i in (0..top).filter(|&i| f.s[i] > *tol) {
