@@ -44,14 +44,63 @@ impl Factors {
     }
 }
 
+/// The thin SVD of `a`. faer's bidiagonal QR iteration can stop short on a matrix with many
+/// zero singular values (an Iso-CTS residual, rank r − c, seen at ViT-B/32 size); the SVD of the
+/// transpose is tried next, then the eigendecomposition of the smaller Gram matrix, whose values
+/// under √ε·σ₁ are round-off and are set to zero (their directions are then dropped).
 fn svd(a: MatRef<'_, f64>) -> Result<Factors, NoConvergence> {
-    let f = a.thin_svd().map_err(|_| NoConvergence)?;
-    let s = f.S().column_vector().iter().copied().collect();
-    Ok(Factors {
-        u: f.U().to_owned(),
-        s,
-        v: f.V().to_owned(),
-    })
+    if let Ok(f) = a.thin_svd() {
+        return Ok(Factors {
+            u: f.U().to_owned(),
+            s: f.S().column_vector().iter().copied().collect(),
+            v: f.V().to_owned(),
+        });
+    }
+    if let Ok(f) = a.transpose().thin_svd() {
+        return Ok(Factors {
+            u: f.V().to_owned(),
+            s: f.S().column_vector().iter().copied().collect(),
+            v: f.U().to_owned(),
+        });
+    }
+    gram_svd(a)
+}
+
+/// The thin SVD of `a` from the eigendecomposition of AᵀA (or AAᵀ for a wide `a`).
+fn gram_svd(a: MatRef<'_, f64>) -> Result<Factors, NoConvergence> {
+    if a.nrows() < a.ncols() {
+        let f = gram_svd(a.transpose())?;
+        return Ok(Factors {
+            u: f.v,
+            s: f.s,
+            v: f.u,
+        });
+    }
+    let gram = a.transpose() * a;
+    let eig = gram
+        .self_adjoint_eigen(faer::Side::Lower)
+        .map_err(|_| NoConvergence)?;
+    let n = a.ncols();
+    // Eigenvalues ascend: reverse into descending singular values.
+    let values: Vec<f64> = eig.S().column_vector().iter().copied().collect();
+    let top = values.last().copied().unwrap_or(0.0).max(0.0).sqrt();
+    let mut s = Vec::with_capacity(n);
+    let mut v = Mat::zeros(n, n);
+    for (j, i) in (0..n).rev().enumerate() {
+        let sigma = values[i].max(0.0).sqrt();
+        s.push(if sigma > top * f64::EPSILON.sqrt() {
+            sigma
+        } else {
+            0.0
+        });
+        v.col_mut(j).copy_from(eig.U().col(i));
+    }
+    let mut u = a * &v;
+    for (j, sigma) in s.iter().enumerate() {
+        let scale = if *sigma > 0.0 { 1.0 / sigma } else { 0.0 };
+        u.col_mut(j).iter_mut().for_each(|x| *x *= scale);
+    }
+    Ok(Factors { u, s, v })
 }
 
 /// Singular values at or below this are zero up to round-off: their vectors are arbitrary (they
@@ -64,8 +113,8 @@ fn tolerance(a: MatRef<'_, f64>) -> f64 {
 /// The orthogonal polar factor of `x` [m, p] (p ≤ m): the nearest matrix with orthonormal
 /// columns, `U Vᵀ` of its thin SVD.
 fn polar(x: MatRef<'_, f64>) -> Result<Mat<f64>, NoConvergence> {
-    let f = x.thin_svd().map_err(|_| NoConvergence)?;
-    Ok(f.U() * f.V().transpose())
+    let f = svd(x)?;
+    Ok(f.u * f.v.transpose())
 }
 
 /// The chosen columns (a matrix of `m` rows and a column index each), side by side.
@@ -257,6 +306,23 @@ mod tests {
             sv.iter().all(|x| (x - level).abs() < 1e-12 * level),
             "{sv:?}"
         );
+    }
+
+    #[test]
+    fn the_gram_fallback_gives_the_same_decomposition() {
+        for (m, n) in [(9, 5), (5, 9)] {
+            let a = random(m, n, 3);
+            let f = gram_svd(a.as_ref()).unwrap();
+            let want = svd(a.as_ref()).unwrap();
+            for (x, y) in f.s.iter().zip(&want.s) {
+                assert!((x - y).abs() < 1e-10 * want.s[0], "{:?} {:?}", f.s, want.s);
+            }
+            let mut us = f.u.clone();
+            for (j, s) in f.s.iter().enumerate() {
+                us.col_mut(j).iter_mut().for_each(|x| *x *= s);
+            }
+            assert!(close(&(us * f.v.transpose()), &a, 1e-10));
+        }
     }
 
     #[test]
