@@ -21,7 +21,7 @@ pub enum Variant {
     },
 }
 
-/// The SVD failed to converge (faer reports it; never seen on finite input).
+/// No decomposition converged, faer's SVD and its fallbacks alike (non-finite input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoConvergence;
 
