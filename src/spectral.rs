@@ -235,7 +235,7 @@ pub fn deltas(mats: &[Mat<f64>], variants: &[Variant]) -> Result<Vec<Mat<f64>>, 
                     .par_iter()
                     .map(|t| {
                         let projected = &uc * (uc.transpose() * t);
-                        svd((t - projected).as_ref())
+                        Ok(svd((t - projected).as_ref())?.truncated(per_task))
                     })
                     .collect::<Result<_, _>>()?;
                 let mut total: f64 = f.s[..c].iter().sum();
