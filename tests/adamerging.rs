@@ -398,6 +398,71 @@ fn gradient_matches_pytorch_float64_autograd() {
     assert!(rel <= 1e-4, "relative error {rel}");
 }
 
+/// The joint forward (all tasks' batches in one graph), groups of two tasks (3 tasks: 2 + 1)
+/// and one task at a time give the same gradient and, over steps inside the clamp bounds, the
+/// same λ: only the summation order differs.
+#[test]
+fn joint_and_per_task_forwards_agree() {
+    let s = setup();
+    let run = |tasks_per_forward: Option<usize>| {
+        let config = LearnConfig {
+            batch_size: 4,
+            batches_per_task: 2,
+            lr: 1e-2,
+            tasks_per_forward,
+            ..LearnConfig::default()
+        };
+        let mut learner =
+            Learner::new(&s.cfg, &s.tv, &s.heads, config, &s.device).expect("learner");
+        let (k, l) = learner.shape();
+        let init: Vec<f32> = (0..k * l)
+            .map(|i| 0.35 + 0.3 * ((i * 37 % 101) as f32 / 101.0))
+            .collect();
+        learner.set_lambda(init).expect("λ");
+        let batches = FixedBatches::load(s.tv.tasks(), 2, &s.device);
+        let (grad, record) = learner.gradient(&batches).expect("gradient");
+        for _ in 0..5 {
+            learner.step(&batches).expect("step");
+        }
+        (grad, record, learner.lambda().expect("λ"))
+    };
+    let (g1, r1, l1) = run(Some(1));
+    let norm = g1.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(norm > 1e-3, "gradient too small to compare ({norm})");
+    assert!(
+        l1.iter().all(|l| (0.05..=0.95).contains(l)),
+        "λ reached a clamp bound"
+    );
+    for tasks in [Some(2), None] {
+        let (g, r, l) = run(tasks);
+        let err = g
+            .iter()
+            .zip(&g1)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            err <= 1e-5 * norm,
+            "{tasks:?}: gradient differs by {err} (norm {norm})"
+        );
+        for (a, b) in r.entropy.iter().zip(&r1.entropy) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{tasks:?}: {a} vs {b}"
+            );
+        }
+        let worst = l
+            .iter()
+            .zip(&l1)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-5,
+            "{tasks:?}: λ differs by {worst} after 5 steps"
+        );
+    }
+}
+
 #[test]
 fn no_gradient_reaches_theta0_or_task_vectors() {
     let s = setup();

@@ -4,7 +4,7 @@
     python3 scripts/bench/bench_learn.py [--ks 2,4,8] [--steps 20] [--threads 2] [--bin PATH]
                                          [--hidden 128 --layers 4 --heads 4 --intermediate 512
                                           --image-size 32 --patch-size 8 --projection 64]
-                                         [--work DIR] [--json FILE]
+                                         [--per-task] [--work DIR] [--json FILE]
 
 Inputs (seeded; generated into a temporary directory, or into `--work DIR` where they are kept
 and reused while their manifest matches the options and this script's recipe):
@@ -26,8 +26,10 @@ one batch per task per step, summed mean-entropy loss, on the CPU with T threads
 * ours: `adamerge --threads T learn --granularity layer --pretrained … --task NAME,checkpoint=…,
   data=…,head=… … --steps N --batch-size 16 --out RUN --no-merged --eval-limit 16`. Seconds per
   step: the median of the `seconds` of the `step` events of RUN/log.jsonl, the first step left
-  out (each covers reading + decoding + preprocessing the step's PNGs, the merge, K forwards and
-  backwards, and the Adam step; not the per-step checkpoint/log writes between steps).
+  out (each covers reading + decoding + preprocessing the step's PNGs, the merge, the forward and
+  backward of all K tasks' batches together, and the Adam step; not the per-step checkpoint/log
+  writes between steps). `--per-task` adds a run with `--tasks-per-forward 1` (one forward and
+  backward per task, the least memory) in its own columns.
 * PyTorch: a child process (this script with `--torch-child`; torch.set_num_threads(T),
   OMP/MKL_NUM_THREADS=T) that builds `scripts/reference/reference_adamerging.py`'s `AdaMerging` over the
   same directories and runs its `loss` (merge via torch.func.functional_call of the HF model,
@@ -263,7 +265,7 @@ def run_torch(args, work: Path, k: int, steps: int, logdir: Path, tag: str) -> d
 # --------------------------------------------------------------------------- adamerge
 
 
-def ours_cmd(binary: Path, args, work: Path, k: int, steps: int, out: Path) -> list[str]:
+def ours_cmd(binary: Path, args, work: Path, k: int, steps: int, out: Path, per_task: bool) -> list[str]:
     cmd = [str(binary), "--threads", str(args.threads), "--device", args.device, "learn",
            "--granularity", "layer", "--pretrained", str(work / "pretrained")]
     for i in range(k):
@@ -272,13 +274,14 @@ def ours_cmd(binary: Path, args, work: Path, k: int, steps: int, out: Path) -> l
                           f"head={d / 'head.safetensors'}"]
     return cmd + ["--steps", str(steps), "--batch-size", str(BATCH), "--batches-per-task", str(BATCHES_PER_TASK),
                   "--lr", str(LR), "--init", str(INIT), "--out", str(out), "--no-merged",
-                  "--eval-limit", str(EVAL_LIMIT)]
+                  "--eval-limit", str(EVAL_LIMIT)] + (["--tasks-per-forward", "1"] if per_task else [])
 
 
-def run_ours(binary: Path, args, work: Path, k: int, steps: int, logdir: Path, tag: str) -> dict:
+def run_ours(binary: Path, args, work: Path, k: int, steps: int, logdir: Path, tag: str,
+             per_task: bool = False) -> dict:
     out = logdir / f"{tag}-run"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = ours_cmd(binary, args, work, k, steps, out)
+    cmd = ours_cmd(binary, args, work, k, steps, out, per_task)
     r = measured_run(cmd, dict(os.environ), logdir, tag, args.use_time)
     r.pop("stdout", None)
     events = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
@@ -335,6 +338,8 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=4, help="classes per task")
     ap.add_argument("--per-class", type=int, default=16, help="images per class")
     ap.add_argument("--no-growth", action="store_true", help="skip the --steps 1 runs (no growth column)")
+    ap.add_argument("--per-task", action="store_true",
+                    help="also run ours with --tasks-per-forward 1 (one task's forward and backward at a time)")
     ap.add_argument("--work", default=None, help="keep (and reuse) the inputs here (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON to FILE")
     ap.add_argument("--torch-child", default=None, help=argparse.SUPPRESS)
@@ -405,12 +410,14 @@ def main() -> None:
         for k in ks:
             e = {"K": k}
             plan = [("ours", args.steps), ("torch", args.steps)]
+            if args.per_task:
+                plan.append(("ours_per_task", args.steps))
             if not args.no_growth:
                 plan += [("ours", 1), ("torch", 1)]
             for tool, steps in plan:
                 tag = f"K{k}-{tool}-{steps}"
-                if tool == "ours":
-                    r = run_ours(binary, args, work, k, steps, logdir, tag)
+                if tool.startswith("ours"):
+                    r = run_ours(binary, args, work, k, steps, logdir, tag, per_task=tool == "ours_per_task")
                 else:
                     r = run_torch(args, work, k, steps, logdir, tag)
                 e[f"{tool}_{'n' if steps == args.steps else '1'}"] = r
@@ -440,6 +447,11 @@ def main() -> None:
             "units": t["units"], "ours_lambda_shape": o.get("lambda_shape"),
             "foreign_cpu_share": {"ours": o["foreign_share"], "torch": t["foreign_share"]},
         }
+        if "ours_per_task_n" in e:
+            p = e["ours_per_task_n"]
+            row["ours_per_task_s_per_step"] = median_after_first(p["seconds"])
+            row["ours_per_task_peak_rss_mib"] = p["maxrss"] / MIB
+            row["ours_per_task_losses"] = p["losses"]
         if "ours_1" in e:
             row["ours_growth_mib"] = (o["maxrss"] - e["ours_1"]["maxrss"]) / MIB
             row["torch_growth_mib"] = (t["maxrss"] - e["torch_1"]["maxrss"]) / MIB
@@ -460,11 +472,13 @@ def main() -> None:
         cmd += ["--bin", args.bin]
     if args.no_growth:
         cmd += ["--no-growth"]
+    if args.per_task:
+        cmd += ["--per-task"]
     rerun = shlex.join(cmd)
 
     v = vision
     mem = f"{machine['mem_bytes'] / 2**30:.1f} GiB" if machine["mem_bytes"] else "?"
-    print("## AdaMerging seconds per step and memory: adamerge learn vs PyTorch — tiny random CLIP ViT, CPU\n")
+    print("## AdaMerging seconds per step and memory: adamerge learn vs PyTorch — random CLIP ViT, CPU\n")
     print(f"Machine: {machine['cpu']}, {machine['cores']} cores, {mem} RAM; Linux {machine['kernel']}; "
           f"Python {machine['python']}, torch {versions['torch']}, transformers {versions['transformers']}, "
           f"Pillow {versions['Pillow']}, numpy {versions['numpy']}, safetensors {versions['safetensors']}.")
@@ -492,15 +506,22 @@ def main() -> None:
 
     head = ["K", "ours s/step", "PyTorch s/step", "ours/PyTorch time", "ours peak RSS MiB",
             "PyTorch peak RSS MiB", "ours/PyTorch RSS", "ours growth MiB", "PyTorch growth MiB"]
+    if args.per_task:
+        head += ["ours, one task per forward: s/step", "its time / PyTorch", "its peak RSS MiB"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(["--:"] * len(head)) + "|")
     for r in rows:
         g = lambda x: "—" if x is None else f"{x:.1f}"  # noqa: E731
-        print("| " + " | ".join([
+        cells = [
             str(r["K"]), fmt_s(r["ours_s_per_step"]), fmt_s(r["torch_s_per_step"]), fmt_ratio(r["ratio_time"]),
             f"{r['ours_peak_rss_mib']:.0f}", f"{r['torch_peak_rss_mib']:.0f}", fmt_ratio(r["ratio_rss"]),
             g(r["ours_growth_mib"]), g(r["torch_growth_mib"]),
-        ]) + " |")
+        ]
+        if args.per_task:
+            cells += [fmt_s(r["ours_per_task_s_per_step"]),
+                      fmt_ratio(r["ours_per_task_s_per_step"] / r["torch_s_per_step"]),
+                      f"{r['ours_per_task_peak_rss_mib']:.0f}"]
+        print("| " + " | ".join(cells) + " |")
     print()
     print("Notes:")
     print(f"- s/step: median of the per-step wall times of one {args.steps}-step run, the first step left out. "

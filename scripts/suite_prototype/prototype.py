@@ -414,10 +414,12 @@ def main(argv=None):
     ap.add_argument("--am-bs", type=int, default=16)
     ap.add_argument("--am", default="layer:500:1e-3,layer:100:1e-2,layer:200:1e-2,layer:300:1e-2,task:500:1e-3", help="GRAN:STEPS:LR,...")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: deterministic)")
     ap.add_argument("--cache", default=None, help="directory to cache the pretrained model (experiments only)")
     ap.add_argument("--head-shots", type=int, default=16, help="class means from this many train images per class (0: all)")
     ap.add_argument("--tasks", default=DEFAULT_TASKS, help="comma list of task names (see TASK_DEFS)")
     a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
     set_tasks(a.tasks)
 
     torch.manual_seed(a.seed)

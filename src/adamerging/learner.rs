@@ -15,7 +15,7 @@ use crate::eval::check_head_width;
 use crate::merge::{Aggregate, Ties, TrimScope, WeightedSum, merge_all};
 use crate::model::{VisionTower, logits};
 use crate::task_vector::{Layering, LayeringKind, TaskVectors};
-use crate::weights::{Weights, scalar, tensor_to_vec};
+use crate::weights::{Weights, tensor_to_vec};
 
 /// What is learned and how (docs/design.md §3 defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,7 +41,14 @@ pub struct LearnConfig {
     pub seed: u64,
     /// AdaMerging++: learn over TIES-processed task vectors trimmed to this fraction.
     pub ties_k: Option<f64>,
+    /// Tasks whose batches share one forward and one backward; `None` picks as many as fit
+    /// [`FORWARD_BUDGET_BYTES`] of activations, 1 is one task at a time (the least memory).
+    /// Only float rounding depends on it.
+    pub tasks_per_forward: Option<usize>,
 }
+
+/// The activation memory the automatic [`LearnConfig::tasks_per_forward`] fills (2 GiB).
+pub const FORWARD_BUDGET_BYTES: usize = 2 << 30;
 
 impl Default for LearnConfig {
     fn default() -> Self {
@@ -56,6 +63,7 @@ impl Default for LearnConfig {
             batches_per_task: 1,
             seed: 0,
             ties_k: None,
+            tasks_per_forward: None,
         }
     }
 }
@@ -67,6 +75,7 @@ impl LearnConfig {
             ("steps", self.steps),
             ("batch_size", self.batch_size),
             ("batches_per_task", self.batches_per_task),
+            ("tasks_per_forward", self.tasks_per_forward.unwrap_or(1)),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::invalid(*key, "must be at least 1"));
@@ -133,6 +142,17 @@ impl LearnConfig {
             .transpose()
     }
 
+    /// Tasks per forward for a tower of shape `cfg`: the configured number, or as many as
+    /// fit [`FORWARD_BUDGET_BYTES`] by [`activation_bytes_per_image`] (at least one).
+    pub fn tasks_per_forward(&self, cfg: &VisionConfig) -> usize {
+        self.tasks_per_forward.unwrap_or_else(|| {
+            let per_task = activation_bytes_per_image(cfg)
+                .saturating_mul(self.batch_size * self.batches_per_task)
+                .max(1);
+            (FORWARD_BUDGET_BYTES / per_task).max(1)
+        })
+    }
+
     /// The units λ's columns stand for, over the merged tensors `names`.
     pub fn layering<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Layering {
         match self.granularity {
@@ -140,6 +160,19 @@ impl LearnConfig {
             Granularity::Layer => Layering::new(self.layering, names),
         }
     }
+}
+
+/// An estimate of the activations a forward keeps for its backward, per image: per encoder
+/// layer and token about eight hidden-width vectors (norms, q, k, v, attention output,
+/// residuals) and two MLP-width ones (before and after the activation), plus the attention
+/// scores and probabilities, in f32. Coarse on purpose: it only sizes the joint forward.
+pub fn activation_bytes_per_image(cfg: &VisionConfig) -> usize {
+    let tokens = (cfg.image_size / cfg.patch_size.max(1)).pow(2) + 1;
+    let per_layer = tokens * (8 * cfg.hidden_size + 2 * cfg.intermediate_size)
+        + 2 * cfg.num_attention_heads * tokens * tokens;
+    per_layer
+        .saturating_mul(cfg.num_hidden_layers)
+        .saturating_mul(std::mem::size_of::<f32>())
 }
 
 /// One step's numbers.
@@ -287,22 +320,45 @@ impl<'a> Learner<'a> {
         let model = self.tv.complete(leaves.clone());
         let mut grad_w: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
         let mut entropy = vec![0.0; k_tasks];
-        for (task, head) in self.heads.iter().enumerate() {
-            for b in 0..source.batches_per_task() {
-                let pixels = source.batch(task, self.step, b)?;
-                // A view per backward: burn consumes the graph (the views' reshapes included)
-                // at each backward, so each task's graph starts from the leaves again.
-                let embeds = VisionTower::new(self.cfg, &model)?.image_embeds(pixels)?;
-                let loss = mean_entropy(logits(embeds, head.clone()));
-                entropy[task] += scalar(loss.clone().inner())?;
-                let grads = loss.backward();
-                for (slot, (_, leaf)) in grad_w.iter_mut().zip(leaves.iter()) {
-                    if let Some(g) = leaf.data.grad(&grads) {
-                        *slot = Some(match slot.take() {
-                            Some(acc) => acc + g,
-                            None => g,
-                        });
-                    }
+        // Every task's batches go through the same merged weights, so groups of tasks share one
+        // forward (bigger matmuls, fewer operations) and one backward; the heads and entropies
+        // are split after the tower. Σ of the groups' gradients is the step's gradient.
+        let per_task = source.batches_per_task();
+        let batches: Vec<(usize, usize)> = (0..k_tasks)
+            .flat_map(|task| (0..per_task).map(move |b| (task, b)))
+            .collect();
+        let group = self.config.tasks_per_forward(self.cfg) * per_task;
+        for chunk in batches.chunks(group) {
+            let pixels = chunk
+                .iter()
+                .map(|&(task, b)| source.batch(task, self.step, b))
+                .collect::<Result<Vec<_>>>()?;
+            let sizes: Vec<usize> = pixels.iter().map(|p| p.dims()[0]).collect();
+            // A view per backward: burn consumes the graph (the views' reshapes included) at
+            // each backward, so each group's graph starts from the leaves again.
+            let embeds =
+                VisionTower::new(self.cfg, &model)?.image_embeds(Tensor::cat(pixels, 0))?;
+            let mut start = 0;
+            let losses: Vec<Tensor<1>> = chunk
+                .iter()
+                .zip(&sizes)
+                .map(|(&(task, _), &n)| {
+                    let rows = embeds.clone().narrow(0, start, n);
+                    start += n;
+                    mean_entropy(logits(rows, self.heads[task].clone()))
+                })
+                .collect();
+            let values = Tensor::cat(losses.iter().map(|l| l.clone().inner()).collect(), 0);
+            for (&(task, _), v) in chunk.iter().zip(tensor_to_vec(values)?) {
+                entropy[task] += v as f64;
+            }
+            let grads = Tensor::cat(losses, 0).sum().backward();
+            for (slot, (_, leaf)) in grad_w.iter_mut().zip(leaves.iter()) {
+                if let Some(g) = leaf.data.grad(&grads) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => acc + g,
+                        None => g,
+                    });
                 }
             }
         }

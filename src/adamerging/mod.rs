@@ -1,9 +1,10 @@
 //! AdaMerging (Yang et al., ICLR 2024): learn the merge coefficients λ by minimising the entropy
 //! of the merged model's predictions on unlabeled test batches (see docs/design.md).
 //!
-//! θ₀ and the task vectors stay constants. Each step merges once, back-propagates each task's
-//! entropy on its own to the merged weights W, and forms ∂loss/∂λ_{k,l} = ⟨∂loss/∂W_l, τ_{k,l}⟩,
-//! so only one task's graph is alive at a time and memory does not grow with K.
+//! θ₀ and the task vectors stay constants. Each step merges once, back-propagates the entropy
+//! of a group of tasks' batches (one forward through the merged weights W, the heads split after
+//! the tower; all tasks where their activations fit a budget) to W, and forms
+//! ∂loss/∂λ_{k,l} = ⟨∂loss/∂W_l, τ_{k,l}⟩, so the graph held never exceeds one group's.
 
 mod batches;
 mod coefficients;

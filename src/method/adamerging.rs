@@ -75,6 +75,17 @@ const PARAMS: &[Param] = &[
         1,
     ),
     Param {
+        name: "tasks_per_forward",
+        help: "tasks whose batches share one forward and backward (default: as many as fit 2 GiB of activations; 1 = one task at a time, the least memory)",
+        kind: Kind::Int {
+            min: 1,
+            max: u64::MAX,
+        },
+        default: ParamDefault::Unset,
+        sweep: false,
+        aliases: &[],
+    },
+    Param {
         name: "ties_k",
         help: "AdaMerging++: learn over TIES-processed task vectors keeping this fraction",
         kind: Kind::Float {
@@ -131,6 +142,7 @@ impl Method for AdaMergingMethod {
             batches_per_task: int("batches_per_task"),
             seed: 0,
             ties_k: p.float("ties_k"),
+            tasks_per_forward: p.int("tasks_per_forward").map(|n| n as usize),
         }))
     }
 }

@@ -4,7 +4,8 @@
 //! observer of the inputs of every linear layer.
 
 use burn::tensor::activation::{gelu, sigmoid, softmax};
-use burn::tensor::module::{layer_norm, linear};
+use burn::tensor::module::{attention, layer_norm, linear};
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 
 use crate::config::Activation;
@@ -74,7 +75,18 @@ impl Linear {
 
     /// `x · Wᵀ + b`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.clone().transpose(), self.bias.clone())
+        // One [rows, in] × [in, out] product over every leading dimension: burn may keep a
+        // [B, T, in] input as a broadcast batched matmul, whose backward forms one weight
+        // gradient per image ([B, in, out]) before summing them.
+        let mut dims = x.dims();
+        let rows = dims[..D - 1].iter().product();
+        let y = linear(
+            x.reshape([rows, dims[D - 1]]),
+            self.weight.clone().transpose(),
+            self.bias.clone(),
+        );
+        dims[D - 1] = y.dims()[1];
+        y.reshape(dims)
     }
 }
 
@@ -261,14 +273,24 @@ impl EncoderLayer {
         let q = split(self.q_proj.forward(h.clone()));
         let k = split(self.k_proj.forward(h.clone()));
         let v = split(self.v_proj.forward(h));
-        let mut scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
-        if let Some(m) = mask {
-            scores = scores.mask_fill(m.clone(), f32::NEG_INFINITY);
-        }
-        let attn = softmax(scores, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, t, width]);
+        let context = if mask.is_none() && !q.is_autodiff() {
+            // The backend's fused attention (one pass over each head's scores); it has no
+            // backward of its own (burn's autodiff decomposes it with extra guards), so graphs
+            // keep the decomposition below.
+            let options = AttentionModuleOptions {
+                scale: Some(scale),
+                softcap: None,
+                is_causal: false,
+            };
+            attention(q, k, v, None, None, options)
+        } else {
+            let mut scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
+            if let Some(m) = mask {
+                scores = scores.mask_fill(m.clone(), f32::NEG_INFINITY);
+            }
+            softmax(scores, 3).matmul(v)
+        };
+        let attn = context.swap_dims(1, 2).reshape([b, t, width]);
         obs.linear_input(l, LinearKind::Out, &attn);
         let x = x + self.out_proj.forward(attn);
         let h = self.layer_norm2.forward(x.clone());

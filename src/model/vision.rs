@@ -139,7 +139,12 @@ impl VisionTower {
             .reshape([b, c, g, p, g, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, n, c * p * p]);
-        let x = patches.matmul(self.patch_embedding.clone().transpose().unsqueeze::<3>());
+        // One [B·n, C·p·p] × [C·p·p, width] product: a broadcast batched matmul would form one
+        // weight gradient per image in the backward and then sum them.
+        let x = patches
+            .reshape([b * n, c * p * p])
+            .matmul(self.patch_embedding.clone().transpose())
+            .reshape([b, n, width]);
         let cls = self
             .class_embedding
             .clone()
