@@ -47,8 +47,8 @@ pub struct LearnConfig {
     pub tasks_per_forward: Option<usize>,
 }
 
-/// The activation memory the automatic [`LearnConfig::tasks_per_forward`] fills (2 GiB).
-pub const FORWARD_BUDGET_BYTES: usize = 2 << 30;
+/// The activation memory the automatic [`LearnConfig::tasks_per_forward`] fills (4 GiB).
+pub const FORWARD_BUDGET_BYTES: usize = 4 << 30;
 
 impl Default for LearnConfig {
     fn default() -> Self {
@@ -162,15 +162,17 @@ impl LearnConfig {
     }
 }
 
-/// An estimate of the activations a forward keeps for its backward, per image: per encoder
-/// layer and token about eight hidden-width vectors (norms, q, k, v, attention output,
-/// residuals) and two MLP-width ones (before and after the activation), plus the attention
-/// scores and probabilities, in f32. Coarse on purpose: it only sizes the joint forward.
+/// An estimate of the activations a forward keeps for its backward, per image, in f32: per
+/// encoder layer and token, twelve hidden-width vectors (norms, q, k, v, attention output,
+/// residuals and the copies burn makes of them), four MLP-width ones and three per head and key
+/// (scores, probabilities, their gradient). Calibrated on the measured peak of a ViT-B/32 step
+/// (≈ 0.9 GiB more per task of 16 images, BENCHMARKS.md); it only sizes the joint forward.
 pub fn activation_bytes_per_image(cfg: &VisionConfig) -> usize {
     let tokens = (cfg.image_size / cfg.patch_size.max(1)).pow(2) + 1;
-    let per_layer = tokens * (8 * cfg.hidden_size + 2 * cfg.intermediate_size)
-        + 2 * cfg.num_attention_heads * tokens * tokens;
-    per_layer
+    let per_token = 12 * cfg.hidden_size
+        + 4 * cfg.intermediate_size
+        + 3 * cfg.num_attention_heads * tokens;
+    (tokens * per_token)
         .saturating_mul(cfg.num_hidden_layers)
         .saturating_mul(std::mem::size_of::<f32>())
 }
@@ -447,4 +449,37 @@ fn adam() -> ModuleOptimizer {
         .with_beta_2(0.999)
         .with_epsilon(1e-8)
         .init()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_automatic_group_fits_the_budget_and_holds_at_least_one_task() {
+        let config = LearnConfig::default();
+        let b32 = VisionConfig::default();
+        let l14 = VisionConfig {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            patch_size: 14,
+            ..VisionConfig::default()
+        };
+        let suite = crate::suite::tiny_clip::config(64, 6, 4);
+        assert_eq!(config.tasks_per_forward(&b32), 4);
+        assert_eq!(config.tasks_per_forward(&l14), 1);
+        assert!(config.tasks_per_forward(&suite) >= 8);
+        let two_batches = LearnConfig {
+            batches_per_task: 2,
+            ..LearnConfig::default()
+        };
+        assert_eq!(two_batches.tasks_per_forward(&b32), 2);
+        let fixed = LearnConfig {
+            tasks_per_forward: Some(3),
+            ..LearnConfig::default()
+        };
+        assert_eq!(fixed.tasks_per_forward(&l14), 3);
+    }
 }

@@ -76,7 +76,7 @@ const PARAMS: &[Param] = &[
     ),
     Param {
         name: "tasks_per_forward",
-        help: "tasks whose batches share one forward and backward (default: as many as fit 2 GiB of activations; 1 = one task at a time, the least memory)",
+        help: "tasks whose batches share one forward and backward (default: as many as fit 4 GiB of activations; 1 = one task at a time, the least memory)",
         kind: Kind::Int {
             min: 1,
             max: u64::MAX,
