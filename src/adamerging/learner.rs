@@ -169,9 +169,8 @@ impl LearnConfig {
 /// (≈ 0.9 GiB more per task of 16 images, BENCHMARKS.md); it only sizes the joint forward.
 pub fn activation_bytes_per_image(cfg: &VisionConfig) -> usize {
     let tokens = (cfg.image_size / cfg.patch_size.max(1)).pow(2) + 1;
-    let per_token = 12 * cfg.hidden_size
-        + 4 * cfg.intermediate_size
-        + 3 * cfg.num_attention_heads * tokens;
+    let per_token =
+        12 * cfg.hidden_size + 4 * cfg.intermediate_size + 3 * cfg.num_attention_heads * tokens;
     (tokens * per_token)
         .saturating_mul(cfg.num_hidden_layers)
         .saturating_mul(std::mem::size_of::<f32>())
