@@ -466,7 +466,16 @@ mod tests {
             patch_size: 14,
             ..VisionConfig::default()
         };
-        let suite = crate::suite::tiny_clip::config(64, 6, 4);
+        // The built-in suite's tower (width 64, 6 layers, 32×32 images in 8×8 patches).
+        let suite = VisionConfig {
+            hidden_size: 64,
+            intermediate_size: 256,
+            num_hidden_layers: 6,
+            num_attention_heads: 4,
+            image_size: 32,
+            patch_size: 8,
+            ..VisionConfig::default()
+        };
         assert_eq!(config.tasks_per_forward(&b32), 4);
         assert_eq!(config.tasks_per_forward(&l14), 1);
         assert!(config.tasks_per_forward(&suite) >= 8);
