@@ -147,7 +147,7 @@ impl LearnConfig {
     pub fn tasks_per_forward(&self, cfg: &VisionConfig) -> usize {
         self.tasks_per_forward.unwrap_or_else(|| {
             let per_task = activation_bytes_per_image(cfg)
-                .saturating_mul(self.batch_size * self.batches_per_task)
+                .saturating_mul(self.batch_size.saturating_mul(self.batches_per_task))
                 .max(1);
             (FORWARD_BUDGET_BYTES / per_task).max(1)
         })
@@ -328,7 +328,12 @@ impl<'a> Learner<'a> {
         let batches: Vec<(usize, usize)> = (0..k_tasks)
             .flat_map(|task| (0..per_task).map(move |b| (task, b)))
             .collect();
-        let group = self.config.tasks_per_forward(self.cfg) * per_task;
+        // Saturating: a user's huge `tasks_per_forward` means "all", never a wrapped 0.
+        let group = self
+            .config
+            .tasks_per_forward(self.cfg)
+            .saturating_mul(per_task)
+            .max(1);
         for chunk in batches.chunks(group) {
             let pixels = chunk
                 .iter()
@@ -349,11 +354,11 @@ impl<'a> Learner<'a> {
                     mean_entropy(logits(rows, self.heads[task].clone()))
                 })
                 .collect();
-            let values = Tensor::cat(losses.iter().map(|l| l.clone().inner()).collect(), 0);
-            for (&(task, _), v) in chunk.iter().zip(tensor_to_vec(values)?) {
+            let losses = Tensor::cat(losses, 0);
+            for (&(task, _), v) in chunk.iter().zip(tensor_to_vec(losses.clone().inner())?) {
                 entropy[task] += v as f64;
             }
-            let grads = Tensor::cat(losses, 0).sum().backward();
+            let grads = losses.sum().backward();
             for (slot, (_, leaf)) in grad_w.iter_mut().zip(leaves.iter()) {
                 if let Some(g) = leaf.data.grad(&grads) {
                     *slot = Some(match slot.take() {

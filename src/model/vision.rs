@@ -139,12 +139,12 @@ impl VisionTower {
             .reshape([b, c, g, p, g, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, n, c * p * p]);
-        // One [B·n, C·p·p] × [C·p·p, width] product: a broadcast batched matmul would form one
-        // weight gradient per image in the backward and then sum them.
-        let x = patches
-            .reshape([b * n, c * p * p])
-            .matmul(self.patch_embedding.clone().transpose())
-            .reshape([b, n, width]);
+        // A linear layer without bias, so it runs as one 2-D product (see `Linear::forward`).
+        let embedding = Linear {
+            weight: self.patch_embedding.clone(),
+            bias: None,
+        };
+        let x = embedding.forward(patches);
         let cls = self
             .class_embedding
             .clone()
