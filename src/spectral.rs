@@ -42,6 +42,24 @@ impl Factors {
             v: self.v.subcols(0, n).to_owned(),
         }
     }
+
+    /// The factors of Aᵀ from those of A: the singular vectors trade sides.
+    fn transposed(self) -> Self {
+        Self {
+            u: self.v,
+            s: self.s,
+            v: self.u,
+        }
+    }
+
+    /// Owned copies of a faer SVD's factors.
+    fn of(f: &faer::linalg::solvers::Svd<f64>) -> Self {
+        Self {
+            u: f.U().to_owned(),
+            s: f.S().column_vector().iter().copied().collect(),
+            v: f.V().to_owned(),
+        }
+    }
 }
 
 /// The thin SVD of `a`. faer's bidiagonal QR iteration can stop short on a matrix with many
@@ -50,18 +68,10 @@ impl Factors {
 /// under √ε·σ₁ are round-off and are set to zero (their directions are then dropped).
 fn svd(a: MatRef<'_, f64>) -> Result<Factors, NoConvergence> {
     if let Ok(f) = a.thin_svd() {
-        return Ok(Factors {
-            u: f.U().to_owned(),
-            s: f.S().column_vector().iter().copied().collect(),
-            v: f.V().to_owned(),
-        });
+        return Ok(Factors::of(&f));
     }
     if let Ok(f) = a.transpose().thin_svd() {
-        return Ok(Factors {
-            u: f.V().to_owned(),
-            s: f.S().column_vector().iter().copied().collect(),
-            v: f.U().to_owned(),
-        });
+        return Ok(Factors::of(&f).transposed());
     }
     gram_svd(a)
 }
@@ -69,12 +79,7 @@ fn svd(a: MatRef<'_, f64>) -> Result<Factors, NoConvergence> {
 /// The thin SVD of `a` from the eigendecomposition of AᵀA (or AAᵀ for a wide `a`).
 fn gram_svd(a: MatRef<'_, f64>) -> Result<Factors, NoConvergence> {
     if a.nrows() < a.ncols() {
-        let f = gram_svd(a.transpose())?;
-        return Ok(Factors {
-            u: f.v,
-            s: f.s,
-            v: f.u,
-        });
+        return Ok(gram_svd(a.transpose())?.transposed());
     }
     let gram = a.transpose() * a;
     let eig = gram
