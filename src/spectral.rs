@@ -263,6 +263,113 @@ pub fn deltas(mats: &[Mat<f64>], variants: &[Variant]) -> Result<Vec<Mat<f64>>, 
         .collect()
 }
 
+/// Where a learned merge over singular components (AdaRank) takes each task's components from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ComponentBase {
+    /// Each task's own top components: ⌊rank·r⌋ of them (at least one), AdaRank's.
+    TaskArithmetic {
+        /// Fraction of the rank r kept per task.
+        rank: f64,
+    },
+    /// TSV-M's: each task's top ⌊r/K⌋, their vectors orthogonalised across tasks.
+    TsvM,
+}
+
+/// One task's singular components of one matrix unit: `u` [m, p], `s` [p], `v` [n, p], and
+/// what the components leave of the task matrix when asked for.
+pub struct TaskComponents {
+    /// Left vectors as columns.
+    pub u: Mat<f64>,
+    /// Singular values, descending (TSV-M: each task's own).
+    pub s: Vec<f64>,
+    /// Right vectors as columns.
+    pub v: Mat<f64>,
+    /// τ − U diag(s) Vᵀ (task-arithmetic base only, when `rest` was asked for).
+    pub rest: Option<Mat<f64>>,
+}
+
+/// Each task's singular components of one matrix unit whose task matrices are `mats`. Components
+/// at or below the round-off tolerance are dropped, as in the spectral merges (design.md §3).
+pub fn components(
+    mats: &[Mat<f64>],
+    base: ComponentBase,
+    rest: bool,
+) -> Result<Vec<TaskComponents>, NoConvergence> {
+    let k = mats.len();
+    let r = mats[0].nrows().min(mats[0].ncols());
+    let top = match base {
+        ComponentBase::TaskArithmetic { rank } => ((rank * r as f64) as usize).clamp(1, r),
+        ComponentBase::TsvM => tsv_rank(r, k),
+    };
+    let kept: Vec<Factors> = mats
+        .par_iter()
+        .map(|t| {
+            let f = svd(t.as_ref())?.truncated(top.min(r));
+            let tol = tolerance(t.as_ref());
+            let n = f.s.iter().take_while(|s| **s > tol).count();
+            Ok(f.truncated(n))
+        })
+        .collect::<Result<_, _>>()?;
+    match base {
+        ComponentBase::TaskArithmetic { .. } => Ok(kept
+            .into_iter()
+            .zip(mats)
+            .map(|(f, t)| {
+                let rest = rest.then(|| {
+                    let mut us = f.u.clone();
+                    for (j, s) in f.s.iter().enumerate() {
+                        us.col_mut(j).iter_mut().for_each(|x| *x *= s);
+                    }
+                    t - us * f.v.transpose()
+                });
+                TaskComponents {
+                    u: f.u,
+                    s: f.s,
+                    v: f.v,
+                    rest,
+                }
+            })
+            .collect()),
+        ComponentBase::TsvM => {
+            let (m, n) = (mats[0].nrows(), mats[0].ncols());
+            let cols = |side: fn(&Factors) -> MatRef<'_, f64>| {
+                kept.iter()
+                    .flat_map(|f| (0..f.s.len()).map(move |i| (side(f), i)))
+                    .collect::<Vec<_>>()
+            };
+            let us = cols(|f| f.u.as_ref());
+            if us.is_empty() {
+                return Ok(kept
+                    .into_iter()
+                    .map(|f| TaskComponents {
+                        u: f.u,
+                        s: f.s,
+                        v: f.v,
+                        rest: None,
+                    })
+                    .collect());
+            }
+            let pu = polar(columns(m, &us).as_ref())?;
+            let pv = polar(columns(n, &cols(|f| f.v.as_ref())).as_ref())?;
+            let mut start = 0;
+            Ok(kept
+                .into_iter()
+                .map(|f| {
+                    let p = f.s.len();
+                    let c = TaskComponents {
+                        u: pu.subcols(start, p).to_owned(),
+                        s: f.s,
+                        v: pv.subcols(start, p).to_owned(),
+                        rest: None,
+                    };
+                    start += p;
+                    c
+                })
+                .collect())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,141 +10,11 @@ use std::sync::atomic::AtomicBool;
 use adamerge::adamerging::{
     BatchSource, Granularity, LearnConfig, Learner, Outcome, Session, mean_entropy,
 };
-use adamerge::checkpoint::Checkpoint;
-use adamerge::config::VisionConfig;
 use adamerge::layout::LearnDir;
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
-use burn::tensor::{Device, Tensor, TensorData};
-use common::fixture;
+use adamerge::task_vector::TaskVectors;
+use common::learning::{FixedBatches, Setup, case, matrix, setup};
 use indicatif::ProgressBar;
 use serde_json::Value;
-
-/// The fixture's pixel batches [steps, batches, B, C, H, W] per task.
-struct FixedBatches {
-    tasks: Vec<Vec<f32>>,
-    dims: [usize; 6],
-    batches_per_task: usize,
-    device: Device,
-}
-
-impl FixedBatches {
-    fn load(tasks: &[String], batches_per_task: usize, device: &Device) -> Self {
-        let path = fixture("adamerging/batches.safetensors");
-        let ckpt = Checkpoint::open(&path).expect("batches");
-        let shape = ckpt.meta(&tasks[0]).expect("batch tensor").shape.clone();
-        let dims: [usize; 6] = shape.try_into().expect("rank 6");
-        Self {
-            tasks: tasks
-                .iter()
-                .map(|t| ckpt.read_f32(t).expect("read"))
-                .collect(),
-            dims,
-            batches_per_task,
-            device: device.clone(),
-        }
-    }
-}
-
-impl BatchSource for FixedBatches {
-    fn num_tasks(&self) -> usize {
-        self.tasks.len()
-    }
-    fn batches_per_task(&self) -> usize {
-        self.batches_per_task
-    }
-    fn batch(&self, task: usize, step: usize, b: usize) -> adamerge::Result<Tensor<4>> {
-        let [steps, per, n, c, h, w] = self.dims;
-        let size = n * c * h * w;
-        let at = ((step % steps) * per + b) * size;
-        let values = self.tasks[task][at..at + size].to_vec();
-        Ok(Tensor::from_data(
-            TensorData::new(values, [n, c, h, w]),
-            &self.device,
-        ))
-    }
-}
-
-struct Setup {
-    cfg: VisionConfig,
-    tv: TaskVectors,
-    heads: Vec<Tensor<2>>,
-    expected: Value,
-    device: Device,
-}
-
-fn setup() -> Setup {
-    let device = Device::flex();
-    let expected: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("adamerging/expected.json")).expect("expected.json"),
-    )
-    .expect("json");
-    let tasks: Vec<String> = expected["tasks"]
-        .as_array()
-        .expect("tasks")
-        .iter()
-        .map(|t| t.as_str().expect("name").to_string())
-        .collect();
-    let pretrained = fixture("adamerging/pretrained");
-    let finetuned: Vec<Finetuned> = tasks
-        .iter()
-        .map(|t| Finetuned {
-            name: t.clone(),
-            path: fixture(&format!("adamerging/finetuned/{t}")),
-        })
-        .collect();
-    let (tv, _) = TaskVectors::load(
-        &pretrained,
-        &finetuned,
-        &MergeScope::default(),
-        &device,
-        &ProgressBar::hidden(),
-    )
-    .expect("task vectors");
-    let cfg =
-        VisionConfig::of_checkpoint(&Checkpoint::open(&pretrained).expect("open")).expect("config");
-    let heads_file = Checkpoint::open(fixture("adamerging/heads.safetensors")).expect("heads");
-    let heads = tasks
-        .iter()
-        .map(|t| {
-            let shape = heads_file.meta(t).expect("head").shape.clone();
-            Tensor::<1>::from_data(
-                TensorData::new(heads_file.read_f32(t).expect("read"), [shape[0] * shape[1]]),
-                &device,
-            )
-            .reshape([shape[0], shape[1]])
-        })
-        .collect();
-    Setup {
-        cfg,
-        tv,
-        heads,
-        expected,
-        device,
-    }
-}
-
-fn case<'e>(expected: &'e Value, name: &str) -> &'e Value {
-    expected["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no case {name}"))
-}
-
-fn matrix(v: &Value) -> Vec<Vec<f64>> {
-    v.as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|x| x.as_f64().expect("number"))
-                .collect()
-        })
-        .collect()
-}
 
 fn config_of(c: &Value) -> LearnConfig {
     LearnConfig {
@@ -580,6 +450,7 @@ fn a_resumed_run_ends_with_the_same_lambda() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_lambda_agrees_with_the_cpu_backend() {
+    use burn::tensor::{Device, Tensor};
     let cpu = setup();
     let gpu_device = Device::wgpu(Default::default());
     let config = LearnConfig {

@@ -8,11 +8,11 @@ use std::path::Path;
 use common::{TASKS, adamerge, fixture, learn_args, make_data, read_all};
 use serde_json::Value;
 
-fn merge_args(lambda: &Path, out: &Path) -> Vec<String> {
+fn merge_args(method: &str, lambda: &Path, out: &Path) -> Vec<String> {
     let mut args = vec![
         "merge".to_string(),
         "--method".into(),
-        "adamerging".into(),
+        method.into(),
         "--lambda-file".into(),
         lambda.display().to_string(),
         "--pretrained".into(),
@@ -75,7 +75,17 @@ fn learn_writes_lambda_log_and_a_merged_model_that_merge_rebuilds() {
             vec!["--steps", "2", "--granularity", "task", "--ties-k", "0.2"],
             1,
         ),
+        (
+            "adarank",
+            vec!["--steps", "3", "--method", "adarank", "--base", "tsv-m"],
+            32,
+        ),
     ] {
+        let method = if name == "adarank" {
+            "adarank"
+        } else {
+            "adamerging"
+        };
         let run = tmp.path().join(name);
         let (ok, text) = adamerge(&learn_args(&data, &run, &extra));
         assert!(ok, "{text}");
@@ -84,7 +94,7 @@ fn learn_writes_lambda_log_and_a_merged_model_that_merge_rebuilds() {
         check_run(&run, steps, units);
 
         let rebuilt = tmp.path().join(format!("{name}-rebuilt"));
-        let (ok, text) = adamerge(&merge_args(&run.join("lambda.json"), &rebuilt));
+        let (ok, text) = adamerge(&merge_args(method, &run.join("lambda.json"), &rebuilt));
         assert!(ok, "{text}");
         let a = read_all(&run.join("merged"));
         let b = read_all(&rebuilt);
@@ -99,6 +109,25 @@ fn learn_writes_lambda_log_and_a_merged_model_that_merge_rebuilds() {
             assert!(worst <= 1e-6, "{name}: {n} differs by {worst}");
         }
     }
+
+    // AdaRank's file carries its masks per unit, task and component, and only AdaRank applies it.
+    let lambda: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("adarank/lambda.json")).unwrap(),
+    )
+    .unwrap();
+    let units = lambda["components"].as_array().unwrap();
+    assert_eq!(units.len(), 10, "every 2-D tensor with the TSV-M base");
+    assert!(
+        units
+            .iter()
+            .all(|u| u["logits"].as_array().unwrap().len() == 3)
+    );
+    let (ok, text) = adamerge(&merge_args(
+        "adamerging",
+        &tmp.path().join("adarank/lambda.json"),
+        &tmp.path().join("wrong"),
+    ));
+    assert!(!ok && text.contains("--method adarank"), "{text}");
 
     // A finished run is not overwritten, and an extended one continues from its checkpoint.
     let run = tmp.path().join("layer");
@@ -127,6 +156,10 @@ fn bad_learn_input_names_the_problem() {
     let (ok, text) = adamerge(&learn_args(&data, &run, &["--adapt-fraction", "1.0"]));
     assert!(!ok && text.contains("adaptation fraction"), "{text}");
     let merged = tmp.path().join("merged");
-    let (ok, text) = adamerge(&merge_args(&tmp.path().join("missing.json"), &merged));
+    let (ok, text) = adamerge(&merge_args(
+        "adamerging",
+        &tmp.path().join("missing.json"),
+        &merged,
+    ));
     assert!(!ok && text.contains("missing.json"), "{text}");
 }

@@ -47,11 +47,17 @@ impl std::fmt::Display for Granularity {
 /// The parameter id of λ, fixed so that a saved optimiser state finds its parameter again.
 const LAMBDA_ID: u64 = 0x4c41_4d42_4441;
 
-/// The coefficient module: λ [K, L] and nothing else.
+/// The parameter id of the component masks' logits (AdaRank).
+const MASKS_ID: u64 = 0x4d41_534b_5320;
+
+/// The coefficient module: λ [K, L] and, for a merge over singular components, the masks'
+/// logits (one per component, flat).
 #[derive(Module, Debug)]
 pub struct Coefficients {
     /// Raw (unclamped) coefficients [K, L].
     pub lambda: Param<Tensor<2>>,
+    /// Mask logits [M], when components are learned.
+    pub masks: Option<Param<Tensor<1>>>,
 }
 
 impl Coefficients {
@@ -61,12 +67,38 @@ impl Coefficients {
         let t = Tensor::from_data(TensorData::new(values, [tasks, units]), device);
         Self {
             lambda: Param::initialized(ParamId::from(LAMBDA_ID), t),
+            masks: None,
         }
+    }
+
+    /// The same with mask logits (none when `masks` is `None`).
+    pub fn with_masks(mut self, masks: Option<Vec<f32>>, device: &Device) -> Self {
+        self.masks = masks.map(|m| {
+            let n = m.len();
+            Param::initialized(
+                ParamId::from(MASKS_ID),
+                Tensor::from_data(TensorData::new(m, [n]), device),
+            )
+        });
+        self
     }
 
     /// The id under which gradients for λ are registered.
     pub fn id(&self) -> ParamId {
         self.lambda.id
+    }
+
+    /// The id of the mask logits, when there are any.
+    pub fn masks_id(&self) -> Option<ParamId> {
+        self.masks.as_ref().map(|m| m.id)
+    }
+
+    /// The mask logits, when there are any.
+    pub fn mask_values(&self) -> Result<Option<Vec<f32>>> {
+        self.masks
+            .as_ref()
+            .map(|m| tensor_to_vec(m.val().inner()))
+            .transpose()
     }
 
     /// Row-major raw values [K, L].

@@ -182,7 +182,7 @@ pub fn learn_with(
         Outcome::Finished => {
             if options.save_merged {
                 let merger = learner.merger()?;
-                write_merged(&loaded.pretrained, tv, &merger, &options.dir.merged())?;
+                write_merged(&loaded.pretrained, tv, &*merger, &options.dir.merged())?;
             }
             if last.is_empty() {
                 // Resumed after its last step: nothing ran, so score the learned λ here.

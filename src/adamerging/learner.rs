@@ -12,7 +12,10 @@ use super::objective::mean_entropy;
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::eval::check_head_width;
-use crate::merge::{Aggregate, Ties, TrimScope, WeightedSum, merge_all};
+use crate::merge::{
+    Aggregate, Base, ComponentConfig, ComponentMerge, Decomposition, MaskKind, TensorMerge, Ties,
+    TrimScope, WeightedSum, merge_all,
+};
 use crate::model::{VisionTower, logits};
 use crate::task_vector::{Layering, LayeringKind, TaskVectors};
 use crate::weights::{Weights, tensor_to_vec};
@@ -45,6 +48,9 @@ pub struct LearnConfig {
     /// [`FORWARD_BUDGET_BYTES`] of activations, 1 is one task at a time (the least memory).
     /// Only float rounding depends on it.
     pub tasks_per_forward: Option<usize>,
+    /// AdaRank: learn masks over the singular components of the task vectors' matrices too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub components: Option<ComponentConfig>,
 }
 
 /// The activation memory the automatic [`LearnConfig::tasks_per_forward`] fills (4 GiB).
@@ -64,6 +70,7 @@ impl Default for LearnConfig {
             seed: 0,
             ties_k: None,
             tasks_per_forward: None,
+            components: None,
         }
     }
 }
@@ -94,11 +101,31 @@ impl LearnConfig {
         {
             return Err(Error::invalid("ties_k", format!("{k} is not in (0, 1]")));
         }
+        if let Some(c) = &self.components {
+            c.validate()?;
+            if self.ties_k.is_some() {
+                return Err(Error::invalid(
+                    "ties_k",
+                    "masks over singular components are learned on plain task vectors",
+                ));
+            }
+        }
         Ok(())
     }
 
     /// The method's name in tables: `adamerging[++](task|layer)`.
     pub fn label(&self) -> String {
+        if let Some(c) = &self.components {
+            let base = match c.base {
+                Base::Ta => "ta",
+                Base::TsvM => "tsv-m",
+            };
+            let mask = match c.mask {
+                MaskKind::Hard => "hard",
+                MaskKind::Soft => "soft",
+            };
+            return format!("adarank({base},{mask})");
+        }
         let pp = if self.ties_k.is_some() { "++" } else { "" };
         format!("adamerging{pp}({})", self.granularity)
     }
@@ -116,6 +143,15 @@ impl LearnConfig {
         }
         if self.batches_per_task != d.batches_per_task {
             extra.push(format!("batches={}", self.batches_per_task));
+        }
+        if let Some(c) = &self.components {
+            let d = ComponentConfig::default();
+            if c.rank != d.rank {
+                extra.push(format!("rank={}", c.rank));
+            }
+            if c.temperature != d.temperature {
+                extra.push(format!("T={}", c.temperature));
+            }
         }
         let label = self.label();
         if extra.is_empty() {
@@ -176,6 +212,14 @@ pub fn activation_bytes_per_image(cfg: &VisionConfig) -> usize {
         .saturating_mul(std::mem::size_of::<f32>())
 }
 
+/// What one read-back value (or run of values) of the gradient pass stands for.
+enum Read {
+    /// ⟨G, τ⟩ for λ's `slot`, times `weight`.
+    Dot { slot: usize, weight: f64 },
+    /// diag(Uᵀ G V) over decomposed unit `unit`'s components; λ's column `column`.
+    Diag { unit: usize, column: usize },
+}
+
 /// One step's numbers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -197,6 +241,7 @@ pub struct Learner<'a> {
     heads: &'a [Tensor<2>],
     config: LearnConfig,
     layering: Layering,
+    decomposition: Option<Decomposition>,
     coefficients: Coefficients,
     optimizer: ModuleOptimizer,
     ad_device: Device,
@@ -225,13 +270,23 @@ impl<'a> Learner<'a> {
         let layering = config.layering(tv.theta0().names());
         let (k, l) = (tv.num_tasks(), layering.len());
         let ad_device = device.clone().autodiff();
-        let coefficients = Coefficients::new(vec![config.init as f32; k * l], k, l, &ad_device);
+        let decomposition = config
+            .components
+            .as_ref()
+            .map(|c| Decomposition::compute(tv, c))
+            .transpose()?;
+        let masks = decomposition
+            .as_ref()
+            .map(|d| vec![d.config().mask_init as f32; d.num_masks()]);
+        let coefficients = Coefficients::new(vec![config.init as f32; k * l], k, l, &ad_device)
+            .with_masks(masks, &ad_device);
         Ok(Self {
             cfg,
             tv,
             heads,
             config,
             layering,
+            decomposition,
             coefficients,
             optimizer: adam(),
             ad_device,
@@ -248,8 +303,42 @@ impl<'a> Learner<'a> {
                 format!("expected {} finite values ({k} tasks × {l} units)", k * l),
             ));
         }
-        self.coefficients = Coefficients::new(values, k, l, &self.ad_device);
+        let masks = self.masks()?;
+        self.coefficients =
+            Coefficients::new(values, k, l, &self.ad_device).with_masks(masks, &self.ad_device);
         Ok(())
+    }
+
+    /// Replaces the mask logits (flat, the decomposition's order).
+    pub fn set_masks(&mut self, values: Vec<f32>) -> Result<()> {
+        let want = self
+            .decomposition
+            .as_ref()
+            .map_or(0, Decomposition::num_masks);
+        if self.decomposition.is_none()
+            || values.len() != want
+            || values.iter().any(|v| !v.is_finite())
+        {
+            return Err(Error::invalid(
+                "masks",
+                format!("expected {want} finite mask logits"),
+            ));
+        }
+        let lambda = self.lambda()?;
+        let (k, l) = self.shape();
+        self.coefficients = Coefficients::new(lambda, k, l, &self.ad_device)
+            .with_masks(Some(values), &self.ad_device);
+        Ok(())
+    }
+
+    /// The mask logits, flat, when components are learned.
+    pub fn masks(&self) -> Result<Option<Vec<f32>>> {
+        self.coefficients.mask_values()
+    }
+
+    /// The decomposed units, when components are learned.
+    pub fn decomposition(&self) -> Option<&Decomposition> {
+        self.decomposition.as_ref()
     }
 
     /// (K, L).
@@ -287,24 +376,34 @@ impl<'a> Learner<'a> {
         Ok(effective(&self.lambda()?, self.config.clamp))
     }
 
-    /// The merge at the current λ, tensor by tensor.
-    pub fn merger(&self) -> Result<WeightedSum<&TaskVectors>> {
-        self.merger_at(&self.lambda()?)
+    /// The merge at the current coefficients, tensor by tensor.
+    pub fn merger(&self) -> Result<Box<dyn TensorMerge + '_>> {
+        self.merger_at(&self.lambda()?, self.masks()?.as_deref())
     }
 
-    fn merger_at(&self, raw: &[f32]) -> Result<WeightedSum<&TaskVectors>> {
-        WeightedSum::new(self.tv, &self.layering, effective(raw, self.config.clamp))
+    fn merger_at(&self, raw: &[f32], masks: Option<&[f32]>) -> Result<Box<dyn TensorMerge + '_>> {
+        let lambda = effective(raw, self.config.clamp);
+        Ok(match (&self.decomposition, masks) {
+            (Some(d), Some(m)) => Box::new(ComponentMerge::new(
+                self.tv,
+                d,
+                &self.layering,
+                lambda,
+                d.config().masks(m).0,
+            )?),
+            _ => Box::new(WeightedSum::new(self.tv, &self.layering, lambda)?),
+        })
     }
 
     /// The merged model at the current λ (frozen tensors included, ready to score).
     pub fn merged(&self) -> Result<Weights> {
         Ok(self
             .tv
-            .complete(merge_all(self.tv.theta0(), &self.merger()?)?))
+            .complete(merge_all(self.tv.theta0(), &*self.merger()?)?))
     }
 
-    /// The objective at the current λ on step `step`'s batches, and its gradient ∂loss/∂λ
-    /// (row-major [K, L]).
+    /// The objective at the current coefficients on step `step`'s batches, and its gradient:
+    /// ∂loss/∂λ (row-major [K, L]) followed by ∂loss/∂(mask logits) when components are learned.
     pub fn gradient(&self, source: &dyn BatchSource) -> Result<(Vec<f32>, StepRecord)> {
         let start = Instant::now();
         let (k_tasks, l_units) = self.shape();
@@ -315,9 +414,13 @@ impl<'a> Learner<'a> {
             ));
         }
         let raw = self.lambda()?;
+        let raw_masks = self.masks()?;
         // The merged weights become the leaves of each task's graph; θ₀ and τ never enter it.
-        let leaves = merge_all(self.tv.theta0(), &self.merger_at(&raw)?)?
-            .map(|_, t| t.autodiff().require_grad());
+        let leaves = merge_all(
+            self.tv.theta0(),
+            &*self.merger_at(&raw, raw_masks.as_deref())?,
+        )?
+        .map(|_, t| t.autodiff().require_grad());
         let model = self.tv.complete(leaves.clone());
         let mut grad_w: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
         let mut entropy = vec![0.0; k_tasks];
@@ -369,23 +472,76 @@ impl<'a> Learner<'a> {
             }
         }
         drop((leaves, model));
-        // ⟨∂loss/∂W_t, τ_{k,t}⟩ for every tensor t and task k, read back in one transfer.
+        // ⟨∂loss/∂W_t, τ_{k,t}⟩ for every tensor t and task k, and diag(Uᵀ ∂loss/∂W_t V) for a
+        // decomposed one, read back in one transfer.
         let unit_index = self.layering.unit_index();
+        let decomposition = self.decomposition.as_ref();
+        let scale = decomposition.map_or(1.0, |d| f64::from(d.config().other_scale(k_tasks)));
         let mut dots = Vec::new();
-        let mut slots = Vec::new();
+        let mut reads = Vec::new();
         for ((name, _), g) in self.tv.theta0().iter().zip(&grad_w) {
             let Some(g) = g else { continue };
             let u = unit_index[name];
-            for k in 0..k_tasks {
-                let tau = &self.tv.vector(k).require(name)?.data;
-                dots.push((g.clone() * tau.clone()).sum());
-                slots.push(k * l_units + u);
+            match decomposition.and_then(|d| d.part_of(name).map(|p| (d, p.0))) {
+                Some((d, unit)) => {
+                    if let Some(diag) = d.projected_gradient(name, g.clone()) {
+                        dots.push(diag);
+                        reads.push(Read::Diag { unit, column: u });
+                    }
+                    for k in 0..k_tasks {
+                        if let Some(rest) = d.rest(k, name) {
+                            dots.push((g.clone() * rest.clone()).sum());
+                            reads.push(Read::Dot {
+                                slot: k * l_units + u,
+                                weight: 1.0,
+                            });
+                        }
+                    }
+                }
+                None => {
+                    for k in 0..k_tasks {
+                        let tau = &self.tv.vector(k).require(name)?.data;
+                        dots.push((g.clone() * tau.clone()).sum());
+                        reads.push(Read::Dot {
+                            slot: k * l_units + u,
+                            weight: scale,
+                        });
+                    }
+                }
             }
         }
         let mut grad = vec![0f64; k_tasks * l_units];
+        let mut mask_grad = vec![0f64; decomposition.map_or(0, Decomposition::num_masks)];
         if !dots.is_empty() {
-            for (slot, v) in slots.iter().zip(tensor_to_vec(Tensor::cat(dots, 0))?) {
-                grad[*slot] += v as f64;
+            let values = tensor_to_vec(Tensor::cat(dots, 0))?;
+            let lambda = effective(&raw, self.config.clamp);
+            let applied = match (decomposition, &raw_masks) {
+                (Some(d), Some(m)) => d.config().masks(m).0,
+                _ => Vec::new(),
+            };
+            let mut at = 0;
+            for read in reads {
+                match read {
+                    Read::Dot { slot, weight } => {
+                        grad[slot] += weight * f64::from(values[at]);
+                        at += 1;
+                    }
+                    Read::Diag { unit, column } => {
+                        let d = decomposition.expect("a projected gradient has its decomposition");
+                        let off = d.offsets()[unit];
+                        let du = &d.units()[unit];
+                        // ∂/∂ĉ_{k,i} = λ_{k,u} s_i u_iᵀ G v_i; ∂/∂λ_{k,u} = Σ_i ĉ_{k,i} s_i u_iᵀ G v_i.
+                        for k in 0..k_tasks {
+                            let l = f64::from(lambda[k * l_units + column]);
+                            for i in du.task_range(k) {
+                                let ds = f64::from(values[at + i]) * f64::from(du.sigma[i]);
+                                mask_grad[off + i] += l * ds;
+                                grad[k * l_units + column] += f64::from(applied[off + i]) * ds;
+                            }
+                        }
+                        at += du.len();
+                    }
+                }
             }
         }
         if self.config.clamp {
@@ -402,17 +558,34 @@ impl<'a> Learner<'a> {
             entropy,
             seconds: start.elapsed().as_secs_f64(),
         };
-        Ok((grad.into_iter().map(|g| g as f32).collect(), record))
+        if let (Some(d), Some(m)) = (decomposition, &raw_masks) {
+            // Hard masks pass σ's gradient straight through; soft ones are σ itself.
+            for (g, f) in mask_grad.iter_mut().zip(d.config().masks(m).1) {
+                *g *= f64::from(f);
+            }
+        }
+        let flat = grad
+            .into_iter()
+            .chain(mask_grad)
+            .map(|g| g as f32)
+            .collect();
+        Ok((flat, record))
     }
 
     /// One Adam step on step `steps_done()`'s batches.
     pub fn step(&mut self, source: &dyn BatchSource) -> Result<StepRecord> {
         let start = Instant::now();
-        let (grad, mut record) = self.gradient(source)?;
+        let (mut grad, mut record) = self.gradient(source)?;
         let (k, l) = self.shape();
+        let mask_grad = grad.split_off(k * l);
         let grad = Tensor::<2>::from_data(TensorData::new(grad, [k, l]), &self.ad_device).inner();
         let mut grads = GradientsParams::new();
         grads.register(self.coefficients.id(), grad);
+        if let Some(id) = self.coefficients.masks_id() {
+            let n = mask_grad.len();
+            let g = Tensor::<1>::from_data(TensorData::new(mask_grad, [n]), &self.ad_device);
+            grads.register(id, g.inner());
+        }
         self.coefficients = self
             .optimizer
             .step(self.config.lr, self.coefficients.clone(), grads);
@@ -430,14 +603,25 @@ impl<'a> Learner<'a> {
         Ok(bytes.to_vec())
     }
 
-    /// Restores a saved run: λ, Adam's state and the number of steps done.
+    /// Restores a saved run: λ, the mask logits, Adam's state and the number of steps done.
     pub fn restore(
         &mut self,
         lambda: Vec<f32>,
+        masks: Option<Vec<f32>>,
         optimizer: Vec<u8>,
         steps_done: usize,
     ) -> Result<()> {
         self.set_lambda(lambda)?;
+        match masks {
+            Some(m) => self.set_masks(m)?,
+            None if self.decomposition.is_some() => {
+                return Err(Error::invalid(
+                    "masks",
+                    "the checkpoint holds no mask logits",
+                ));
+            }
+            None => {}
+        }
         self.optimizer = adam()
             .from_bytes(Bytes::from_bytes_vec(optimizer))
             .map_err(|e| Error::invalid("optimizer state", e.to_string()))?;

@@ -21,5 +21,5 @@ pub use job::{
 };
 pub use learner::{LearnConfig, Learner, StepRecord};
 pub use objective::mean_entropy;
-pub use outputs::{LearnedLambda, PAPER, RunLog};
+pub use outputs::{LearnedLambda, LearnedUnit, PAPER, RunLog};
 pub use session::{Outcome, Session};

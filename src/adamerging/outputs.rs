@@ -12,7 +12,10 @@ use super::learner::{LearnConfig, Learner};
 use crate::checkpoint::{StoredDtype, decode_f32, encode_f32, serialize_canonical};
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::merge::{MergeMethod, TensorMerge, WeightedSum};
+use crate::merge::{
+    ADARANK_PAPER, ComponentMerge, DecomposedUnit, Decomposition, MergeMethod, TensorMerge,
+    WeightedSum,
+};
 use crate::output::write_atomic;
 use crate::task_vector::{Layering, TaskVectors, Unit};
 
@@ -37,6 +40,37 @@ pub struct LearnedLambda {
     pub lambda: Vec<Vec<f32>>,
     /// λ as applied (clamped when the run clamps) [K][L].
     pub effective: Vec<Vec<f32>>,
+    /// The learned masks over singular components, per decomposed unit (AdaRank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<LearnedUnit>>,
+}
+
+/// One decomposed matrix unit's learned masks, per task and component (descending singular
+/// value), with the singular values that pin the decomposition they apply to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedUnit {
+    /// The unit (a tensor, or a block's fused `in_proj.weight`).
+    pub name: String,
+    /// Its tensors, top to bottom.
+    pub tensors: Vec<String>,
+    /// [rows, columns] of the decomposed matrix.
+    pub shape: [usize; 2],
+    /// Singular values per task [K][components].
+    pub sigma: Vec<Vec<f32>>,
+    /// Raw mask logits per task [K][components].
+    pub logits: Vec<Vec<f32>>,
+    /// Masks as applied (0 or 1 when hard) per task [K][components].
+    pub applied: Vec<Vec<f32>>,
+}
+
+impl LearnedUnit {
+    /// Each task's share of its components that the masks keep (the mean applied mask), [K].
+    pub fn kept(&self) -> Vec<f32> {
+        self.applied
+            .iter()
+            .map(|a| a.iter().sum::<f32>() / a.len().max(1) as f32)
+            .collect()
+    }
 }
 
 impl LearnedLambda {
@@ -44,7 +78,33 @@ impl LearnedLambda {
     pub fn from_learner(learner: &Learner<'_>) -> Result<Self> {
         let (_, l) = learner.shape();
         let rows = |v: Vec<f32>| v.chunks(l.max(1)).map(<[f32]>::to_vec).collect();
+        let components = match (learner.decomposition(), learner.masks()?) {
+            (Some(d), Some(logits)) => {
+                let (applied, _) = d.config().masks(&logits);
+                let per_task = |u: &DecomposedUnit, at: usize, v: &[f32]| -> Vec<Vec<f32>> {
+                    (0..u.counts.len())
+                        .map(|k| u.task_range(k).map(|i| v[at + i]).collect())
+                        .collect()
+                };
+                Some(
+                    d.units()
+                        .iter()
+                        .zip(d.offsets())
+                        .map(|(u, at)| LearnedUnit {
+                            name: u.name.clone(),
+                            tensors: u.parts.iter().map(|(n, _)| n.clone()).collect(),
+                            shape: [u.parts.iter().map(|(_, r)| r).sum(), u.cols],
+                            sigma: per_task(u, 0, &u.sigma),
+                            logits: per_task(u, at, &logits),
+                            applied: per_task(u, at, &applied),
+                        })
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
         Ok(Self {
+            components,
             method: learner.config().label(),
             config: learner.config().clone(),
             tasks: learner.task_vectors().tasks().to_vec(),
@@ -58,16 +118,36 @@ impl LearnedLambda {
     /// Writes `<stem>.json` and `<stem>.safetensors` (`lambda` and `effective`, [K, L]) in `dir`.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let json =
-            serde_json::to_vec_pretty(self).map_err(|e| Error::invalid("lambda", e.to_string()))?;
-        write_atomic(&dir.join(format!("{stem}.json")), &json)?;
+        let value =
+            serde_json::to_value(self).map_err(|e| Error::invalid("lambda", e.to_string()))?;
+        write_atomic(&dir.join(format!("{stem}.json")), pretty(&value).as_bytes())?;
         let (k, l) = (self.tasks.len(), self.units.len());
         let raw = f32_bytes(self.lambda.iter().flatten());
         let eff = f32_bytes(self.effective.iter().flatten());
-        let views = [
+        // Each component tensor: [components] of one unit and task, named `<what>.<unit>.<task>`.
+        let mut component_bytes = Vec::new();
+        for u in self.components.iter().flatten() {
+            for (t, task) in self.tasks.iter().enumerate() {
+                for (what, m) in [
+                    ("mask", &u.logits),
+                    ("applied", &u.applied),
+                    ("sigma", &u.sigma),
+                ] {
+                    component_bytes
+                        .push((format!("{what}.{}.{task}", u.name), f32_bytes(m[t].iter())));
+                }
+            }
+        }
+        let mut views = vec![
             ("lambda", TensorView::new(Dtype::F32, vec![k, l], &raw)),
             ("effective", TensorView::new(Dtype::F32, vec![k, l], &eff)),
         ];
+        for (name, bytes) in &component_bytes {
+            views.push((
+                name.as_str(),
+                TensorView::new(Dtype::F32, vec![bytes.len() / 4], bytes),
+            ));
+        }
         let meta = BTreeMap::from([
             ("tasks".to_string(), self.tasks.join(",")),
             ("method".to_string(), self.method.clone()),
@@ -105,6 +185,27 @@ impl LearnedLambda {
         }
         if k == 0 || l == 0 {
             return Err(bad("tasks", "no task or no unit".into()));
+        }
+        for u in this.components.iter().flatten() {
+            let counts: Vec<usize> = u.sigma.iter().map(Vec::len).collect();
+            for (key, m) in [
+                ("sigma", &u.sigma),
+                ("logits", &u.logits),
+                ("applied", &u.applied),
+            ] {
+                if m.len() != k || m.iter().map(Vec::len).ne(counts.iter().copied()) {
+                    return Err(bad(
+                        &format!("components.{}.{key}", u.name),
+                        format!("expected {k} rows of {counts:?} values"),
+                    ));
+                }
+                if m.iter().flatten().any(|v| !v.is_finite()) {
+                    return Err(bad(
+                        &format!("components.{}.{key}", u.name),
+                        "holds a non-finite value".into(),
+                    ));
+                }
+            }
         }
         if this.config.clamp {
             // A run that clamps never applies λ outside [0, 1]: such a file was edited or is
@@ -175,10 +276,18 @@ impl LearnedLambda {
 /// for AdaMerging++), so that λ learned once can rebuild the model or be shared.
 impl MergeMethod for LearnedLambda {
     fn name(&self) -> &'static str {
-        "adamerging"
+        if self.components.is_some() {
+            "adarank"
+        } else {
+            "adamerging"
+        }
     }
     fn reference(&self) -> &'static str {
-        PAPER
+        if self.components.is_some() {
+            ADARANK_PAPER
+        } else {
+            PAPER
+        }
     }
     fn label(&self) -> String {
         self.method.clone()
@@ -186,6 +295,16 @@ impl MergeMethod for LearnedLambda {
     fn prepare<'a>(&self, tv: &'a TaskVectors) -> Result<Box<dyn TensorMerge + 'a>> {
         let applied = self.applied(tv.tasks())?;
         let layering = self.layering();
+        if let Some(units) = &self.components {
+            let (decomposition, masks) = self.pinned(tv, units)?;
+            return Ok(Box::new(ComponentMerge::new(
+                tv,
+                decomposition,
+                &layering,
+                applied,
+                masks,
+            )?));
+        }
         Ok(match self.config.ties()? {
             None => Box::new(WeightedSum::new(tv, &layering, applied)?),
             Some(ties) => Box::new(WeightedSum::new(
@@ -195,6 +314,104 @@ impl MergeMethod for LearnedLambda {
             )?),
         })
     }
+}
+
+impl LearnedLambda {
+    /// `tv` decomposed again as the run did, checked against the saved singular values (other
+    /// checkpoints give other values), and the saved masks in the decomposition's order (tasks
+    /// matched by name).
+    fn pinned(&self, tv: &TaskVectors, units: &[LearnedUnit]) -> Result<(Decomposition, Vec<f32>)> {
+        let bad = |reason: String| Error::invalid("lambda file", reason);
+        // Saved rows by the given tasks' order (`applied` has checked that they are the same).
+        let rows: Vec<usize> = tv
+            .tasks()
+            .iter()
+            .map(|t| self.tasks.iter().position(|s| s == t))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("its tasks are not the given ones".into()))?;
+        let config = self
+            .config
+            .components
+            .as_ref()
+            .ok_or_else(|| bad("component masks without their settings".into()))?;
+        let decomposition = Decomposition::compute(tv, config)?;
+        if decomposition.units().len() != units.len() {
+            return Err(bad(format!(
+                "{} decomposed units saved, {} in these checkpoints",
+                units.len(),
+                decomposition.units().len()
+            )));
+        }
+        let mut masks = Vec::with_capacity(decomposition.num_masks());
+        for (d, saved) in decomposition.units().iter().zip(units) {
+            if d.name != saved.name {
+                return Err(bad(format!(
+                    "unit `{}` saved where `{}` is",
+                    saved.name, d.name
+                )));
+            }
+            for (k, (&row, task)) in rows.iter().zip(tv.tasks()).enumerate() {
+                let sigma = &d.sigma[d.task_range(k)];
+                let want = &saved.sigma[row];
+                let scale = want.first().copied().unwrap_or(0.0).max(f32::MIN_POSITIVE);
+                let off = sigma.len() != want.len()
+                    || sigma
+                        .iter()
+                        .zip(want)
+                        .any(|(a, b)| (a - b).abs() > 1e-4 * scale);
+                if off {
+                    return Err(bad(format!(
+                        "the singular values of `{}` for task `{task}` differ from the ones its \
+                         masks were learned on: other checkpoints, or another decomposition",
+                        d.name
+                    )));
+                }
+                masks.extend_from_slice(&saved.applied[row]);
+            }
+        }
+        Ok((decomposition, masks))
+    }
+}
+
+/// JSON as `serde_json`'s pretty printer writes it, except that an array of numbers stays on one
+/// line (a row of λ, a task's masks), so that a person can read the file.
+fn pretty(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn write(v: &Value, indent: usize, out: &mut String) {
+        let pad = |n: usize| "  ".repeat(n);
+        match v {
+            Value::Array(items) if items.iter().all(Value::is_number) => {
+                out.push_str(&Value::Array(items.clone()).to_string().replace(',', ", "));
+            }
+            Value::Array(items) if !items.is_empty() => {
+                out.push_str("[\n");
+                for (i, item) in items.iter().enumerate() {
+                    out.push_str(&pad(indent + 1));
+                    write(item, indent + 1, out);
+                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&pad(indent));
+                out.push(']');
+            }
+            Value::Object(map) if !map.is_empty() => {
+                out.push_str("{\n");
+                for (i, (key, item)) in map.iter().enumerate() {
+                    out.push_str(&pad(indent + 1));
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push_str(": ");
+                    write(item, indent + 1, out);
+                    out.push_str(if i + 1 < map.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&pad(indent));
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, 0, &mut out);
+    out.push('\n');
+    out
 }
 
 /// A number as a person reads it: plain when moderate, in exponent form when huge or tiny.
@@ -216,6 +433,8 @@ fn f32_bytes<'a>(values: impl Iterator<Item = &'a f32>) -> Vec<u8> {
 pub struct ResumePoint {
     /// Raw λ, row-major.
     pub lambda: Vec<f32>,
+    /// Mask logits, flat (learned components only).
+    pub masks: Option<Vec<f32>>,
     /// Adam's state (burn's record bytes).
     pub optimizer: Vec<u8>,
     /// Steps done.
@@ -228,8 +447,9 @@ impl ResumePoint {
     /// Writes the checkpoint file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let lambda = f32_bytes(self.lambda.iter());
+        let masks = self.masks.as_ref().map(|m| f32_bytes(m.iter()));
         let wrap = |e: safetensors::SafeTensorError| Error::invalid("checkpoint", e.to_string());
-        let views = vec![
+        let mut views = vec![
             (
                 "lambda",
                 TensorView::new(Dtype::F32, vec![self.lambda.len()], &lambda).map_err(wrap)?,
@@ -240,6 +460,12 @@ impl ResumePoint {
                     .map_err(wrap)?,
             ),
         ];
+        if let Some(m) = &masks {
+            views.push((
+                "masks",
+                TensorView::new(Dtype::F32, vec![m.len() / 4], m).map_err(wrap)?,
+            ));
+        }
         let meta = BTreeMap::from([
             ("steps_done".to_string(), self.steps_done.to_string()),
             ("fingerprint".to_string(), self.fingerprint.clone()),
@@ -270,6 +496,13 @@ impl ResumePoint {
         let lambda = st.tensor("lambda").map_err(|e| bad(e.to_string()))?;
         let lambda = decode_f32(StoredDtype::F32, lambda.data())
             .ok_or_else(|| bad("`lambda` is not a whole number of f32 values".into()))?;
+        let masks = match st.tensor("masks") {
+            Ok(m) => Some(
+                decode_f32(StoredDtype::F32, m.data())
+                    .ok_or_else(|| bad("`masks` is not a whole number of f32 values".into()))?,
+            ),
+            Err(_) => None,
+        };
         let optimizer = st
             .tensor("optimizer")
             .map_err(|e| bad(e.to_string()))?
@@ -277,6 +510,7 @@ impl ResumePoint {
             .to_vec();
         Ok(Self {
             lambda,
+            masks,
             optimizer,
             steps_done,
             fingerprint,

@@ -75,13 +75,14 @@ impl<'l, 'a> Session<'l, 'a> {
             });
         }
         self.learner
-            .restore(point.lambda, point.optimizer, point.steps_done)?;
+            .restore(point.lambda, point.masks, point.optimizer, point.steps_done)?;
         Ok(point.steps_done)
     }
 
     fn checkpoint(&self) -> Result<()> {
         ResumePoint {
             lambda: self.learner.lambda()?,
+            masks: self.learner.masks()?,
             optimizer: self.learner.optimizer_state()?,
             steps_done: self.learner.steps_done(),
             fingerprint: self.fingerprint(),

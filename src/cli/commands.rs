@@ -71,7 +71,21 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
         Tensors(Box<dyn MergeMethod>),
     }
     let job = match (c.method.build(&c.params)?, &args.lambda_file) {
-        (Built::Learned(_), Some(file)) => Job::Tensors(Box::new(LearnedLambda::load(file)?)),
+        (Built::Learned(_), Some(file)) => {
+            let learned = LearnedLambda::load(file)?;
+            if learned.name() != c.method.name() {
+                return Err(Error::invalid(
+                    "--lambda-file",
+                    format!(
+                        "{} holds {}'s coefficients; merge it with --method {}",
+                        file.display(),
+                        learned.method,
+                        learned.name()
+                    ),
+                ));
+            }
+            Job::Tensors(Box::new(learned))
+        }
         (Built::Learned(_), None) => {
             return Err(Error::invalid(
                 "--lambda-file",

@@ -3,6 +3,7 @@
 //! (sparsify, elect signs, aggregate, scale).
 
 mod average;
+mod components;
 mod dare;
 mod spectral;
 mod task_arithmetic;
@@ -14,6 +15,10 @@ use std::ops::Range;
 use burn::tensor::Tensor;
 
 pub use average::WeightAverage;
+pub use components::{
+    ADARANK_PAPER, Base, ComponentConfig, ComponentMerge, Decompose, DecomposedUnit, Decomposition,
+    MaskKind, Rest,
+};
 pub use dare::{Dare, DareInner, DareMasks, Dropped, PAPER as DARE_PAPER, seeded_mask};
 pub use spectral::{MatrixUnit, Qkv, Spectral, SpectralDeltas, matrix_units};
 pub use task_arithmetic::TaskArithmetic;

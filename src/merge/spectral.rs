@@ -203,7 +203,7 @@ pub fn matrix_units(theta0: &Weights, qkv: Qkv) -> Vec<MatrixUnit> {
 }
 
 /// Task `k`'s matrix of `unit` in f64.
-fn task_matrix(tv: &TaskVectors, k: usize, unit: &MatrixUnit) -> Result<Mat<f64>> {
+pub(crate) fn task_matrix(tv: &TaskVectors, k: usize, unit: &MatrixUnit) -> Result<Mat<f64>> {
     let mut values = Vec::with_capacity(unit.rows() * unit.cols);
     for (name, _) in &unit.parts {
         values.extend(tv.vector(k).require(name)?.to_vec()?);

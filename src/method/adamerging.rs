@@ -20,82 +20,102 @@ const fn int_at_least_1(name: &'static str, help: &'static str, default: u64) ->
     }
 }
 
+pub(super) const GRANULARITY: Param = Param {
+    name: "granularity",
+    help: "one λ per task, or one per task and layer unit",
+    kind: Kind::Choice(&["task", "layer"]),
+    default: ParamDefault::Value(Value::Choice("layer")),
+    sweep: false,
+    aliases: &[],
+};
+
+pub(super) const LAYERING: Param = Param {
+    name: "layering",
+    help: "the units of layer-wise λ: the paper's (open_clip tensors, q/k/v fused), each tensor, or each block",
+    kind: Kind::Choice(&["paper", "tensor", "block"]),
+    default: ParamDefault::Value(Value::Choice("paper")),
+    sweep: false,
+    aliases: &[],
+};
+
+pub(super) const STEPS: Param = int_at_least_1("steps", "Adam steps", 500);
+
+pub(super) const LR: Param = Param {
+    name: "lr",
+    help: "Adam's learning rate",
+    kind: Kind::Float {
+        min: Bound::Excl(0.0),
+        max: Bound::Open,
+    },
+    default: ParamDefault::Value(Value::Float(1e-3)),
+    sweep: false,
+    aliases: &[],
+};
+
+pub(super) const INIT: Param = Param {
+    name: "init",
+    help: "initial λ",
+    kind: Kind::Float {
+        min: Bound::Open,
+        max: Bound::Open,
+    },
+    default: ParamDefault::Value(Value::Float(0.3)),
+    sweep: false,
+    aliases: &[],
+};
+
+pub(super) const CLAMP: Param = Param {
+    name: "clamp",
+    help: "clamp λ to [0, 1] in the forward",
+    kind: Kind::Bool,
+    default: ParamDefault::Value(Value::Bool(true)),
+    sweep: false,
+    aliases: &[],
+};
+
+pub(super) const BATCH_SIZE: Param = int_at_least_1("batch_size", "unlabeled images per batch", 16);
+
+pub(super) const BATCHES_PER_TASK: Param = int_at_least_1(
+    "batches_per_task",
+    "batches per task per step (the official code reads 2)",
+    1,
+);
+
+pub(super) const TASKS_PER_FORWARD: Param = Param {
+    name: "tasks_per_forward",
+    help: "tasks whose batches share one forward and backward (default: as many as fit 4 GiB of activations; 1 = one task at a time, the least memory)",
+    kind: Kind::Int {
+        min: 1,
+        max: u64::MAX,
+    },
+    default: ParamDefault::Unset,
+    sweep: false,
+    aliases: &[],
+};
+
+pub(super) const TIES_K: Param = Param {
+    name: "ties_k",
+    help: "AdaMerging++: learn over TIES-processed task vectors keeping this fraction",
+    kind: Kind::Float {
+        min: Bound::Excl(0.0),
+        max: Bound::Incl(1.0),
+    },
+    default: ParamDefault::Unset,
+    sweep: false,
+    aliases: &[],
+};
+
 const PARAMS: &[Param] = &[
-    Param {
-        name: "granularity",
-        help: "one λ per task, or one per task and layer unit",
-        kind: Kind::Choice(&["task", "layer"]),
-        default: ParamDefault::Value(Value::Choice("layer")),
-        sweep: false,
-        aliases: &[],
-    },
-    Param {
-        name: "layering",
-        help: "the units of layer-wise λ: the paper's (open_clip tensors, q/k/v fused), each tensor, or each block",
-        kind: Kind::Choice(&["paper", "tensor", "block"]),
-        default: ParamDefault::Value(Value::Choice("paper")),
-        sweep: false,
-        aliases: &[],
-    },
-    int_at_least_1("steps", "Adam steps", 500),
-    Param {
-        name: "lr",
-        help: "Adam's learning rate",
-        kind: Kind::Float {
-            min: Bound::Excl(0.0),
-            max: Bound::Open,
-        },
-        default: ParamDefault::Value(Value::Float(1e-3)),
-        sweep: false,
-        aliases: &[],
-    },
-    Param {
-        name: "init",
-        help: "initial λ",
-        kind: Kind::Float {
-            min: Bound::Open,
-            max: Bound::Open,
-        },
-        default: ParamDefault::Value(Value::Float(0.3)),
-        sweep: false,
-        aliases: &[],
-    },
-    Param {
-        name: "clamp",
-        help: "clamp λ to [0, 1] in the forward",
-        kind: Kind::Bool,
-        default: ParamDefault::Value(Value::Bool(true)),
-        sweep: false,
-        aliases: &[],
-    },
-    int_at_least_1("batch_size", "unlabeled images per batch", 16),
-    int_at_least_1(
-        "batches_per_task",
-        "batches per task per step (the official code reads 2)",
-        1,
-    ),
-    Param {
-        name: "tasks_per_forward",
-        help: "tasks whose batches share one forward and backward (default: as many as fit 4 GiB of activations; 1 = one task at a time, the least memory)",
-        kind: Kind::Int {
-            min: 1,
-            max: u64::MAX,
-        },
-        default: ParamDefault::Unset,
-        sweep: false,
-        aliases: &[],
-    },
-    Param {
-        name: "ties_k",
-        help: "AdaMerging++: learn over TIES-processed task vectors keeping this fraction",
-        kind: Kind::Float {
-            min: Bound::Excl(0.0),
-            max: Bound::Incl(1.0),
-        },
-        default: ParamDefault::Unset,
-        sweep: false,
-        aliases: &[],
-    },
+    GRANULARITY,
+    LAYERING,
+    STEPS,
+    LR,
+    INIT,
+    CLAMP,
+    BATCH_SIZE,
+    BATCHES_PER_TASK,
+    TASKS_PER_FORWARD,
+    TIES_K,
 ];
 
 /// AdaMerging (AdaMerging++ with `ties_k`) in the method registry.
@@ -143,6 +163,7 @@ impl Method for AdaMergingMethod {
             seed: 0,
             ties_k: p.float("ties_k"),
             tasks_per_forward: p.int("tasks_per_forward").map(|n| n as usize),
+            components: None,
         }))
     }
 }

@@ -4,6 +4,7 @@
 //! experiment files, labels, result keys and `--help` are derived from it.
 
 mod adamerging;
+mod adarank;
 mod dare;
 mod fisher;
 pub mod params;
@@ -44,7 +45,7 @@ pub enum Built {
     Fixed(Box<dyn MergeMethod>),
     /// A merge computed in one go from the task vectors and each task's unlabeled images.
     Data(Box<dyn DataMerge>),
-    /// Coefficients learned by entropy minimisation (AdaMerging and AdaMerging++).
+    /// Coefficients learned by entropy minimisation (AdaMerging, AdaMerging++, AdaRank).
     Learned(LearnConfig),
 }
 
@@ -86,6 +87,7 @@ pub fn registry() -> &'static [&'static dyn Method] {
             variant: Variant::IsoCts { common: 0.8 },
         },
         &adamerging::AdaMergingMethod,
+        &adarank::AdaRankMethod,
     ]
 }
 

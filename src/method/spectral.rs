@@ -18,7 +18,7 @@ const ALPHA: Param = Param {
     aliases: &[],
 };
 
-const QKV: Param = Param {
+pub(super) const QKV: Param = Param {
     name: "qkv",
     help: "decompose a block's q, k, v weights as one [3d, d] matrix (fused, open_clip's in_proj as the authors' code) or each alone (split, Hugging Face's tensors as FusionBench)",
     kind: Kind::Choice(&["fused", "split"]),

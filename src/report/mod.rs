@@ -6,7 +6,7 @@ pub mod table;
 
 use std::path::Path;
 
-use crate::adamerging::LearnedLambda;
+use crate::adamerging::{LearnedLambda, LearnedUnit};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::layout::RunDir;
@@ -75,13 +75,28 @@ fn write_plots(dir: &RunDir, r: &Results) -> Result<()> {
         if lambda.exists() && m.lambda.iter().any(|l| l.contains(&stem)) {
             let l = LearnedLambda::load(&lambda)?;
             let flat: Vec<f32> = l.effective.iter().flatten().copied().collect();
-            plots::lambda_heatmap(
+            plots::heatmap(
                 &plots.join(format!("lambda-{stem}.svg")),
                 &format!("{label} λ, task × unit"),
+                "λ",
                 &l.tasks,
                 &l.units.iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
                 &flat,
             )?;
+            if let Some(units) = &l.components {
+                let kept: Vec<Vec<f32>> = units.iter().map(LearnedUnit::kept).collect();
+                let flat: Vec<f32> = (0..l.tasks.len())
+                    .flat_map(|k| kept.iter().map(move |u| u[k]))
+                    .collect();
+                plots::heatmap(
+                    &plots.join(format!("kept-{stem}.svg")),
+                    &format!("{label}: share of singular components kept, task × matrix"),
+                    "kept",
+                    &l.tasks,
+                    &units.iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
+                    &flat,
+                )?;
+            }
         }
     }
     // Learned versus fixed per task: the individual models, each fixed method's row of the

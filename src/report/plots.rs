@@ -385,7 +385,7 @@ impl Grid {
     }
 
     /// The colour bar right of the cells, 0 at the bottom and 1 at the top.
-    fn colour_bar(&self, area: &Area<'_>) -> Drawn {
+    fn colour_bar(&self, area: &Area<'_>, symbol: &str) -> Drawn {
         let (x, y0, h) = (
             self.x(self.cols) + 30,
             self.y0,
@@ -408,19 +408,21 @@ impl Grid {
         }
         text(
             area,
-            "λ",
+            symbol,
             (x + 8, y0 - 6),
             anchored(&font, HPos::Center, VPos::Bottom),
         )
     }
 }
 
-/// λ as a heatmap, white (0) to dark blue (1) with a colour bar: one row per task, one column
-/// per unit in forward order, the columns named (embeddings, each block's norms, q/k/v,
-/// attention output and MLP units, the head) and grouped by block.
-pub fn lambda_heatmap(
+/// Per-task, per-unit values (λ, or the share of singular components kept) as a heatmap, white
+/// (0) to dark blue (1) with a colour bar named `symbol`: one row per task, one column per unit
+/// in forward order, the columns named (embeddings, each block's norms, q/k/v, attention output
+/// and MLP units, the head) and grouped by block.
+pub fn heatmap(
     path: &Path,
     title: &str,
+    symbol: &str,
     tasks: &[String],
     units: &[String],
     lambda: &[f32],
@@ -429,7 +431,7 @@ pub fn lambda_heatmap(
     if lambda.len() != k * n {
         return Err(plot_error(
             path,
-            format!("{} values for {k} × {n} λ", lambda.len()),
+            format!("{} values for {k} tasks × {n} units", lambda.len()),
         ));
     }
     let (lo, hi) = lambda
@@ -450,7 +452,7 @@ pub fn lambda_heatmap(
         cols: n,
         rows: k,
     };
-    let caption = format!("{title} (λ from {lo:.2} to {hi:.2})");
+    let caption = format!("{title} ({symbol} from {lo:.2} to {hi:.2})");
     let width = (grid.x(n) + 110).max(24 + 9 * caption.chars().count() as i32);
     let height = grid.y_end() + 70 + 7 * longest;
     render(path, (width as u32, height as u32), |root| {
@@ -462,7 +464,7 @@ pub fn lambda_heatmap(
         )?;
         grid.cells(&root, tasks, &order, lambda)?;
         grid.column_labels(&root, &labels, longest)?;
-        grid.colour_bar(&root)
+        grid.colour_bar(&root, symbol)
     })
 }
 
@@ -620,7 +622,15 @@ mod tests {
             "vision_model.encoder.layers.0.self_attn.in_proj.weight".to_string(),
             "visual_projection.weight".to_string(),
         ];
-        lambda_heatmap(&h, "λ", &tasks, &units, &[0.0, 0.5, 1.0, 0.3, 0.3, 0.3]).unwrap();
+        heatmap(
+            &h,
+            "λ",
+            "λ",
+            &tasks,
+            &units,
+            &[0.0, 0.5, 1.0, 0.3, 0.3, 0.3],
+        )
+        .unwrap();
         let b = dir.path().join("bars.svg");
         method_bars(
             &b,
