@@ -85,6 +85,8 @@ pub struct JobReport {
     pub lambda: LearnedLambda,
     /// Wall time of the learning steps.
     pub seconds: f64,
+    /// Wall time of the singular value decompositions, when components are learned.
+    pub decompose_seconds: Option<f64>,
 }
 
 /// Runs `job` on `device`, resuming from its folder's checkpoint when `resume`. `stop` is
@@ -145,7 +147,19 @@ pub fn learn_with(
     stop: &AtomicBool,
 ) -> Result<JobReport> {
     let heads = loaded.heads();
+    let decomposing = options.config.components.is_some().then(|| {
+        let bar = progress::bar(
+            0,
+            "{spinner} decomposing the task vectors (f64 SVDs) {elapsed}",
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        (bar, Instant::now())
+    });
     let mut learner = Learner::new(&loaded.cfg, tv, &heads, options.config.clone(), device)?;
+    let decompose_seconds = decomposing.map(|(bar, start)| {
+        bar.finish_and_clear();
+        start.elapsed().as_secs_f64()
+    });
     let eval = EvalSet {
         cfg: &loaded.cfg,
         tasks: &loaded.eval_tasks,
@@ -204,6 +218,7 @@ pub fn learn_with(
             .collect(),
         lambda,
         seconds,
+        decompose_seconds,
     })
 }
 

@@ -113,7 +113,7 @@ impl LearnConfig {
         Ok(())
     }
 
-    /// The method's name in tables: `adamerging[++](task|layer)`.
+    /// The method's name in tables: `adamerging[++](task|layer)`, `adarank(ta|tsv-m,hard|soft)`.
     pub fn label(&self) -> String {
         if let Some(c) = &self.components {
             let base = match c.base {
@@ -146,8 +146,17 @@ impl LearnConfig {
         }
         if let Some(c) = &self.components {
             let d = ComponentConfig::default();
+            if self.granularity == Granularity::Task {
+                extra.push("task".into());
+            }
             if c.rank != d.rank {
                 extra.push(format!("rank={}", c.rank));
+            }
+            if c.rest != d.rest {
+                extra.push("rest".into());
+            }
+            if c.qkv != d.qkv {
+                extra.push("qkv=split".into());
             }
             if c.temperature != d.temperature {
                 extra.push(format!("T={}", c.temperature));

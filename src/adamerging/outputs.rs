@@ -118,9 +118,7 @@ impl LearnedLambda {
     /// Writes `<stem>.json` and `<stem>.safetensors` (`lambda` and `effective`, [K, L]) in `dir`.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let value =
-            serde_json::to_value(self).map_err(|e| Error::invalid("lambda", e.to_string()))?;
-        write_atomic(&dir.join(format!("{stem}.json")), pretty(&value).as_bytes())?;
+        write_atomic(&dir.join(format!("{stem}.json")), pretty(self)?.as_bytes())?;
         let (k, l) = (self.tasks.len(), self.units.len());
         let raw = f32_bytes(self.lambda.iter().flatten());
         let eff = f32_bytes(self.effective.iter().flatten());
@@ -373,45 +371,51 @@ impl LearnedLambda {
     }
 }
 
-/// JSON as `serde_json`'s pretty printer writes it, except that an array of numbers stays on one
-/// line (a row of λ, a task's masks), so that a person can read the file.
-fn pretty(v: &serde_json::Value) -> String {
-    use serde_json::Value;
-    fn write(v: &Value, indent: usize, out: &mut String) {
-        let pad = |n: usize| "  ".repeat(n);
-        match v {
-            Value::Array(items) if items.iter().all(Value::is_number) => {
-                out.push_str(&Value::Array(items.clone()).to_string().replace(',', ", "));
-            }
-            Value::Array(items) if !items.is_empty() => {
-                out.push_str("[\n");
-                for (i, item) in items.iter().enumerate() {
-                    out.push_str(&pad(indent + 1));
-                    write(item, indent + 1, out);
-                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+/// `serde_json`'s pretty JSON with every array of numbers on one line (a row of λ, a task's
+/// masks), so that a person can read the file; the fields keep their declared order.
+fn pretty(value: &impl Serialize) -> Result<String> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::invalid("lambda", e.to_string()))?;
+    let mut out = String::with_capacity(text.len());
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.ends_with('[') {
+            // An array opened at the end of a line: one value per line until its `]`.
+            let mut raw = Vec::new();
+            while let Some(next) = lines.peek() {
+                if next.trim().trim_end_matches(',').parse::<f64>().is_err() {
+                    break;
                 }
-                out.push_str(&pad(indent));
-                out.push(']');
+                raw.push(*next);
+                lines.next();
             }
-            Value::Object(map) if !map.is_empty() => {
-                out.push_str("{\n");
-                for (i, (key, item)) in map.iter().enumerate() {
-                    out.push_str(&pad(indent + 1));
-                    out.push_str(&Value::String(key.clone()).to_string());
-                    out.push_str(": ");
-                    write(item, indent + 1, out);
-                    out.push_str(if i + 1 < map.len() { ",\n" } else { "\n" });
+            let close = lines
+                .peek()
+                .filter(|l| l.trim().trim_end_matches(',') == "]")
+                .copied();
+            match close {
+                Some(close) if !raw.is_empty() => {
+                    lines.next();
+                    let items: Vec<&str> =
+                        raw.iter().map(|l| l.trim().trim_end_matches(',')).collect();
+                    out.push_str(line);
+                    out.push_str(&items.join(", "));
+                    out.push_str(close.trim());
+                    out.push('\n');
                 }
-                out.push_str(&pad(indent));
-                out.push('}');
+                _ => {
+                    for l in std::iter::once(line).chain(raw) {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                }
             }
-            other => out.push_str(&other.to_string()),
+            continue;
         }
+        out.push_str(line);
+        out.push('\n');
     }
-    let mut out = String::new();
-    write(v, 0, &mut out);
-    out.push('\n');
-    out
+    Ok(out)
 }
 
 /// A number as a person reads it: plain when moderate, in exponent form when huge or tiny.
@@ -574,5 +578,26 @@ impl RunLog {
             self.evals.push(*step);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_arrays_stay_on_one_line_and_the_json_is_unchanged() {
+        let value = serde_json::json!({
+            "rows": [[0.5, 1.0], [2.0, -3.5e-9]],
+            "empty": [],
+            "names": ["a[", "b"],
+            "mixed": [1, "x"],
+            "nested": {"v": [7]},
+        });
+        let text = pretty(&value).unwrap();
+        assert!(text.contains("[0.5, 1.0],\n"), "{text}");
+        assert!(text.contains("\"v\": [7]\n"), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
     }
 }

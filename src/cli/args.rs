@@ -52,7 +52,7 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Top-1 accuracy of a CLIP model on ImageFolder or Parquet tasks, with zero-shot or given heads.
     Eval(EvalArgs),
-    /// Learn merge coefficients by entropy minimisation (AdaMerging, AdaMerging++).
+    /// Learn merge coefficients by entropy minimisation (AdaMerging, AdaMerging++, AdaRank).
     Learn(LearnArgs),
     /// The built-in small suite: 8 procedural tasks, a tiny CLIP and its fine-tunes.
     #[command(subcommand)]

@@ -189,8 +189,12 @@ pub fn learn(args: LearnArgs, backend: Backend) -> Result<()> {
     println!("{}", report_markdown(&report));
     match report.outcome {
         Outcome::Finished => {
+            let svd = report
+                .decompose_seconds
+                .map(|s| format!(" (after {s:.1}s of SVDs)"))
+                .unwrap_or_default();
             println!(
-                "learned {} in {:.1}s on {backend}; wrote {}",
+                "learned {} in {:.1}s{svd} on {backend}; wrote {}",
                 report.lambda.method,
                 report.seconds,
                 args.out.display()

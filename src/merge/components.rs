@@ -16,8 +16,8 @@ use crate::spectral::{ComponentBase, NoConvergence, components};
 use crate::task_vector::{Layering, TaskVectors};
 
 /// The AdaRank paper.
-pub const ADARANK_PAPER: &str = "Lee et al., AdaRank: Adaptive Rank Pruning for Enhanced \
-                                 Multi-Task Model Merging, arXiv 2503.22178 (2025)";
+pub const ADARANK_PAPER: &str = "Lee et al., AdaRank: Adaptive Rank Pruning for Enhanced Model \
+                                 Merging, ICLR 2026 (arXiv 2503.22178)";
 
 /// Where the components come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -272,13 +272,7 @@ impl Decomposition {
     }
 
     /// Σ_k λ_{k,u} ĉ_{k,i} s_{k,i} u_i v_iᵀ (+ λ rest) over the rows of one part: its update.
-    fn update(
-        &self,
-        unit: usize,
-        part: usize,
-        weights: &[f32],
-        lambda: &[f32],
-    ) -> Result<Tensor<1>> {
+    fn update(&self, unit: usize, part: usize, weights: &[f32], lambda: &[f32]) -> Tensor<1> {
         let d = &self.units[unit];
         let (_, rows) = &d.parts[part];
         let device = d.v.device();
@@ -298,7 +292,7 @@ impl Decomposition {
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     /// For the gradient G of one decomposed tensor: diag(U_partᵀ G V) over the unit's R
@@ -472,6 +466,6 @@ impl<D: Borrow<Decomposition>> TensorMerge for ComponentMerge<'_, D> {
             }
         }
         let t0 = self.tv.theta0().require(name)?.data.clone();
-        Ok(t0 + decomposition.update(unit, part, &weights, &lambda)?)
+        Ok(t0 + decomposition.update(unit, part, &weights, &lambda))
     }
 }
