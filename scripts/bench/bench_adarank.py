@@ -193,8 +193,10 @@ def run_learn(binary: Path, args, work: Path, logdir: Path, tag: str, variant: d
     steps = [e for e in events if e.get("event") == "step"]
     if len(steps) != args.steps:
         raise RuntimeError(f"{out / 'log.jsonl'}: {len(steps)} step events, expected {args.steps}")
-    m = re.search(r"^learned (.+) in ([0-9.]+)s on ", stdout, re.M)
+    # "learned METHOD in Xs on BACKEND" (AdaRank: "in Xs (after Ys of SVDs) on").
+    m = re.search(r"^learned (.+) in ([0-9.]+)s(?: \(after ([0-9.]+)s of SVDs\))? on ", stdout, re.M)
     learned_s = float(m[2]) if m else None
+    svd_s = float(m[3]) if m and m[3] else None
     arrivals = [(t - t0, json.loads(ln)) for t, ln in watcher.seen]
     step_at = {e["step"]: t for t, e in arrivals if e.get("event") == "step"}
     eval_at = {e["step"]: t for t, e in arrivals if e.get("event") == "eval"}
@@ -212,7 +214,7 @@ def run_learn(binary: Path, args, work: Path, logdir: Path, tag: str, variant: d
     r.update(
         cmd=cmd, method=(m[1] if m else lam.get("method")), lambda_method=lam.get("method"),
         seconds=[e["seconds"] for e in steps], losses=[e["loss"] for e in steps], learned_s=learned_s,
-        before_first_step_s=before, before_how=how, eval0_at_s=eval_at.get(0),
+        svd_s=svd_s, before_first_step_s=before, before_how=how, eval0_at_s=eval_at.get(0),
         last_line_at_s=max((t for t, _ in arrivals), default=None), between_steps_s=gaps,
         lambda_count=sum(len(row) for row in lam_rows), lambda_shape=[len(lam_rows), len(lam_rows[0]) if lam_rows else 0],
         matrices=len(comps), mask_logits=sum(len(lg) for c in comps for lg in c.get("logits", [])),
@@ -355,6 +357,7 @@ def main() -> None:
                                                      or base["before_first_step_s"] is None
                                                      else r["before_first_step_s"] - base["before_first_step_s"]),
             "eval0_logged_at_s": r["eval0_at_s"], "learned_s_stdout": r["learned_s"], "wall_s": r["wall"],
+            "svd_s_stdout": r["svd_s"],
             "peak_rss_gib": r["maxrss"] / GIB, "ratio_rss": r["maxrss"] / base["maxrss"],
             "lambda_count": r["lambda_count"], "lambda_shape": r["lambda_shape"], "matrices": r["matrices"],
             "mask_logits": r["mask_logits"], "between_steps_median_s": (statistics.median(r["between_steps_s"])
@@ -436,6 +439,8 @@ def main() -> None:
           + ". Loop time printed by adamerge (\"learned … in\", 0.1 s resolution, steps + final evaluation + "
           "checkpoints) vs wall: " + "; ".join(f"{r['method']} {r['learned_s_stdout']} / {r['wall_s']:.2f} s"
                                               for r in rows) + ".")
+    print("- SVD time printed by adamerge (\"after … of SVDs\"): "
+          + "; ".join(f"{r['method']} {r['svd_s_stdout']} s" for r in rows if r["svd_s_stdout"] is not None) + ".")
     how = ("GNU time's %M (the process's own ru_maxrss)" if args.use_time else
            "ru_maxrss from os.wait4 (GNU time missing: includes this script's RSS at fork)")
     print(f"- peak RSS: {how}. λ: entries of lambda.json's `lambda` (K × layer units); mask logits: "

@@ -528,6 +528,9 @@ impl<'a> Learner<'a> {
                 (Some(d), Some(m)) => d.config().masks(m).0,
                 _ => Vec::new(),
             };
+            let offsets = decomposition
+                .map(Decomposition::offsets)
+                .unwrap_or_default();
             let mut at = 0;
             for read in reads {
                 match read {
@@ -537,7 +540,7 @@ impl<'a> Learner<'a> {
                     }
                     Read::Diag { unit, column } => {
                         let d = decomposition.expect("a projected gradient has its decomposition");
-                        let off = d.offsets()[unit];
+                        let off = offsets[unit];
                         let du = &d.units()[unit];
                         // ∂/∂ĉ_{k,i} = λ_{k,u} s_i u_iᵀ G v_i; ∂/∂λ_{k,u} = Σ_i ĉ_{k,i} s_i u_iᵀ G v_i.
                         for k in 0..k_tasks {
