@@ -1,4 +1,4 @@
-//! Learned coefficients over singular components (AdaRank, Lee et al. 2025, and our TSV-M
+//! Learned coefficients over singular components (AdaRank, Lee et al., ICLR 2026, and our TSV-M
 //! base): each task's matrix units decomposed once, and θ₀ + Σ_k λ_{k,u} Σ_i ĉ_{k,i} s_i u_i v_iᵀ
 //! merged from λ and the masks ĉ (docs/design.md §3).
 
