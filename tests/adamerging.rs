@@ -12,7 +12,7 @@ use adamerge::adamerging::{
 };
 use adamerge::layout::LearnDir;
 use adamerge::task_vector::TaskVectors;
-use common::learning::{FixedBatches, Setup, case, matrix, setup};
+use common::learning::{FixedBatches, Setup, case, matrix, run_in, setup};
 use indicatif::ProgressBar;
 use serde_json::Value;
 
@@ -376,30 +376,12 @@ fn a_resumed_run_ends_with_the_same_lambda() {
     let never = AtomicBool::new(false);
 
     let straight_dir = tempfile::tempdir().expect("tmp");
-    let mut straight = Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).unwrap();
-    let outcome = Session::new(&mut straight, LearnDir::new(straight_dir.path()))
-        .unwrap()
-        .run(&batches, None, &ProgressBar::hidden(), &never)
-        .unwrap();
+    let (straight, outcome) = run_in(&s, &config, 6, straight_dir.path(), &never);
     assert_eq!(outcome, Outcome::Finished);
 
     // Stop after 3 steps (as Ctrl-C would), then resume in a fresh learner.
     let dir = tempfile::tempdir().expect("tmp");
-    let mut first = Learner::new(
-        &s.cfg,
-        &s.tv,
-        &s.heads,
-        LearnConfig {
-            steps: 3,
-            ..config.clone()
-        },
-        &s.device,
-    )
-    .unwrap();
-    Session::new(&mut first, LearnDir::new(dir.path()))
-        .unwrap()
-        .run(&batches, None, &ProgressBar::hidden(), &never)
-        .unwrap();
+    run_in(&s, &config, 3, dir.path(), &never);
     let stop = AtomicBool::new(true);
     let mut second = Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).unwrap();
     let mut session = Session::new(&mut second, LearnDir::new(dir.path())).unwrap();

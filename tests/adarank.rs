@@ -14,7 +14,7 @@ use adamerge::adamerging::{
 use adamerge::layout::LearnDir;
 use adamerge::merge::{Base, ComponentConfig, Decompose, MaskKind, MergeMethod, Qkv, Rest};
 use common::fixture;
-use common::learning::{FixedBatches, Setup, case, matrix, setup};
+use common::learning::{FixedBatches, Setup, case, matrix, run_in, setup};
 use indicatif::ProgressBar;
 use serde_json::Value;
 
@@ -322,29 +322,11 @@ fn saved_coefficients_rebuild_the_merge_and_a_resumed_run_ends_the_same() {
     let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
     let never = AtomicBool::new(false);
     let straight_dir = tempfile::tempdir().expect("tmp");
-    let mut straight = Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).unwrap();
-    Session::new(&mut straight, LearnDir::new(straight_dir.path()))
-        .unwrap()
-        .run(&batches, None, &ProgressBar::hidden(), &never)
-        .unwrap();
+    let (straight, _) = run_in(&s, &config, 6, straight_dir.path(), &never);
 
     // Stopped after 3 steps and resumed in a fresh learner: the same bits.
     let dir = tempfile::tempdir().expect("tmp");
-    let mut first = Learner::new(
-        &s.cfg,
-        &s.tv,
-        &s.heads,
-        LearnConfig {
-            steps: 3,
-            ..config.clone()
-        },
-        &s.device,
-    )
-    .unwrap();
-    Session::new(&mut first, LearnDir::new(dir.path()))
-        .unwrap()
-        .run(&batches, None, &ProgressBar::hidden(), &never)
-        .unwrap();
+    run_in(&s, &config, 3, dir.path(), &never);
     let mut second = Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).unwrap();
     let mut session = Session::new(&mut second, LearnDir::new(dir.path())).unwrap();
     assert_eq!(session.resume().unwrap(), 3);

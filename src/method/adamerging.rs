@@ -143,27 +143,34 @@ impl Method for AdaMergingMethod {
         }
     }
     fn build(&self, p: &Params) -> Result<Built> {
-        let int = |name| p.int(name).expect("every integer has a default") as usize;
         Ok(Built::Learned(LearnConfig {
-            granularity: match p.choice("granularity") {
-                Some("task") => Granularity::Task,
-                _ => Granularity::Layer,
-            },
-            layering: match p.choice("layering") {
-                Some("tensor") => LayeringKind::PerTensor,
-                Some("block") => LayeringKind::PerBlock,
-                _ => LayeringKind::Paper,
-            },
-            steps: int("steps"),
-            lr: p.float("lr").expect("lr has a default"),
             init: p.float("init").expect("init has a default"),
             clamp: p.bool("clamp").expect("clamp has a default"),
-            batch_size: int("batch_size"),
-            batches_per_task: int("batches_per_task"),
-            seed: 0,
             ties_k: p.float("ties_k"),
-            tasks_per_forward: p.int("tasks_per_forward").map(|n| n as usize),
-            components: None,
+            ..learning(p)
         }))
+    }
+}
+
+/// The settings every learned method reads alike (granularity, layering, steps, lr, batches,
+/// tasks per forward); the rest at their defaults.
+pub(super) fn learning(p: &Params) -> LearnConfig {
+    let int = |name| p.int(name).expect("every integer has a default") as usize;
+    LearnConfig {
+        granularity: match p.choice("granularity") {
+            Some("task") => Granularity::Task,
+            _ => Granularity::Layer,
+        },
+        layering: match p.choice("layering") {
+            Some("tensor") => LayeringKind::PerTensor,
+            Some("block") => LayeringKind::PerBlock,
+            _ => LayeringKind::Paper,
+        },
+        steps: int("steps"),
+        lr: p.float("lr").expect("lr has a default"),
+        batch_size: int("batch_size"),
+        batches_per_task: int("batches_per_task"),
+        tasks_per_forward: p.int("tasks_per_forward").map(|n| n as usize),
+        ..LearnConfig::default()
     }
 }

@@ -3,14 +3,13 @@
 //! Task Arithmetic base (AdaRank's) or TSV-M's components (ours).
 
 use super::adamerging::{
-    BATCH_SIZE, BATCHES_PER_TASK, GRANULARITY, LAYERING, LR, STEPS, TASKS_PER_FORWARD,
+    BATCH_SIZE, BATCHES_PER_TASK, GRANULARITY, LAYERING, LR, STEPS, TASKS_PER_FORWARD, learning,
 };
 use super::spectral::QKV;
 use super::{Bound, Built, Kind, Method, Needs, Param, ParamDefault, Params, Value};
-use crate::adamerging::{Granularity, LearnConfig};
+use crate::adamerging::LearnConfig;
 use crate::error::Result;
 use crate::merge::{ADARANK_PAPER as PAPER, Base, ComponentConfig, Decompose, MaskKind, Qkv, Rest};
-use crate::task_vector::LayeringKind;
 
 const fn choice(
     name: &'static str,
@@ -135,7 +134,6 @@ impl Method for AdaRankMethod {
         }
     }
     fn build(&self, p: &Params) -> Result<Built> {
-        let int = |name| p.int(name).expect("every integer has a default") as usize;
         let base = match p.choice("base") {
             Some("tsv-m") => Base::TsvM,
             _ => Base::Ta,
@@ -168,28 +166,13 @@ impl Method for AdaRankMethod {
             }),
         };
         let config = LearnConfig {
-            granularity: match p.choice("granularity") {
-                Some("task") => Granularity::Task,
-                _ => Granularity::Layer,
-            },
-            layering: match p.choice("layering") {
-                Some("tensor") => LayeringKind::PerTensor,
-                Some("block") => LayeringKind::PerBlock,
-                _ => LayeringKind::Paper,
-            },
-            steps: int("steps"),
-            lr: p.float("lr").expect("lr has a default"),
             init: p.float("init").unwrap_or(match base {
                 Base::Ta => 0.3,
                 Base::TsvM => 1.0,
             }),
             clamp: false,
-            batch_size: int("batch_size"),
-            batches_per_task: int("batches_per_task"),
-            seed: 0,
-            ties_k: None,
-            tasks_per_forward: p.int("tasks_per_forward").map(|n| n as usize),
             components: Some(components),
+            ..learning(p)
         };
         config.validate()?;
         Ok(Built::Learned(config))

@@ -1,9 +1,13 @@
 //! The AdaMerging fixture (`tests/fixtures/adamerging/`) as the learning tests read it: its task
 //! vectors, heads, expected values and fixed pixel batches.
 
-use adamerge::adamerging::BatchSource;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use adamerge::adamerging::{BatchSource, LearnConfig, Learner, Outcome, Session};
 use adamerge::checkpoint::Checkpoint;
 use adamerge::config::VisionConfig;
+use adamerge::layout::LearnDir;
 use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::ProgressBar;
@@ -140,4 +144,26 @@ pub fn matrix(v: &Value) -> Vec<Vec<f64>> {
                 .collect()
         })
         .collect()
+}
+
+/// Runs `config` for `steps` steps in folder `dir` on the fixture's batches until they are done
+/// (or `stop` is set), as `learn` does; returns the learner and how the run ended.
+pub fn run_in<'a>(
+    s: &'a Setup,
+    config: &LearnConfig,
+    steps: usize,
+    dir: &Path,
+    stop: &AtomicBool,
+) -> (Learner<'a>, Outcome) {
+    let config = LearnConfig {
+        steps,
+        ..config.clone()
+    };
+    let batches = FixedBatches::load(s.tv.tasks(), config.batches_per_task, &s.device);
+    let mut learner = Learner::new(&s.cfg, &s.tv, &s.heads, config, &s.device).expect("learner");
+    let outcome = Session::new(&mut learner, LearnDir::new(dir))
+        .expect("session")
+        .run(&batches, None, &ProgressBar::hidden(), stop)
+        .expect("run");
+    (learner, outcome)
 }
