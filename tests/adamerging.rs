@@ -7,12 +7,10 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
-use adamerge::adamerging::{
-    BatchSource, Granularity, LearnConfig, Learner, Outcome, Session, mean_entropy,
-};
+use adamerge::adamerging::{Granularity, LearnConfig, Learner, Outcome, Session};
 use adamerge::layout::LearnDir;
 use adamerge::task_vector::TaskVectors;
-use common::learning::{FixedBatches, Setup, case, matrix, run_in, setup};
+use common::learning::{FixedBatches, Setup, case, matrix, run_in, setup, step0_loss};
 use indicatif::ProgressBar;
 use serde_json::Value;
 
@@ -163,19 +161,7 @@ fn loss_at(s: &Setup, config: &LearnConfig, lambda: Vec<f32>) -> f64 {
     let mut learner =
         Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).expect("learner");
     learner.set_lambda(lambda).expect("λ");
-    let merged = learner.merged().expect("merged");
-    let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
-    let mut total = 0.0;
-    for (k, head) in s.heads.iter().enumerate() {
-        let embeds =
-            adamerge::model::vision_forward(&s.cfg, &merged, batches.batch(k, 0, 0).unwrap())
-                .expect("forward")
-                .image_embeds
-                .expect("projection");
-        let loss = mean_entropy(adamerge::model::logits(embeds, head.clone()));
-        total += adamerge::weights::scalar(loss).unwrap();
-    }
-    total
+    step0_loss(s, &learner.merged().expect("merged"))
 }
 
 /// Central differences with Richardson extrapolation (f32 forward, so h cannot be tiny).

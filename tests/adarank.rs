@@ -8,13 +8,11 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
-use adamerge::adamerging::{
-    BatchSource, LearnConfig, LearnedLambda, Learner, Session, mean_entropy,
-};
+use adamerge::adamerging::{LearnConfig, LearnedLambda, Learner, Session};
 use adamerge::layout::LearnDir;
 use adamerge::merge::{Base, ComponentConfig, Decompose, MaskKind, MergeMethod, Qkv, Rest};
 use common::fixture;
-use common::learning::{FixedBatches, Setup, case, matrix, run_in, setup};
+use common::learning::{FixedBatches, Setup, case, matrix, run_in, setup, step0_loss};
 use indicatif::ProgressBar;
 use serde_json::Value;
 
@@ -242,19 +240,7 @@ fn loss_at(s: &Setup, config: &LearnConfig, lambda: Vec<f32>, masks: Vec<f32>) -
         Learner::new(&s.cfg, &s.tv, &s.heads, config.clone(), &s.device).expect("learner");
     learner.set_lambda(lambda).expect("λ");
     learner.set_masks(masks).expect("masks");
-    let merged = learner.merged().expect("merged");
-    let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
-    let mut total = 0.0;
-    for (k, head) in s.heads.iter().enumerate() {
-        let embeds =
-            adamerge::model::vision_forward(&s.cfg, &merged, batches.batch(k, 0, 0).unwrap())
-                .expect("forward")
-                .image_embeds
-                .expect("projection");
-        let loss = mean_entropy(adamerge::model::logits(embeds, head.clone()));
-        total += adamerge::weights::scalar(loss).unwrap();
-    }
-    total
+    step0_loss(s, &learner.merged().expect("merged"))
 }
 
 #[test]

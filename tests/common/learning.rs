@@ -167,3 +167,21 @@ pub fn run_in<'a>(
         .expect("run");
     (learner, outcome)
 }
+
+/// The objective on step 0's batches (one per task) through the plain forward of `merged`, no
+/// gradient code: what finite differences of the learners' gradients are taken of.
+pub fn step0_loss(s: &Setup, merged: &adamerge::weights::Weights) -> f64 {
+    let batches = FixedBatches::load(s.tv.tasks(), 1, &s.device);
+    let mut total = 0.0;
+    for (k, head) in s.heads.iter().enumerate() {
+        let embeds =
+            adamerge::model::vision_forward(&s.cfg, merged, batches.batch(k, 0, 0).expect("batch"))
+                .expect("forward")
+                .image_embeds
+                .expect("projection");
+        let loss =
+            adamerge::adamerging::mean_entropy(adamerge::model::logits(embeds, head.clone()));
+        total += adamerge::weights::scalar(loss).expect("loss");
+    }
+    total
+}
