@@ -10,7 +10,9 @@ use std::sync::atomic::AtomicBool;
 use adamerge::adamerging::{Granularity, LearnConfig, Learner, Outcome, Session};
 use adamerge::layout::LearnDir;
 use adamerge::task_vector::TaskVectors;
-use common::learning::{FixedBatches, Setup, case, matrix, run_in, setup, step0_loss};
+use common::learning::{
+    FixedBatches, Setup, case, matrix, run_in, setup, step_through_losses, step0_loss,
+};
 use indicatif::ProgressBar;
 use serde_json::Value;
 
@@ -71,20 +73,7 @@ fn run_case(s: &Setup, name: &str) {
     let init = to_learner_order(&learner, &c["units"], &matrix(&c["lambda_init"]));
     learner.set_lambda(init).expect("init");
     let batches = FixedBatches::load(tv.tasks(), config.batches_per_task, &s.device);
-    let losses: Vec<f64> = c["losses"]
-        .as_array()
-        .expect("losses")
-        .iter()
-        .map(|v| v.as_f64().expect("loss"))
-        .collect();
-    for (step, want) in losses.iter().enumerate() {
-        let record = learner.step(&batches).expect("step");
-        assert!(
-            (record.loss - want).abs() <= 1e-4 * want.abs().max(1.0),
-            "{name}: loss at step {step}: {} vs PyTorch {want}",
-            record.loss
-        );
-    }
+    let steps = step_through_losses(name, &mut learner, &batches, c);
     let want = to_learner_order(&learner, &c["units"], &matrix(&c["lambda_final"]));
     let got = learner.lambda().unwrap();
     let worst = got
@@ -101,7 +90,7 @@ fn run_case(s: &Setup, name: &str) {
     assert!(
         worst <= 1e-4,
         "{name}: λ after {} steps differs from PyTorch's by {worst}",
-        losses.len()
+        steps
     );
 }
 

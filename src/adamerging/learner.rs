@@ -387,19 +387,28 @@ impl<'a> Learner<'a> {
 
     /// The merge at the current coefficients, tensor by tensor.
     pub fn merger(&self) -> Result<Box<dyn TensorMerge + '_>> {
-        self.merger_at(&self.lambda()?, self.masks()?.as_deref())
+        let applied = self.applied_masks()?.map(|(applied, _)| applied);
+        self.merger_at(effective(&self.lambda()?, self.config.clamp), applied)
     }
 
-    fn merger_at(&self, raw: &[f32], masks: Option<&[f32]>) -> Result<Box<dyn TensorMerge + '_>> {
-        let lambda = effective(raw, self.config.clamp);
+    /// The masks as the forward applies them and their factor ∂ĉ/∂m, when components are learned.
+    fn applied_masks(&self) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        Ok(match (&self.decomposition, self.masks()?) {
+            (Some(d), Some(m)) => Some(d.config().masks(&m)),
+            _ => None,
+        })
+    }
+
+    /// The merge at applied λ (row-major [K, L]) and applied masks.
+    fn merger_at(
+        &self,
+        lambda: Vec<f32>,
+        masks: Option<Vec<f32>>,
+    ) -> Result<Box<dyn TensorMerge + '_>> {
         Ok(match (&self.decomposition, masks) {
-            (Some(d), Some(m)) => Box::new(ComponentMerge::new(
-                self.tv,
-                d,
-                &self.layering,
-                lambda,
-                d.config().masks(m).0,
-            )?),
+            (Some(d), Some(m)) => {
+                Box::new(ComponentMerge::new(self.tv, d, &self.layering, lambda, m)?)
+            }
             _ => Box::new(WeightedSum::new(self.tv, &self.layering, lambda)?),
         })
     }
@@ -415,7 +424,7 @@ impl<'a> Learner<'a> {
     /// ∂loss/∂λ (row-major [K, L]) followed by ∂loss/∂(mask logits) when components are learned.
     pub fn gradient(&self, source: &dyn BatchSource) -> Result<(Vec<f32>, StepRecord)> {
         let start = Instant::now();
-        let (k_tasks, l_units) = self.shape();
+        let k_tasks = self.tv.num_tasks();
         if source.num_tasks() != k_tasks {
             return Err(Error::invalid(
                 "batches",
@@ -423,13 +432,51 @@ impl<'a> Learner<'a> {
             ));
         }
         let raw = self.lambda()?;
-        let raw_masks = self.masks()?;
+        let lambda = effective(&raw, self.config.clamp);
+        let (applied, factor) = self.applied_masks()?.unzip();
         // The merged weights become the leaves of each task's graph; θ₀ and τ never enter it.
         let leaves = merge_all(
             self.tv.theta0(),
-            &*self.merger_at(&raw, raw_masks.as_deref())?,
+            &*self.merger_at(lambda.clone(), applied.clone())?,
         )?
         .map(|_, t| t.autodiff().require_grad());
+        let (grad_w, entropy) = self.backward(source, leaves)?;
+        let (mut grad, mut mask_grad) =
+            self.chain_rule(&grad_w, &lambda, applied.as_deref().unwrap_or_default())?;
+        if self.config.clamp {
+            // torch.clamp's gradient: 1 inside [0, 1], bounds included, 0 outside.
+            for (g, l) in grad.iter_mut().zip(raw) {
+                if !(0.0..=1.0).contains(&l) {
+                    *g = 0.0;
+                }
+            }
+        }
+        // Hard masks pass σ's gradient straight through; soft ones are σ itself.
+        for (g, f) in mask_grad.iter_mut().zip(factor.unwrap_or_default()) {
+            *g *= f64::from(f);
+        }
+        let record = StepRecord {
+            step: self.step + 1,
+            loss: entropy.iter().sum(),
+            entropy,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let flat = grad
+            .into_iter()
+            .chain(mask_grad)
+            .map(|g| g as f32)
+            .collect();
+        Ok((flat, record))
+    }
+
+    /// ∂loss/∂W for every merged tensor (None where no gradient reaches it), and each task's
+    /// entropy, from the forwards and backwards of this step's batches through `leaves`.
+    fn backward(
+        &self,
+        source: &dyn BatchSource,
+        leaves: Weights,
+    ) -> Result<(Vec<Option<Tensor<1>>>, Vec<f64>)> {
+        let k_tasks = self.tv.num_tasks();
         let model = self.tv.complete(leaves.clone());
         let mut grad_w: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
         let mut entropy = vec![0.0; k_tasks];
@@ -480,15 +527,25 @@ impl<'a> Learner<'a> {
                 }
             }
         }
-        drop((leaves, model));
-        // ⟨∂loss/∂W_t, τ_{k,t}⟩ for every tensor t and task k, and diag(Uᵀ ∂loss/∂W_t V) for a
-        // decomposed one, read back in one transfer.
+        Ok((grad_w, entropy))
+    }
+
+    /// The chain rule from ∂loss/∂W to ∂loss/∂λ (applied λ, [K·L]) and ∂loss/∂ĉ (the applied
+    /// masks', before their factor): ⟨∂loss/∂W_t, τ_{k,t}⟩ for every tensor t and task k, and
+    /// diag(Uᵀ ∂loss/∂W_t V) for a decomposed one, read back in one transfer.
+    fn chain_rule(
+        &self,
+        grad_w: &[Option<Tensor<1>>],
+        lambda: &[f32],
+        applied: &[f32],
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (k_tasks, l_units) = self.shape();
         let unit_index = self.layering.unit_index();
         let decomposition = self.decomposition.as_ref();
         let scale = decomposition.map_or(1.0, |d| f64::from(d.config().other_scale(k_tasks)));
         let mut dots = Vec::new();
         let mut reads = Vec::new();
-        for ((name, _), g) in self.tv.theta0().iter().zip(&grad_w) {
+        for ((name, _), g) in self.tv.theta0().iter().zip(grad_w) {
             let Some(g) = g else { continue };
             let u = unit_index[name];
             match decomposition.and_then(|d| d.part_of(name).map(|p| (d, p.0))) {
@@ -523,14 +580,6 @@ impl<'a> Learner<'a> {
         let mut mask_grad = vec![0f64; decomposition.map_or(0, Decomposition::num_masks)];
         if !dots.is_empty() {
             let values = tensor_to_vec(Tensor::cat(dots, 0))?;
-            let lambda = effective(&raw, self.config.clamp);
-            let applied = match (decomposition, &raw_masks) {
-                (Some(d), Some(m)) => d.config().masks(m).0,
-                _ => Vec::new(),
-            };
-            let offsets = decomposition
-                .map(Decomposition::offsets)
-                .unwrap_or_default();
             let mut at = 0;
             for read in reads {
                 match read {
@@ -540,8 +589,8 @@ impl<'a> Learner<'a> {
                     }
                     Read::Diag { unit, column } => {
                         let d = decomposition.expect("a projected gradient has its decomposition");
-                        let off = offsets[unit];
                         let du = &d.units()[unit];
+                        let off = du.offset;
                         // ∂/∂ĉ_{k,i} = λ_{k,u} s_i u_iᵀ G v_i; ∂/∂λ_{k,u} = Σ_i ĉ_{k,i} s_i u_iᵀ G v_i.
                         for k in 0..k_tasks {
                             let l = f64::from(lambda[k * l_units + column]);
@@ -556,32 +605,7 @@ impl<'a> Learner<'a> {
                 }
             }
         }
-        if self.config.clamp {
-            // torch.clamp's gradient: 1 inside [0, 1], bounds included, 0 outside.
-            for (g, l) in grad.iter_mut().zip(raw) {
-                if !(0.0..=1.0).contains(&l) {
-                    *g = 0.0;
-                }
-            }
-        }
-        let record = StepRecord {
-            step: self.step + 1,
-            loss: entropy.iter().sum(),
-            entropy,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        if let (Some(d), Some(m)) = (decomposition, &raw_masks) {
-            // Hard masks pass σ's gradient straight through; soft ones are σ itself.
-            for (g, f) in mask_grad.iter_mut().zip(d.config().masks(m).1) {
-                *g *= f64::from(f);
-            }
-        }
-        let flat = grad
-            .into_iter()
-            .chain(mask_grad)
-            .map(|g| g as f32)
-            .collect();
-        Ok((flat, record))
+        Ok((grad, mask_grad))
     }
 
     /// One Adam step on step `steps_done()`'s batches.

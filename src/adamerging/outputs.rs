@@ -89,14 +89,13 @@ impl LearnedLambda {
                 Some(
                     d.units()
                         .iter()
-                        .zip(d.offsets())
-                        .map(|(u, at)| LearnedUnit {
+                        .map(|u| LearnedUnit {
                             name: u.name.clone(),
                             tensors: u.parts.iter().map(|(n, _)| n.clone()).collect(),
                             shape: [u.parts.iter().map(|(_, r)| r).sum(), u.cols],
                             sigma: per_task(u, 0, &u.sigma),
-                            logits: per_task(u, at, &logits),
-                            applied: per_task(u, at, &applied),
+                            logits: per_task(u, u.offset, &logits),
+                            applied: per_task(u, u.offset, &applied),
                         })
                         .collect(),
                 )

@@ -1,5 +1,6 @@
 //! One function per command: read the parsed options, call the library, print its answer.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -38,6 +39,23 @@ fn load_bar(tasks: usize) -> ProgressBar {
     bar
 }
 
+/// The coefficients a learn run saved in `file`, refused when another method learned them.
+fn learned_for(file: &Path, method: &str) -> Result<LearnedLambda> {
+    let learned = LearnedLambda::load(file)?;
+    if learned.name() != method {
+        return Err(Error::invalid(
+            "--lambda-file",
+            format!(
+                "{} holds {}'s coefficients; merge it with --method {}",
+                file.display(),
+                learned.method,
+                learned.name()
+            ),
+        ));
+    }
+    Ok(learned)
+}
+
 /// `merge`: refused before any work when the output overlaps an input or may not be replaced.
 pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     let mut inputs = Inputs::new();
@@ -72,19 +90,7 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     }
     let job = match (c.method.build(&c.params)?, &args.lambda_file) {
         (Built::Learned(_), Some(file)) => {
-            let learned = LearnedLambda::load(file)?;
-            if learned.name() != c.method.name() {
-                return Err(Error::invalid(
-                    "--lambda-file",
-                    format!(
-                        "{} holds {}'s coefficients; merge it with --method {}",
-                        file.display(),
-                        learned.method,
-                        learned.name()
-                    ),
-                ));
-            }
-            Job::Tensors(Box::new(learned))
+            Job::Tensors(Box::new(learned_for(file, c.method.name())?))
         }
         (Built::Learned(_), None) => {
             return Err(Error::invalid(

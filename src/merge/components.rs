@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 
-use super::spectral::task_matrix;
+use super::spectral::task_matrices;
 use super::{MatrixUnit, Qkv, TensorMerge, WeightedSum, check_fraction, check_range, matrix_units};
 use crate::error::{Error, Result};
 use crate::spectral::{ComponentBase, NoConvergence, components};
@@ -168,6 +168,9 @@ pub struct DecomposedUnit {
     pub counts: Vec<usize>,
     /// Singular values, task after task.
     pub sigma: Vec<f32>,
+    /// Where this unit's masks start in the flat mask vector (unit-major, then task, then
+    /// component).
+    pub offset: usize,
     /// Left vectors [rows of the part, R] per part, R = Σ counts.
     u: Vec<Tensor<2>>,
     /// Right vectors [cols, R].
@@ -216,21 +219,15 @@ impl Decomposition {
             if !config.is_decomposed(&unit) {
                 continue;
             }
-            let mats = (0..tv.num_tasks())
-                .map(|k| task_matrix(tv, k, &unit))
-                .collect::<Result<Vec<_>>>()?;
-            let comps =
-                components(&mats, base, config.rest == Rest::Keep).map_err(|NoConvergence| {
-                    Error::Tensor {
-                        tensor: unit.name(),
-                        reason: "the SVD of its task vectors did not converge".into(),
-                    }
-                })?;
+            let mats = task_matrices(tv, &unit)?;
+            let comps = components(&mats, base, config.rest == Rest::Keep)
+                .map_err(|NoConvergence| unit.not_converged())?;
             let device = tv.theta0().require(&unit.parts[0].0)?.data.device();
             for (p, (name, _)) in unit.parts.iter().enumerate() {
                 part_of.insert(name.clone(), (units.len(), p));
             }
-            units.push(DecomposedUnit::new(&unit, comps, &device));
+            let offset = units.iter().map(DecomposedUnit::len).sum();
+            units.push(DecomposedUnit::new(&unit, comps, offset, &device));
         }
         Ok(Self {
             config: *config,
@@ -252,18 +249,6 @@ impl Decomposition {
     /// Mask logits in all (unit-major, then task, then component), M.
     pub fn num_masks(&self) -> usize {
         self.units.iter().map(DecomposedUnit::len).sum()
-    }
-
-    /// Where each unit's masks start in the flat mask vector.
-    pub fn offsets(&self) -> Vec<usize> {
-        self.units
-            .iter()
-            .scan(0, |acc, u| {
-                let start = *acc;
-                *acc += u.len();
-                Some(start)
-            })
-            .collect()
     }
 
     /// (unit, part) of a decomposed tensor.
@@ -323,6 +308,7 @@ impl DecomposedUnit {
     fn new(
         unit: &MatrixUnit,
         comps: Vec<crate::spectral::TaskComponents>,
+        offset: usize,
         device: &Device,
     ) -> Self {
         let counts: Vec<usize> = comps.iter().map(|c| c.s.len()).collect();
@@ -350,35 +336,18 @@ impl DecomposedUnit {
             row0 += rows;
         }
         let v = stacked(unit.cols, &|c| &c.v, 0);
-        let rest = comps.first().and_then(|c| c.rest.as_ref()).map(|_| {
-            comps
-                .iter()
-                .map(|c| {
-                    let r = c.rest.as_ref().expect("every task has its rest");
-                    let mut row0 = 0;
-                    unit.parts
-                        .iter()
-                        .map(|(_, rows)| {
-                            let values: Vec<f32> = (row0..row0 + rows)
-                                .flat_map(|i| (0..unit.cols).map(move |j| (i, j)))
-                                .map(|(i, j)| r[(i, j)] as f32)
-                                .collect();
-                            row0 += rows;
-                            Tensor::<1>::from_data(
-                                TensorData::new(values, [rows * unit.cols]),
-                                device,
-                            )
-                        })
-                        .collect()
-                })
-                .collect()
-        });
+        // Every task has its rest, or none has (`rest = keep` or not).
+        let rest = comps
+            .iter()
+            .map(|c| c.rest.as_ref().map(|r| unit.split(r, device)))
+            .collect();
         Self {
             name: unit.name(),
             parts: unit.parts.clone(),
             cols: unit.cols,
             counts,
             sigma,
+            offset,
             u,
             v,
             rest,
@@ -398,7 +367,6 @@ pub struct ComponentMerge<'a, D: Borrow<Decomposition> = &'a Decomposition> {
     units: usize,
     /// Applied masks, flat.
     masks: Vec<f32>,
-    offsets: Vec<usize>,
     tasks: usize,
 }
 
@@ -420,7 +388,6 @@ impl<'a, D: Borrow<Decomposition>> ComponentMerge<'a, D> {
             ));
         }
         let scale = d.config.other_scale(tv.num_tasks());
-        let offsets = d.offsets();
         let others = WeightedSum::new(tv, layering, lambda.iter().map(|l| l * scale).collect())?;
         Ok(Self {
             tv,
@@ -432,7 +399,6 @@ impl<'a, D: Borrow<Decomposition>> ComponentMerge<'a, D> {
                 .map(|(n, u)| (n.to_string(), u))
                 .collect(),
             units: layering.len(),
-            offsets,
             lambda,
             masks,
             tasks: tv.num_tasks(),
@@ -458,7 +424,7 @@ impl<D: Borrow<Decomposition>> TensorMerge for ComponentMerge<'_, D> {
         };
         let d = &decomposition.units[unit];
         let lambda = self.lambda_of(name)?;
-        let off = self.offsets[unit];
+        let off = d.offset;
         let mut weights = vec![0f32; d.len()];
         for (k, l) in lambda.iter().enumerate() {
             for i in d.task_range(k) {

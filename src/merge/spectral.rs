@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use faer::Mat;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
@@ -151,6 +151,30 @@ impl MatrixUnit {
     fn rows(&self) -> usize {
         self.parts.iter().map(|(_, r)| r).sum()
     }
+
+    /// A [rows, cols] matrix of this unit split back into its tensors (flat f32 on `device`).
+    pub(crate) fn split(&self, m: &Mat<f64>, device: &Device) -> Vec<Tensor<1>> {
+        let mut row = 0;
+        self.parts
+            .iter()
+            .map(|(_, rows)| {
+                let values: Vec<f32> = (row..row + rows)
+                    .flat_map(|i| (0..self.cols).map(move |j| (i, j)))
+                    .map(|(i, j)| m[(i, j)] as f32)
+                    .collect();
+                row += rows;
+                FlatTensor::from_vec(values, vec![*rows, self.cols], device).data
+            })
+            .collect()
+    }
+
+    /// The error of an SVD of this unit's task matrices that did not converge.
+    pub(crate) fn not_converged(&self) -> Error {
+        Error::Tensor {
+            tensor: self.name(),
+            reason: "the SVD of its task vectors did not converge".into(),
+        }
+    }
 }
 
 /// Every 2-D tensor of `theta0` as a matrix unit, in tensor order; with `Qkv::Fused`, a block's
@@ -202,8 +226,15 @@ pub fn matrix_units(theta0: &Weights, qkv: Qkv) -> Vec<MatrixUnit> {
     units
 }
 
+/// Every task's matrix of `unit` in f64.
+pub(crate) fn task_matrices(tv: &TaskVectors, unit: &MatrixUnit) -> Result<Vec<Mat<f64>>> {
+    (0..tv.num_tasks())
+        .map(|k| task_matrix(tv, k, unit))
+        .collect()
+}
+
 /// Task `k`'s matrix of `unit` in f64.
-pub(crate) fn task_matrix(tv: &TaskVectors, k: usize, unit: &MatrixUnit) -> Result<Mat<f64>> {
+fn task_matrix(tv: &TaskVectors, k: usize, unit: &MatrixUnit) -> Result<Mat<f64>> {
     let mut values = Vec::with_capacity(unit.rows() * unit.cols);
     for (name, _) in &unit.parts {
         values.extend(tv.vector(k).require(name)?.to_vec()?);
@@ -221,32 +252,10 @@ fn unit_deltas(
     unit: &MatrixUnit,
     variants: &[Variant],
 ) -> Result<Vec<Vec<Tensor<1>>>> {
-    let mats = (0..tv.num_tasks())
-        .map(|k| task_matrix(tv, k, unit))
-        .collect::<Result<Vec<_>>>()?;
-    let ds = deltas(&mats, variants).map_err(|NoConvergence| Error::Tensor {
-        tensor: unit.name(),
-        reason: "the SVD of its task vectors did not converge".into(),
-    })?;
+    let mats = task_matrices(tv, unit)?;
+    let ds = deltas(&mats, variants).map_err(|NoConvergence| unit.not_converged())?;
     let device = tv.theta0().require(&unit.parts[0].0)?.data.device();
-    Ok(ds
-        .into_iter()
-        .map(|d| {
-            let mut row = 0;
-            unit.parts
-                .iter()
-                .map(|(_, rows)| {
-                    let shape = vec![*rows, unit.cols];
-                    let values: Vec<f32> = (row..row + rows)
-                        .flat_map(|i| (0..unit.cols).map(move |j| (i, j)))
-                        .map(|(i, j)| d[(i, j)] as f32)
-                        .collect();
-                    row += rows;
-                    FlatTensor::from_vec(values, shape, &device).data
-                })
-                .collect()
-        })
-        .collect())
+    Ok(ds.iter().map(|d| unit.split(d, &device)).collect())
 }
 
 /// A spectral merge prepared for streaming: a unit's Δ is computed when its first tensor is

@@ -135,12 +135,7 @@ impl Method for AdaMergingMethod {
         PARAMS
     }
     fn needs(&self) -> Needs {
-        Needs {
-            unlabeled_data: true,
-            heads: true,
-            learning: true,
-            ..Needs::default()
-        }
+        LEARNED
     }
     fn build(&self, p: &Params) -> Result<Built> {
         Ok(Built::Learned(LearnConfig {
@@ -151,6 +146,16 @@ impl Method for AdaMergingMethod {
         }))
     }
 }
+
+/// What a method learned by entropy minimisation needs: unlabeled images, heads, a learning run.
+pub(super) const LEARNED: Needs = Needs {
+    unlabeled_data: true,
+    layer_inputs: false,
+    block_by_block: false,
+    backward: false,
+    heads: true,
+    learning: true,
+};
 
 /// The settings every learned method reads alike (granularity, layering, steps, lr, batches,
 /// tasks per forward); the rest at their defaults.

@@ -1,9 +1,10 @@
-//! AdaRank (Lee et al. 2025) as a unit of the method model: masks over each task vector's
+//! AdaRank (Lee et al., ICLR 2026) as a unit of the method model: masks over each task vector's
 //! singular components, learned with layer-wise λ by AdaMerging's entropy minimisation, on a
 //! Task Arithmetic base (AdaRank's) or TSV-M's components (ours).
 
 use super::adamerging::{
-    BATCH_SIZE, BATCHES_PER_TASK, GRANULARITY, LAYERING, LR, STEPS, TASKS_PER_FORWARD, learning,
+    BATCH_SIZE, BATCHES_PER_TASK, GRANULARITY, LAYERING, LEARNED, LR, STEPS, TASKS_PER_FORWARD,
+    learning,
 };
 use super::spectral::QKV;
 use super::{Bound, Built, Kind, Method, Needs, Param, ParamDefault, Params, Value};
@@ -126,12 +127,7 @@ impl Method for AdaRankMethod {
         PARAMS
     }
     fn needs(&self) -> Needs {
-        Needs {
-            unlabeled_data: true,
-            heads: true,
-            learning: true,
-            ..Needs::default()
-        }
+        LEARNED
     }
     fn build(&self, p: &Params) -> Result<Built> {
         let base = match p.choice("base") {

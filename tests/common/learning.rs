@@ -185,3 +185,28 @@ pub fn step0_loss(s: &Setup, merged: &adamerge::weights::Weights) -> f64 {
     }
     total
 }
+
+/// Steps `learner` once per entry of the case's `losses` (PyTorch's objective before each
+/// update) and checks every step's loss against it to 1e-4 relative; returns how many steps.
+pub fn step_through_losses(
+    name: &str,
+    learner: &mut Learner<'_>,
+    batches: &FixedBatches,
+    case: &Value,
+) -> usize {
+    let losses: Vec<f64> = case["losses"]
+        .as_array()
+        .expect("losses")
+        .iter()
+        .map(|v| v.as_f64().expect("loss"))
+        .collect();
+    for (step, want) in losses.iter().enumerate() {
+        let record = learner.step(batches).expect("step");
+        assert!(
+            (record.loss - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{name}: loss at step {step}: {} vs PyTorch {want}",
+            record.loss
+        );
+    }
+    losses.len()
+}
