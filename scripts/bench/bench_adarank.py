@@ -86,7 +86,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_learn  # noqa: E402  (its inputs, command line and medians)
 from common import (  # noqa: E402
-    DEFAULT_BIN, GIB, GNU_TIME, VIT_B32, binary_staleness, clip_vision_config, cpu_busy, fmt_ratio,
+    DEFAULT_BIN, GIB, GNU_TIME, VIT_B32, binary_staleness, clip_vision_config, cpu_busy, cpuinfo_field, fmt_ratio,
     have_gnu_time, lock_inputs, machine_info, measured_run, read_manifest, rerun_prefix, snapshot_binary,
 )
 
@@ -228,13 +228,7 @@ def run_learn(binary: Path, args, work: Path, logdir: Path, tag: str, variant: d
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((cpuinfo_field("flags") or "").split())
 
 
 def fmt_s(x: float | None) -> str:

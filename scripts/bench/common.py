@@ -297,18 +297,22 @@ def cpu_busy(seconds: float = 1.0) -> float | None:
 # --------------------------------------------------------------------------- machine, binary
 
 
+def cpuinfo_field(name: str) -> str | None:
+    """The first `name : value` of /proc/cpuinfo (e.g. "model name", "flags"), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == name:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info() -> dict:
     import numpy as np
     import safetensors
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpuinfo_field("model name") or platform.processor() or "unknown"
     mem = None
     try:
         m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())

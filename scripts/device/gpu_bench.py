@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "bench"), str(HERE.parent / "reference")]
 
 import bench_learn as bl  # noqa: E402  (imports no torch at module level)
-from common import REPO, VIT_B32, ProcSampler, clip_vision_config  # noqa: E402
+from common import REPO, VIT_B32, ProcSampler, clip_vision_config, cpuinfo_field  # noqa: E402
 
 MIB = 2**20
 TINY = dict(hidden=64, layers=2, heads=2, intermediate=256, image_size=32, patch_size=8, projection=32)
@@ -334,14 +334,7 @@ def f_m(x) -> str:
 
 def machine_lines() -> dict:
     gpu = nvidia_smi("--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader")
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpuinfo_field("model name") or platform.processor() or "?"
     return {"gpu": gpu, "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
             "python": platform.python_version(),
             "vk_driver_files": os.environ.get("VK_DRIVER_FILES") or os.environ.get("VK_ICD_FILENAMES")}
