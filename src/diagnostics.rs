@@ -39,7 +39,7 @@ impl TaskVectorReport {
         for (name, t0) in tv.theta0().iter() {
             base_sq += scalar(t0.data.clone().powf_scalar(2.0).sum())?;
             let taus: Vec<_> = (0..k)
-                .map(|i| tv.vector(i).require(name).map(|t| t.data.clone()))
+                .map(|i| tv.tau(i, name))
                 .collect::<Result<Vec<_>>>()?;
             let signs: Vec<_> = taus.iter().map(|t| t.clone().sign()).collect();
             for i in 0..k {

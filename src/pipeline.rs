@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::eval::{EvalTask, HeadSource, TextTower, prepare_task};
 use crate::output::Inputs;
 use crate::results::ImagesUsed;
-use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
+use crate::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
 
 /// One task's files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +72,8 @@ pub struct LoadSpec<'a> {
     pub limit: Option<usize>,
     /// Score at most this many images per task.
     pub eval_limit: Option<usize>,
+    /// The type the task vectors are held in.
+    pub tau_dtype: VectorDtype,
 }
 
 impl LoadSpec<'_> {
@@ -127,6 +129,7 @@ pub fn load(spec: &LoadSpec<'_>, device: &Device, progress: &ProgressBar) -> Res
         spec.pretrained,
         &finetuned,
         &MergeScope::default(),
+        spec.tau_dtype,
         device,
         progress,
     )?;
@@ -229,15 +232,24 @@ pub fn images_used(
         .collect()
 }
 
-/// Merges `finetuned` over `pretrained` with `method` and streams the result into `out`, each
-/// tensor merged when the writer reaches it, so the merged model is never held whole beside the
-/// task vectors.
+/// Where a merge is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    /// The checkpoint folder to create.
+    pub dir: &'a Path,
+    /// Replace a folder adamerge wrote before.
+    pub force: bool,
+}
+
+/// Merges `finetuned` over `pretrained` with `method` (task vectors held in `tau_dtype`) and
+/// streams the result into `out`, each tensor merged when the writer reaches it, so the merged
+/// model is never held whole beside the task vectors.
 pub fn merge_to_dir(
     method: &dyn crate::merge::MergeMethod,
     pretrained: &Path,
     finetuned: &[Finetuned],
-    out: &Path,
-    force: bool,
+    tau_dtype: VectorDtype,
+    out: Destination<'_>,
     device: &Device,
     progress: &ProgressBar,
 ) -> Result<MergeSummary> {
@@ -248,6 +260,7 @@ pub fn merge_to_dir(
         pretrained,
         finetuned,
         &MergeScope::default(),
+        tau_dtype,
         device,
         progress,
     )?;
@@ -266,7 +279,7 @@ pub fn merge_to_dir(
         merging.set(merging.get() + t.elapsed());
         Ok(values)
     });
-    let out = crate::checkpoint::save_merged(pretrained, &replacement, out, force)?;
+    let out = crate::checkpoint::save_merged(pretrained, &replacement, out.dir, out.force)?;
     let total = start.elapsed();
     let merge: Duration = merging.get();
     Ok(MergeSummary {
@@ -296,8 +309,8 @@ pub fn data_merge_to_dir(
     method: &dyn DataMerge,
     pretrained: &Path,
     tasks: &[TaskPaths],
-    out: &Path,
-    force: bool,
+    tau_dtype: VectorDtype,
+    out: Destination<'_>,
     device: &Device,
     progress: &ProgressBar,
 ) -> Result<MergeSummary> {
@@ -319,6 +332,7 @@ pub fn data_merge_to_dir(
         pretrained,
         &finetuned,
         &MergeScope::default(),
+        tau_dtype,
         device,
         progress,
     )?;
@@ -347,8 +361,8 @@ pub fn data_merge_to_dir(
     let out = crate::checkpoint::save_merged(
         pretrained,
         &crate::checkpoint::Replacement::from_weights(&merged),
-        out,
-        force,
+        out.dir,
+        out.force,
     )?;
     let total = start.elapsed();
     Ok(MergeSummary {

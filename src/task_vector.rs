@@ -2,9 +2,10 @@
 //! tensors into the units that later get one coefficient each.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 use indicatif::ProgressBar;
 
 use crate::checkpoint::Checkpoint;
@@ -32,6 +33,81 @@ impl Default for MergeScope {
     }
 }
 
+/// The element type task vectors are held in (`--tau-dtype`). Arithmetic on them stays f32:
+/// every reader widens one tensor, or one chunk of it, at a time, so only the stored copies
+/// stay in memory and a half type halves the largest part of a merge's or a learner's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorDtype {
+    /// 32-bit floats, exact.
+    #[default]
+    F32,
+    /// bfloat16: f32's range, 8 significant bits (the CPU backend; most GPUs lack it in wgpu).
+    Bf16,
+    /// IEEE half: 11 significant bits for |x| ≥ 6e-5, absolute error ≤ 3e-8 below, |x| < 65504
+    /// (wgpu's half type; for small task vectors the more precise of the two).
+    F16,
+}
+
+impl VectorDtype {
+    /// burn's float type.
+    pub fn float(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::Bf16 => FloatDType::BF16,
+            Self::F16 => FloatDType::F16,
+        }
+    }
+
+    /// Whether this is f32 (the default, left out of saved settings).
+    pub fn is_f32(&self) -> bool {
+        *self == Self::F32
+    }
+
+    /// Fails, naming the option, where `device`'s backend cannot hold this type.
+    pub fn check(self, device: &Device) -> Result<()> {
+        if self == Self::F32 || device.supports_dtype(self.float()) {
+            return Ok(());
+        }
+        let other = match self {
+            Self::Bf16 => "f16",
+            _ => "bf16",
+        };
+        Err(Error::invalid(
+            "--tau-dtype",
+            format!(
+                "this device ({device:?}) cannot hold {self} tensors; try {other}, or f32 \
+                 (the ndarray backend holds f32 only)"
+            ),
+        ))
+    }
+}
+
+impl std::str::FromStr for VectorDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "f16" | "float16" | "half" => Ok(Self::F16),
+            other => Err(Error::invalid(
+                "--tau-dtype",
+                format!("`{other}` is not one of f32, bf16, f16"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for VectorDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        })
+    }
+}
+
 /// A fine-tuned checkpoint to merge, with its task name.
 #[derive(Debug, Clone)]
 pub struct Finetuned {
@@ -41,13 +117,15 @@ pub struct Finetuned {
     pub path: PathBuf,
 }
 
-/// θ₀ and the task vectors over the merged tensors.
+/// θ₀ and the task vectors over the merged tensors. θ₀ is f32; the task vectors are held in
+/// [`VectorDtype`] and read through [`TaskVectors::tau`] and [`TaskVectors::tau_part`] in f32.
 #[derive(Clone, Debug)]
 pub struct TaskVectors {
     tasks: Vec<String>,
     base: Weights,
     vectors: Vec<Weights>,
     frozen: Weights,
+    dtype: VectorDtype,
 }
 
 /// What [`TaskVectors::load`] decided about every pretrained tensor.
@@ -60,8 +138,22 @@ pub struct LoadPlan {
 }
 
 impl TaskVectors {
-    /// Builds task vectors from weights already in memory (θ₀ and each θ_k's τ).
+    /// Builds task vectors from weights already in memory (θ₀ and each θ_k's τ), held in f32.
     pub fn new(tasks: Vec<String>, base: Weights, vectors: Vec<Weights>) -> Result<Self> {
+        let vectors = vectors
+            .into_iter()
+            .map(|v| v.into_map(|_, t| t.cast(FloatDType::F32)))
+            .collect();
+        Self::held(tasks, base, vectors, VectorDtype::F32)
+    }
+
+    /// Checks names and shapes; `vectors` are already held in `dtype`.
+    fn held(
+        tasks: Vec<String>,
+        base: Weights,
+        vectors: Vec<Weights>,
+        dtype: VectorDtype,
+    ) -> Result<Self> {
         check_unique(&tasks)?;
         if tasks.len() != vectors.len() || tasks.is_empty() {
             return Err(Error::invalid(
@@ -97,7 +189,19 @@ impl TaskVectors {
             base,
             vectors,
             frozen: Weights::new(),
+            dtype,
         })
+    }
+
+    /// The same task vectors held in `dtype` (rounded to nearest), converted one tensor at a
+    /// time so no second full set is ever held.
+    pub fn stored_as(mut self, dtype: VectorDtype) -> Result<Self> {
+        dtype.check(&self.device())?;
+        for v in &mut self.vectors {
+            *v = std::mem::take(v).into_map(|_, t| t.cast(dtype.float()));
+        }
+        self.dtype = dtype;
+        Ok(self)
     }
 
     /// Builds task vectors from fine-tuned weights: τ_k = θ_k − θ₀.
@@ -113,7 +217,8 @@ impl TaskVectors {
         Self::new(tasks, base, vectors)
     }
 
-    /// Reads the pretrained and fine-tuned checkpoints and subtracts.
+    /// Reads the pretrained and fine-tuned checkpoints and subtracts, holding each τ_k in
+    /// `dtype` as soon as it is computed (so a half type never holds f32 task vectors).
     ///
     /// Every header is checked before any data is read, so a mismatch fails fast. Each
     /// fine-tuned checkpoint is unmapped once its task vector is built.
@@ -121,9 +226,11 @@ impl TaskVectors {
         pretrained: &Path,
         finetuned: &[Finetuned],
         scope: &MergeScope,
+        dtype: VectorDtype,
         device: &Device,
         progress: &ProgressBar,
     ) -> Result<(Self, LoadPlan)> {
+        dtype.check(device)?;
         let tasks: Vec<String> = finetuned.iter().map(|f| f.name.clone()).collect();
         check_unique(&tasks)?;
         if finetuned.is_empty() {
@@ -182,11 +289,12 @@ impl TaskVectors {
                 let values = ft.read_f32(name)?;
                 progress.inc(values.len() as u64);
                 let theta = FlatTensor::from_vec(values, t0.shape.clone(), device);
-                tau.insert(name, t0.with_data(theta.data - t0.data.clone()));
+                let diff = theta.data - t0.data.clone();
+                tau.insert(name, t0.with_data(diff.cast(dtype.float())));
             }
             vectors.push(tau);
         }
-        let mut tv = Self::new(tasks, base, vectors)?;
+        let mut tv = Self::held(tasks, base, vectors, dtype)?;
         tv.frozen = frozen;
         Ok((tv, plan))
     }
@@ -228,37 +336,62 @@ impl TaskVectors {
         self.complete(self.base.clone())
     }
 
-    /// τ_k.
-    pub fn vector(&self, k: usize) -> &Weights {
+    /// The type the task vectors are held in.
+    pub fn dtype(&self) -> VectorDtype {
+        self.dtype
+    }
+
+    /// τ_k as held (in [`Self::dtype`]): for inspecting storage; compute with [`Self::tau`].
+    pub fn stored(&self, k: usize) -> &Weights {
         &self.vectors[k]
+    }
+
+    /// τ_k of tensor `name`, in f32.
+    pub fn tau(&self, k: usize, name: &str) -> Result<Tensor<1>> {
+        let t = &self.vectors[k].require(name)?.data;
+        Ok(t.clone().cast(FloatDType::F32))
+    }
+
+    /// Entries `range` of τ_k of tensor `name`, in f32 (only that chunk is widened).
+    pub fn tau_part(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
+        let t = &self.vectors[k].require(name)?.data;
+        let part = match range.start == 0 && range.end == t.dims()[0] {
+            true => t.clone(),
+            false => t.clone().narrow(0, range.start, range.len()),
+        };
+        Ok(part.cast(FloatDType::F32))
     }
 
     /// Fine-tuned model `k` over the merged tensors that `keep` names: θ₀ + τ_k.
     pub fn finetuned(&self, k: usize, keep: impl Fn(&str) -> bool) -> Result<Weights> {
         let mut w = Weights::new();
         for (name, t0) in self.base.iter().filter(|(n, _)| keep(n)) {
-            let tau = self.vectors[k].require(name)?;
-            w.insert(name, t0.with_data(t0.data.clone() + tau.data.clone()));
+            w.insert(name, t0.with_data(t0.data.clone() + self.tau(k, name)?));
         }
         Ok(w)
     }
 
-    /// All task vectors.
-    pub fn vectors(&self) -> &[Weights] {
-        &self.vectors
-    }
-
-    /// A copy on `device` (e.g. loaded on the CPU, learned on a GPU).
-    pub fn to_device(&self, device: &Device) -> Self {
-        Self {
+    /// A copy on `device` (e.g. loaded on the CPU, learned on a GPU), in the same type.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.dtype.check(device)?;
+        Ok(Self {
             tasks: self.tasks.clone(),
             base: self.base.to_device(device),
             vectors: self.vectors.iter().map(|v| v.to_device(device)).collect(),
             frozen: self.frozen.to_device(device),
-        }
+            dtype: self.dtype,
+        })
     }
 
-    /// Replaces task `k`'s vector for tensor `name` by `data` (same number of entries).
+    fn device(&self) -> Device {
+        self.base
+            .iter()
+            .next()
+            .map_or_else(Device::default, |(_, t)| t.data.device())
+    }
+
+    /// Replaces task `k`'s vector for tensor `name` by `data` (same number of entries; f32),
+    /// held in [`Self::dtype`].
     pub(crate) fn replace_vector(&mut self, k: usize, name: &str, data: Tensor<1>) -> Result<()> {
         let old = self.vectors[k].require(name)?;
         if old.numel() != data.dims()[0] {
@@ -271,16 +404,17 @@ impl TaskVectors {
                 ),
             ));
         }
-        let t = old.with_data(data);
+        let t = old.with_data(data.cast(self.dtype.float()));
         self.vectors[k].insert(name, t);
         Ok(())
     }
 
-    /// Replaces the task vectors (same names and shapes), e.g. by TIES-processed ones.
+    /// Replaces the task vectors (same names and shapes), e.g. by TIES-processed ones, held
+    /// in the same type as these.
     pub fn with_vectors(&self, vectors: Vec<Weights>) -> Result<Self> {
         let mut tv = Self::new(self.tasks.clone(), self.base.clone(), vectors)?;
         tv.frozen = self.frozen.clone();
-        Ok(tv)
+        tv.stored_as(self.dtype)
     }
 }
 

@@ -161,6 +161,23 @@ impl Weights {
         Self { map }
     }
 
+    /// Like [`Self::map`], but consuming: each old tensor is freed as its new one is made.
+    pub fn into_map(self, mut f: impl FnMut(&str, Tensor<1>) -> Tensor<1>) -> Self {
+        let map = self
+            .map
+            .into_iter()
+            .map(|(k, v)| {
+                let data = f(&k, v.data);
+                let t = FlatTensor {
+                    data,
+                    shape: v.shape,
+                };
+                (k, t)
+            })
+            .collect();
+        Self { map }
+    }
+
     /// A copy on `device`.
     pub fn to_device(&self, device: &Device) -> Self {
         self.map(|_, t| t.to_device(device))

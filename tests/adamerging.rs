@@ -125,7 +125,7 @@ fn ties_processed_vectors_match_the_reference_digest() {
     let tv = processed(&s.tv, Some(0.2));
     for (k, task) in tv.tasks().iter().enumerate() {
         let (mut l1, mut nonzeros) = (0f64, 0usize);
-        for (_, t) in tv.vector(k).iter() {
+        for (_, t) in tv.stored(k).iter() {
             for v in t.to_vec().unwrap() {
                 l1 += v.abs() as f64;
                 nonzeros += usize::from(v != 0.0);
@@ -326,7 +326,7 @@ fn no_gradient_reaches_theta0_or_task_vectors() {
         );
     }
     for k in 0..s.tv.num_tasks() {
-        for (name, t) in s.tv.vector(k).iter() {
+        for (name, t) in s.tv.stored(k).iter() {
             assert!(
                 !t.data.is_autodiff() && !t.data.is_require_grad(),
                 "τ_{k} {name}"
@@ -416,7 +416,7 @@ fn wgpu_lambda_agrees_with_the_cpu_backend() {
         ..LearnConfig::default()
     };
     let lambda_on = |s: &Setup, device: &Device| {
-        let tv = s.tv.to_device(device);
+        let tv = s.tv.to_device(device).unwrap();
         let heads: Vec<Tensor<2>> = s
             .heads
             .iter()

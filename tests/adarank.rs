@@ -339,9 +339,8 @@ fn saved_coefficients_rebuild_the_merge_and_a_resumed_run_ends_the_same() {
     // Other checkpoints (the tasks' vectors halved) are refused by their singular values.
     let halved =
         s.tv.with_vectors(
-            s.tv.vectors()
-                .iter()
-                .map(|v| v.map(|_, t| t.mul_scalar(0.5)))
+            (0..s.tv.num_tasks())
+                .map(|k| s.tv.stored(k).map(|_, t| t.mul_scalar(0.5)))
                 .collect(),
         )
         .unwrap();

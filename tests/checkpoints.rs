@@ -13,7 +13,7 @@ use adamerge::checkpoint::{
 };
 use adamerge::diagnostics::TaskVectorReport;
 use adamerge::merge::{MergeMethod, TaskArithmetic};
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
 use burn::tensor::Device;
 use common::*;
 use indicatif::ProgressBar;
@@ -30,6 +30,7 @@ fn load(pretrained: &Path, fts: &[Finetuned]) -> adamerge::Result<TaskVectors> {
         pretrained,
         fts,
         &MergeScope::default(),
+        VectorDtype::F32,
         &Device::flex(),
         &ProgressBar::hidden(),
     )
@@ -51,6 +52,7 @@ fn sharded_clipmodel_with_half_precision_finetunes_merges_and_saves() {
         &pretrained,
         &set_b(),
         &MergeScope::default(),
+        VectorDtype::F32,
         &Device::flex(),
         &ProgressBar::hidden(),
     )

@@ -367,6 +367,6 @@ fn the_shipped_experiment_files_check() {
         }
         checked += 1;
     }
-    // suite.toml, adarank.toml and the two paper files.
-    assert_eq!(checked, 4);
+    // suite.toml, adarank.toml, half-precision.toml and the two paper files.
+    assert_eq!(checked, 5);
 }

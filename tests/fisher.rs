@@ -249,7 +249,7 @@ fn merge_builds_zero_shot_heads_from_the_pretrained_clip_model_where_no_head_is_
     use adamerge::config::{TextConfig, VisionConfig};
     use adamerge::eval::{HeadSource, prepare_task};
     use adamerge::model::ClipTokenizer;
-    use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+    use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
 
     let tmp = tempfile::tempdir().unwrap();
     let device = Device::flex();
@@ -316,6 +316,7 @@ fn merge_builds_zero_shot_heads_from_the_pretrained_clip_model_where_no_head_is_
         &pretrained,
         &fts,
         &MergeScope::default(),
+        VectorDtype::F32,
         &device,
         &ProgressBar::hidden(),
     )

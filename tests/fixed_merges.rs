@@ -7,7 +7,7 @@ use adamerge::merge::{
     Aggregate, Dare, DareInner, DareMasks, MergeMethod, TaskArithmetic, Ties, TrimScope,
     WeightAverage,
 };
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
 use adamerge::weights::{FlatTensor, Weights};
 use burn::tensor::Device;
 use common::*;
@@ -27,6 +27,7 @@ fn load_set_a(device: &Device) -> TaskVectors {
         &root.join("pretrained"),
         &fts,
         &MergeScope::default(),
+        VectorDtype::F32,
         device,
         &ProgressBar::hidden(),
     )

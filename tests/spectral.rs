@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use adamerge::merge::{MergeMethod, Qkv, Spectral, SpectralDeltas};
 use adamerge::spectral::Variant;
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
 use adamerge::weights::Weights;
 use burn::tensor::Device;
 use common::{adamerge, fixture, read_all, read_f64, rel};
@@ -50,6 +50,7 @@ fn task_vectors(tasks: &[String]) -> TaskVectors {
         &fixture("adamerging/pretrained"),
         &fts,
         &MergeScope::default(),
+        VectorDtype::F32,
         &Device::flex(),
         &ProgressBar::hidden(),
     )

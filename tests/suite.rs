@@ -10,7 +10,7 @@ use adamerge::model::read_head;
 use adamerge::suite::images::{FACTORS, Factor, ImageKey, TASKS, render};
 use adamerge::suite::train::{ImageSet, WeightsAdam, cosine_lr, embed};
 use adamerge::suite::{Size, SuiteInfo, SuiteSpec, build, tiny_clip};
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
 use burn::tensor::Device;
 use indicatif::ProgressBar;
 
@@ -106,6 +106,7 @@ fn a_suite_has_the_layout_users_tools_read() {
         &root.join("models/pretrained"),
         &finetuned,
         &MergeScope::default(),
+        VectorDtype::F32,
         &device,
         &ProgressBar::hidden(),
     )

@@ -20,7 +20,7 @@ use crate::merge::TensorMerge;
 use crate::output::{LOCK_FILE, RunLock};
 use crate::pipeline::{Adaptation, LoadSpec, Loaded, TaskPaths};
 use crate::progress;
-use crate::task_vector::TaskVectors;
+use crate::task_vector::{TaskVectors, VectorDtype};
 use crate::weights::tensor_to_vec;
 
 /// How one learning session runs in its folder.
@@ -49,6 +49,8 @@ pub struct Job {
     pub adaptation: Adaptation,
     /// Score at most this many images per task.
     pub eval_limit: Option<usize>,
+    /// The type the task vectors are held in.
+    pub tau_dtype: VectorDtype,
     /// The session.
     pub options: LearnOptions,
 }
@@ -64,6 +66,7 @@ impl Job {
             seed: self.options.config.seed,
             limit: None,
             eval_limit: self.eval_limit,
+            tau_dtype: self.tau_dtype,
         }
     }
 }

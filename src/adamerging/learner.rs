@@ -566,8 +566,8 @@ impl<'a> Learner<'a> {
                 }
                 None => {
                     for k in 0..k_tasks {
-                        let tau = &self.tv.vector(k).require(name)?.data;
-                        dots.push((g.clone() * tau.clone()).sum());
+                        let tau = self.tv.tau(k, name)?;
+                        dots.push((g.clone() * tau).sum());
                         reads.push(Read::Dot {
                             slot: k * l_units + u,
                             weight: scale,

@@ -17,7 +17,7 @@ use crate::merge::{
     WeightedSum,
 };
 use crate::output::write_atomic;
-use crate::task_vector::{Layering, TaskVectors, Unit};
+use crate::task_vector::{Layering, TaskVectors, Unit, VectorDtype};
 
 /// The AdaMerging paper.
 pub const PAPER: &str =
@@ -32,6 +32,9 @@ pub struct LearnedLambda {
     pub config: LearnConfig,
     /// Task names, one row of λ each.
     pub tasks: Vec<String>,
+    /// The type the task vectors were held in while learning.
+    #[serde(default, skip_serializing_if = "VectorDtype::is_f32")]
+    pub tau_dtype: VectorDtype,
     /// The units, one column of λ each, with the tensors they cover.
     pub units: Vec<Unit>,
     /// Steps done.
@@ -107,6 +110,7 @@ impl LearnedLambda {
             method: learner.config().label(),
             config: learner.config().clone(),
             tasks: learner.task_vectors().tasks().to_vec(),
+            tau_dtype: learner.task_vectors().dtype(),
             units: learner.layering().units().to_vec(),
             steps_done: learner.steps_done(),
             lambda: rows(learner.lambda()?),

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::eval::EvalSet;
 use crate::events::Event;
 use crate::layout::LearnDir;
+use crate::task_vector::VectorDtype;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,16 +48,22 @@ impl<'l, 'a> Session<'l, 'a> {
     }
 
     /// What must agree between a run and its resumption: the configuration except the number
-    /// of steps (a finished run may be extended), the tasks and the units.
+    /// of steps (a finished run may be extended), the tasks, the units and the type the task
+    /// vectors are held in (named only when not f32, so f32 checkpoints of earlier versions
+    /// resume).
     fn fingerprint(&self) -> String {
         let mut cfg = self.learner.config().clone();
         cfg.steps = 0;
-        json!({
+        let tv = self.learner.task_vectors();
+        let mut id = json!({
             "config": cfg,
-            "tasks": self.learner.task_vectors().tasks(),
+            "tasks": tv.tasks(),
             "units": self.learner.layering().units().iter().map(|u| &u.name).collect::<Vec<_>>(),
-        })
-        .to_string()
+        });
+        if tv.dtype() != VectorDtype::F32 {
+            id["tau_dtype"] = json!(tv.dtype());
+        }
+        id.to_string()
     }
 
     /// Continues from the directory's checkpoint when there is one; returns the steps done.

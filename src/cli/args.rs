@@ -11,7 +11,7 @@ use crate::eval::TaskFiles;
 use crate::method::{Method, Params};
 use crate::pipeline::TaskPaths;
 use crate::suite::Size;
-use crate::task_vector::Finetuned;
+use crate::task_vector::{Finetuned, VectorDtype};
 
 /// A method chosen on the command line, with its checked parameters.
 #[derive(Clone)]
@@ -64,6 +64,15 @@ pub enum Command {
     Report(ReportArgs),
 }
 
+/// How the task vectors are held.
+#[derive(Args, Clone, Copy)]
+pub struct Storage {
+    /// Hold the task vectors in bf16 (CPU) or f16 (wgpu): half their memory, computed in f32.
+    /// Default f32 (for `run`: the file's `tau_dtype`, else f32).
+    #[arg(long, value_name = "f32|bf16|f16")]
+    pub tau_dtype: Option<VectorDtype>,
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// The experiment file (TOML), e.g. experiments/suite.toml.
@@ -86,6 +95,9 @@ pub struct RunArgs {
     /// Run every learned method for N Adam steps instead of the file's.
     #[arg(long, value_name = "N", conflicts_with = "resume")]
     pub steps: Option<NonZeroUsize>,
+    /// The task vectors' type, in place of the file's `tau_dtype` (new runs only).
+    #[command(flatten)]
+    pub storage: Storage,
 }
 
 #[derive(Args)]
@@ -165,6 +177,9 @@ pub struct LearnArgs {
     /// Do not write the merged checkpoint.
     #[arg(long)]
     pub no_merged: bool,
+    /// The task vectors' type (a resumed run must use the same).
+    #[command(flatten)]
+    pub storage: Storage,
     /// The method and its checked parameters, read from the registry-derived flags.
     #[arg(skip)]
     pub choice: Option<MethodChoice>,
@@ -276,6 +291,9 @@ pub struct MergeArgs {
     /// was not written by adamerge).
     #[arg(long)]
     pub force: bool,
+    /// The task vectors' type.
+    #[command(flatten)]
+    pub storage: Storage,
     /// The method and its checked parameters, read from the registry-derived flags.
     #[arg(skip)]
     pub choice: Option<MethodChoice>,

@@ -21,11 +21,11 @@ use crate::layout::{LearnDir, RunDir};
 use crate::merge::MergeMethod;
 use crate::method::Built;
 use crate::output::{Inputs, OutputDir};
-use crate::pipeline::{Adaptation, TaskPaths, data_merge_to_dir, merge_to_dir};
+use crate::pipeline::{Adaptation, Destination, TaskPaths, data_merge_to_dir, merge_to_dir};
 use crate::report::table::{compare_runs, markdown};
 use crate::results::Results;
 use crate::suite::{SuiteInfo, SuiteSpec, build as build_suite, suite_dir};
-use crate::task_vector::{Finetuned, MergeScope, TaskVectors};
+use crate::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
 
 fn choice(c: &Option<MethodChoice>) -> &MethodChoice {
     c.as_ref()
@@ -127,13 +127,18 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
     };
     let bar = load_bar(finetuned.len());
     let device = backend.device()?;
+    let tau_dtype = args.storage.tau_dtype.unwrap_or_default();
+    let out = Destination {
+        dir: &args.out,
+        force: args.force,
+    };
     let s = match job {
         Job::Images(m) => data_merge_to_dir(
             m.as_ref(),
             &args.models.pretrained,
             &args.tasks,
-            &args.out,
-            args.force,
+            tau_dtype,
+            out,
             &device,
             &bar,
         )?,
@@ -141,8 +146,8 @@ pub fn merge(args: MergeArgs, backend: Backend) -> Result<()> {
             m.as_ref(),
             &args.models.pretrained,
             &finetuned,
-            &args.out,
-            args.force,
+            tau_dtype,
+            out,
             &device,
             &bar,
         )?,
@@ -184,6 +189,7 @@ pub fn learn(args: LearnArgs, backend: Backend) -> Result<()> {
             .adapt_fraction
             .map_or(Adaptation::Transductive, Adaptation::Split),
         eval_limit: args.eval_limit.map(|n| n.get()),
+        tau_dtype: args.storage.tau_dtype.unwrap_or_default(),
         options: LearnOptions {
             config,
             eval_every: args.eval_every,
@@ -223,7 +229,9 @@ pub fn inspect(args: InspectArgs, backend: Backend) -> Result<()> {
         let bar = load_bar(args.finetuned.len());
         let device = backend.device()?;
         let scope = MergeScope::default();
-        let (tv, plan) = TaskVectors::load(pretrained, &args.finetuned, &scope, &device, &bar)?;
+        let f32 = VectorDtype::F32;
+        let (tv, plan) =
+            TaskVectors::load(pretrained, &args.finetuned, &scope, f32, &device, &bar)?;
         bar.finish_and_clear();
         let report = TaskVectorReport::compute(&tv)?;
         match args.json {
@@ -337,7 +345,14 @@ pub fn run(args: RunArgs, backend: Backend) -> Result<()> {
         progress: true,
         limit: args.limit.map(|n| n.get()),
         steps: args.steps.map(|n| n.get()),
+        tau_dtype: args.storage.tau_dtype,
     };
+    if args.resume.is_some() && opts.tau_dtype.is_some() {
+        return Err(Error::invalid(
+            "--tau-dtype",
+            "a resumed run keeps its own (its config.toml's `tau_dtype`)",
+        ));
+    }
     let stop = interrupt_flag();
     let (dir, end) = match (&args.resume, &args.file) {
         (Some(dir), _) => (dir.clone(), runner::resume(dir, &opts, stop)?),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::method::{Built, Method, Params, Source};
 use crate::suite::Size;
+use crate::task_vector::VectorDtype;
 
 /// One experiment file, as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +23,10 @@ pub struct Experiment {
     pub seeds: Vec<u64>,
     /// Backend: cpu, ndarray or wgpu (the CLI's `--device` overrides it).
     pub device: Option<String>,
+    /// The type task vectors are held in: f32, bf16 (CPU) or f16 (wgpu); `--tau-dtype`
+    /// overrides it.
+    #[serde(default, skip_serializing_if = "VectorDtype::is_f32")]
+    pub tau_dtype: VectorDtype,
     /// Score learned methods every this many steps (besides start and end); 0: only those.
     #[serde(default)]
     pub eval_every: usize,

@@ -23,6 +23,7 @@ use crate::output::{read_json, write_atomic, write_json};
 use crate::pipeline::Adaptation;
 use crate::results::{INDIVIDUAL, PRETRAINED, Progress, Record, Results};
 use crate::suite::{SuiteSpec, ensure};
+use crate::task_vector::VectorDtype;
 
 /// How a run is started.
 pub struct RunOptions {
@@ -38,6 +39,8 @@ pub struct RunOptions {
     pub limit: Option<usize>,
     /// Overrides every learned method's `steps` in a new run.
     pub steps: Option<usize>,
+    /// Overrides the experiment's `tau_dtype` in a new run.
+    pub tau_dtype: Option<VectorDtype>,
 }
 
 /// How a run ended.
@@ -96,6 +99,9 @@ pub fn run(path: &Path, opts: &RunOptions, stop: &AtomicBool) -> Result<(PathBuf
     // Overrides go into the run's config.toml, so a resumed run keeps them.
     if let Some(n) = opts.limit {
         exp.limit = Some(n);
+    }
+    if let Some(d) = opts.tau_dtype {
+        exp.tau_dtype = d;
     }
     if let Some(n) = opts.steps {
         for (i, m) in exp.methods.iter_mut().enumerate() {
@@ -274,7 +280,7 @@ fn load_seed(
         .adaptation
         .fraction
         .map_or(Adaptation::Transductive, Adaptation::Split);
-    let spec = load_spec(&seed_paths, adaptation, seed, exp.limit, exp.eval_limit);
+    let spec = load_spec(&seed_paths, adaptation, seed, exp);
     let seed_run = SeedRun::load(&spec, exp.eval_every, &opts.device, opts.progress)?;
     if !progress.inputs.iter().any(|i| i["seed"] == seed) {
         let mut hashes = serde_json::Map::new();
@@ -403,6 +409,7 @@ fn aggregate(
         "adamerge": env!("CARGO_PKG_VERSION"),
         "commit": option_env!("ADAMERGE_COMMIT").unwrap_or("unknown"),
         "device": opts.backend,
+        "tau_dtype": exp.tau_dtype,
         "threads": rayon::current_num_threads(),
         "seeds": exp.seeds,
         "inputs": progress.inputs,

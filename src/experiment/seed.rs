@@ -8,6 +8,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
 
+use super::config::Experiment;
 use crate::adamerging::{
     BatchSource, ImageSampler, LearnConfig, LearnOptions, Outcome, learn_with, mean_entropy,
     sampler_for,
@@ -345,13 +346,12 @@ fn reference(label: &str, seed: u64, accuracy: Vec<f64>, entropy: Option<f64>) -
     }
 }
 
-/// The pipeline's inputs of a seed.
+/// The pipeline's inputs of a seed of `exp`.
 pub fn load_spec<'a>(
     paths: &'a super::paths::SeedPaths,
     adaptation: Adaptation,
     seed: u64,
-    limit: Option<usize>,
-    eval_limit: Option<usize>,
+    exp: &Experiment,
 ) -> LoadSpec<'a> {
     LoadSpec {
         pretrained: &paths.pretrained,
@@ -359,7 +359,8 @@ pub fn load_spec<'a>(
         heads_from: paths.heads_from.as_deref(),
         adaptation,
         seed,
-        limit,
-        eval_limit,
+        limit: exp.limit,
+        eval_limit: exp.eval_limit,
+        tau_dtype: exp.tau_dtype,
     }
 }

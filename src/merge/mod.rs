@@ -94,11 +94,7 @@ impl VectorSource for TaskVectors {
         TaskVectors::theta0(self)
     }
     fn vector(&self, k: usize, name: &str, range: Range<usize>) -> Result<Tensor<1>> {
-        let t = &self.vector(k).require(name)?.data;
-        if range.start == 0 && range.end == t.dims()[0] {
-            return Ok(t.clone());
-        }
-        Ok(t.clone().narrow(0, range.start, range.len()))
+        self.tau_part(k, name, range)
     }
 }
 

@@ -12,7 +12,7 @@ use super::{MergeMethod, TensorMerge, by_chunks, check_fraction, check_range, fm
 use crate::error::{Error, Result};
 use crate::spectral::{NoConvergence, Variant, deltas};
 use crate::task_vector::TaskVectors;
-use crate::weights::{FlatTensor, Weights};
+use crate::weights::{FlatTensor, Weights, tensor_to_vec};
 
 /// How a block's q, k and v projection weights are decomposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -121,9 +121,9 @@ fn mean_update(tv: &TaskVectors, name: &str, alpha: f64) -> Result<Tensor<1>> {
     let t0 = tv.theta0().require(name)?;
     let k = tv.num_tasks();
     by_chunks(t0.numel(), |r| {
-        let mut sum = part(&tv.vector(0).require(name)?.data, r.clone());
+        let mut sum = tv.tau_part(0, name, r.clone())?;
         for j in 1..k {
-            sum = sum + part(&tv.vector(j).require(name)?.data, r.clone());
+            sum = sum + tv.tau_part(j, name, r.clone())?;
         }
         Ok(part(&t0.data, r) + sum.mul_scalar((alpha / k as f64) as f32))
     })
@@ -237,7 +237,7 @@ pub(crate) fn task_matrices(tv: &TaskVectors, unit: &MatrixUnit) -> Result<Vec<M
 fn task_matrix(tv: &TaskVectors, k: usize, unit: &MatrixUnit) -> Result<Mat<f64>> {
     let mut values = Vec::with_capacity(unit.rows() * unit.cols);
     for (name, _) in &unit.parts {
-        values.extend(tv.vector(k).require(name)?.to_vec()?);
+        values.extend(tensor_to_vec(tv.tau(k, name)?)?);
     }
     let cols = unit.cols;
     Ok(Mat::from_fn(unit.rows(), cols, |i, j| {

@@ -77,6 +77,7 @@ pub fn compare(
         seed,
         limit: None,
         eval_limit: None,
+        tau_dtype: Default::default(),
     };
     let loaded = crate::pipeline::load(&spec, device, &ProgressBar::hidden())?;
     let eval = EvalSet {

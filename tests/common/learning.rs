@@ -8,7 +8,7 @@ use adamerge::adamerging::{BatchSource, LearnConfig, Learner, Outcome, Session};
 use adamerge::checkpoint::Checkpoint;
 use adamerge::config::VisionConfig;
 use adamerge::layout::LearnDir;
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::ProgressBar;
 use serde_json::Value;
@@ -94,6 +94,7 @@ pub fn setup() -> Setup {
         &pretrained,
         &finetuned,
         &MergeScope::default(),
+        VectorDtype::F32,
         &device,
         &ProgressBar::hidden(),
     )

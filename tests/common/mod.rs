@@ -12,7 +12,7 @@ use adamerge::config::VisionConfig;
 use adamerge::data::{Preprocessor, UnlabeledImages};
 use adamerge::data_merge::{DataInputs, DataMerge};
 use adamerge::eval::save_head;
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors};
+use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
 use adamerge::weights::{FlatTensor, Weights};
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::ProgressBar;
@@ -374,8 +374,16 @@ pub fn task_vectors(tasks: &[&str], device: &Device) -> (VisionConfig, TaskVecto
         })
         .collect();
     let scope = MergeScope::default();
-    let (tv, _) = TaskVectors::load(&pretrained, &fts, &scope, device, &ProgressBar::hidden())
-        .expect("task vectors");
+    let f32 = VectorDtype::F32;
+    let (tv, _) = TaskVectors::load(
+        &pretrained,
+        &fts,
+        &scope,
+        f32,
+        device,
+        &ProgressBar::hidden(),
+    )
+    .expect("task vectors");
     let cfg = VisionConfig::of_checkpoint(&Checkpoint::open(&pretrained).unwrap()).unwrap();
     (cfg, tv)
 }
