@@ -10,8 +10,8 @@ Inputs (numpy, seeded; generated once into `${ADAMERGE_CACHE:-~/.cache/adamerge}
 tower (303.2 M float32 parameters), θ₀ ~ N(0, 0.02), 8 fine-tunes θ_k = θ₀ + N(0, 0.001); per task
 an ImageFolder of 2 classes × 4 random 64×64 PNGs and a head [2, 768] (random unit rows × 10).
 
-Runs, each a child process under GNU time (its own peak RSS, `%M`), /proc sampled for the
-anonymous part (RssAnon: what the process allocated, as opposed to mapped checkpoint pages):
+Runs, each a child process under GNU time (its own peak RSS, `%M`, mapped checkpoint pages
+included):
 
 * `merge --method task-arithmetic --lambda 0.3 --tau-dtype D` of the 8 fine-tunes, per D of `--dtypes`;
 * `learn` (layer-wise AdaMerging, 8 tasks × 4 images per step, `--steps` steps, scored on 4
@@ -20,7 +20,9 @@ anonymous part (RssAnon: what the process allocated, as opposed to mapped checkp
 
 "τ held" is what the task vectors themselves take in D (8 × parameters × bytes): the peak RSS of a
 half run should sit about half of the f32 τ below the f32 run's; if the loader made f32 copies
-first, it would not. The λ learned in D is compared with the f32 run's (largest |Δλ|). Uses a copy
+first, it would not. The λ learned in D is compared with the f32 run's (largest |Δλ|: on random
+weights the gradients are tiny, and Adam's first steps move each λ by about lr whatever the
+gradient's size, so a sign flipped by rounding shows as up to 2 lr per step). Uses a copy
 of the adamerge binary taken at start; never builds it. Needs numpy, safetensors and Pillow.
 """
 
@@ -167,7 +169,7 @@ def main() -> None:
                    else learn_cmd(str(binary), args.threads, cache, dtype, args.steps, out))
             r = measured_run(cmd, env, tmp, f"{job}-{dtype}", use_time)
             row = {"job": job, "dtype": dtype, "tau_gib": TASKS * params * BYTES[dtype] / GIB,
-                   "peak_gib": r["maxrss"] / GIB, "anon_gib": r["anon"] / GIB, "wall": r["wall"],
+                   "peak_gib": r["maxrss"] / GIB, "wall": r["wall"],
                    "foreign_share": r["foreign_share"]}
             if job == "learn":
                 row["step_s"] = step_seconds(out)
@@ -187,12 +189,12 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nViT-L/14 vision tower, {params / 1e6:.1f} M parameters, {TASKS} tasks, {args.threads} threads; "
           f"{report['machine'].get('cpu', '?')}\n")
-    print("| run | τ dtype | τ held GiB | peak RSS GiB | anon peak GiB | vs f32 | saved GiB | s (merge) / s per step (learn) | max abs Δλ vs f32 |")
-    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    print("| run | τ dtype | τ held GiB | peak RSS GiB | vs f32 | saved GiB | s (merge) / s per step (learn) | max abs Δλ vs f32 |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         secs = r.get("step_s") if r["job"] == "learn" else r["wall"]
         dl = r.get("max_dlambda")
-        print(f"| {r['job']} | {r['dtype']} | {r['tau_gib']:.2f} | {r['peak_gib']:.2f} | {r['anon_gib']:.2f} | "
+        print(f"| {r['job']} | {r['dtype']} | {r['tau_gib']:.2f} | {r['peak_gib']:.2f} | "
               f"{r['peak_vs_f32']:.2f}× | {r['saved_gib']:.2f} | {secs:.1f} | {'' if dl is None else f'{dl:.1e}'} |")
     print(f"\nRerun: {report['rerun']}")
 
