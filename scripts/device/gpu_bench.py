@@ -18,8 +18,9 @@ Both tools run the same step: layer-wise λ (init 0.3, clamped), batch 16, one b
 step, summed mean-entropy loss, Adam lr 1e-3; each step includes reading + decoding + preprocessing
 the step's PNGs on the CPU.
 
-* ours: `adamerge --threads T --device wgpu learn ...` (bench_learn.ours_cmd); seconds per step =
-  the `seconds` of RUN/log.jsonl's step events.
+* ours: `adamerge --threads T --device wgpu learn ... --tau-dtype D` (bench_learn.ours_cmd), once
+  per D of `--ours-tau-dtypes` (default f32, then f16: the task vectors held in half); seconds per
+  step = the `seconds` of RUN/log.jsonl's step events.
 * PyTorch: a child (`--torch-child`) that builds `scripts/reference/reference_adamerging.py`'s
   `AdaMerging`, moves the model, θ₀, task vectors and heads to `cuda` (falls back to the CPU, and
   says so, where torch sees no GPU), and times sampling + PIL preprocessing + `loss` + `backward` +
@@ -288,14 +289,16 @@ def run_torch(args, work: Path, logdir: Path, timeout: float) -> dict:
     return r
 
 
-def run_ours(args, work: Path, logdir: Path, timeout: float) -> dict:
-    out = logdir / "ours-run"
+def run_ours(args, work: Path, logdir: Path, tau_dtype: str, timeout: float) -> dict:
+    tag = f"ours-{tau_dtype}"
+    out = logdir / f"{tag}-run"
     shutil.rmtree(out, ignore_errors=True)
     ns = SimpleNamespace(threads=args.threads, device=args.ours_device)
     cmd = bl.ours_cmd(Path(args.bin).resolve(), ns, work, args.k, args.steps, out, False)
+    cmd += ["--tau-dtype", tau_dtype]
     if args.tasks_per_forward:
         cmd += ["--tasks-per-forward", str(args.tasks_per_forward)]
-    r = run_measured(cmd, dict(os.environ), logdir, "ours", timeout)
+    r = run_measured(cmd, dict(os.environ), logdir, tag, timeout)
     r.pop("stdout", None)
     r["cmd"] = cmd
     events = []
@@ -350,6 +353,8 @@ def main() -> None:
     ap.add_argument("--ours-device", default="wgpu", help="adamerge --device (default wgpu)")
     ap.add_argument("--torch-device", default="auto", help="auto (cuda, else cpu), cuda or cpu")
     ap.add_argument("--tasks-per-forward", type=int, default=None, help="pass through to adamerge learn")
+    ap.add_argument("--ours-tau-dtypes", default="f32,f16",
+                    help="one run of ours per --tau-dtype, in order (default f32,f16: task vectors in half)")
     ap.add_argument("--python", default=sys.executable, help="interpreter with torch (default: this one)")
     ap.add_argument("--vit-b32", action="store_true", help="ViT-B/32 shape (else --tiny or the shape options)")
     for name, v in TINY.items():
@@ -401,22 +406,25 @@ def main() -> None:
     tr = run_torch(args, work, logdir, t_budget)
     log(f"  wall {tr['wall']:.1f}s, device {tr.get('device')}, median step {f_s(med(tr['seconds']))}s"
         + (f", ERROR {tr['error']}" if tr.get("error") else ""))
-    o_budget = max(30.0, left() - 10)
-    log(f"ours (--device {args.ours_device}): {args.steps} steps, at most {o_budget:.0f}s")
-    orr = run_ours(args, work, logdir, o_budget)
-    log(f"  wall {orr['wall']:.1f}s, {len(orr['seconds'])} steps, median step {f_s(med(orr['seconds']))}s"
-        + (f", ERROR {orr['error']}" if orr.get("error") else ""))
-    for tag, r in (("ours", orr), ("torch", tr)):
+    dtypes = args.ours_tau_dtypes.split(",")
+    ours = {}
+    for i, dtype in enumerate(dtypes):
+        o_budget = max(30.0, (left() - 10) / (len(dtypes) - i))
+        log(f"ours (--device {args.ours_device} --tau-dtype {dtype}): {args.steps} steps, at most {o_budget:.0f}s")
+        r = run_ours(args, work, logdir, dtype, o_budget)
+        log(f"  wall {r['wall']:.1f}s, {len(r['seconds'])} steps, median step {f_s(med(r['seconds']))}s"
+            + (f", ERROR {r['error']}" if r.get("error") else ""))
+        ours[dtype] = r
+    orr = ours[dtypes[0]]
+    for tag, r in [(f"ours-{d}", r) for d, r in ours.items()] + [("torch", tr)]:
         shutil.copy(r["stderr_path"], out_dir / f"{tag}.err")
 
     # ---- table
     so, st = med(orr["seconds"]), med(tr["seconds"])
     fb = tr.get("fallback")
     tdev = tr.get("device") or args.torch_device
-    rows = [
-        ("adamerge (burn)", args.ours_device, orr),
-        ("PyTorch reference", tdev + (" (fallback: no CUDA)" if fb else ""), tr),
-    ]
+    rows = [(f"adamerge (burn), τ in {d}", args.ours_device, r) for d, r in ours.items()]
+    rows.append(("PyTorch reference", tdev + (" (fallback: no CUDA)" if fb else ""), tr))
     head = ["tool", "device", "s/step (median, steps 2..N)", "min s/step", "steps done", "first step s",
             "wall s (load + steps + eval)", "peak GPU MiB (nvidia-smi − idle)", "torch max alloc / reserved MiB",
             "peak RSS MiB", "last loss"]
@@ -439,7 +447,7 @@ def main() -> None:
     md.append("|" + "|".join([":--", ":--"] + ["--:"] * (len(head) - 2)) + "|")
     for name, d, r in rows:
         ta = (f"{r['max_alloc_mib']:.0f} / {r['max_reserved_mib']:.0f}" if r.get("max_alloc_mib") is not None
-              else "—" if r is orr else "n/a")
+              else "—" if r is not tr else "n/a")
         steps_done = f"{len(r['seconds'])}/{args.steps}" + (f" ({r['error']})" if r.get("error") else "")
         md.append("| " + " | ".join([
             name, d, f_s(med(r["seconds"])), f_s(min(r["seconds"][1:] or r["seconds"]) if r["seconds"] else None),
@@ -448,7 +456,13 @@ def main() -> None:
             f"{r['losses'][-1]:.5f}" if r["losses"] else "—"]) + " |")
     md.append("")
     if so and st:
-        md.append(f"- ours / PyTorch time per step: **{so / st:.2f}×** (< 1: adamerge faster).")
+        md.append(f"- ours ({dtypes[0]}) / PyTorch time per step: **{so / st:.2f}×** (< 1: adamerge faster).")
+    for d, r in list(ours.items())[1:]:
+        sd, g0, gd = med(r["seconds"]), orr["gpu_peak_minus_idle_mib"], r["gpu_peak_minus_idle_mib"]
+        md.append(f"- τ in {d} against {dtypes[0]}: " + (f"{sd / so:.2f}× the time per step" if sd and so else "—")
+                  + (f", {gd / g0:.2f}× the peak GPU memory ({g0 - gd:.0f} MiB less; the {args.k} task vectors "
+                     f"take {args.k * manifest.get('params', 0) * 2 / 2**20:.0f} MiB in half)" if g0 and gd else "")
+                  + ".")
     if tr.get("preprocess_seconds"):
         md.append(f"- Of PyTorch's step, sampling + PIL open + CLIPImageProcessor of the {args.k} × {bl.BATCH} "
                   f"images took {f_s(med(tr['preprocess_seconds']))}s (median); PyTorch loaded its inputs in "
@@ -471,7 +485,7 @@ def main() -> None:
     doc = {"machine": machine, "vision": vision, "params": manifest.get("params"), "k": args.k,
            "images_per_task": args.classes * args.per_class, "steps": args.steps, "threads": args.threads,
            "generate_s": gen_s, "adamerge_version": ver.stdout.strip(),
-           "ours": {k: v for k, v in orr.items() if k != "stderr_path"},
+           "ours": {d: {k: v for k, v in r.items() if k != "stderr_path"} for d, r in ours.items()},
            "torch": {k: v for k, v in tr.items() if k != "stderr_path"},
            "ours_s_per_step": so, "torch_s_per_step": st, "ratio": so / st if so and st else None}
     (out_dir / "gpu_bench.json").write_text(json.dumps(doc, indent=2) + "\n")

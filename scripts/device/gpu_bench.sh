@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark of the layer-wise AdaMerging step: adamerge on burn's wgpu vs the PyTorch reference on
 # CUDA, ViT-B/32-shaped random checkpoints, 8 tasks × 16 images, 20 steps; seconds per step (median,
-# first step left out) and peak GPU memory, as a Markdown table in $OUT/gpu_bench.md (+ .json, logs).
+# first step left out) and peak GPU memory, ours with the task vectors in f32 and in f16, as a
+# Markdown table in $OUT/gpu_bench.md (+ .json, logs).
 # The single command for the lent device machine (no Rust, no network there); see gpu_bench.py for
 # what is measured.
 #
@@ -18,7 +19,8 @@
 #   carry:     [".devbench"]
 #   timeout_s: 480   (gpu_bench.py stops itself at GPU_BENCH_BUDGET=420 s; expect ~3-5 min; leaves device time for one rerun)
 #   (kind left out: an H100 or H200; the table names the card.)
-# $OUT/gpu_bench.md, gpu_bench.json, gpu_bench.log, ours.err, torch.err (and vulkaninfo.txt) come back.
+# $OUT/gpu_bench.md, gpu_bench.json, gpu_bench.log, ours-f32.err, ours-f16.err, torch.err (and
+# vulkaninfo.txt) come back.
 #
 # Test here at a tiny shape on lavapipe (CPU PyTorch stands in for CUDA, and the table says so):
 #   PYTHON=/tmp/venv-scripts/bin/python OUT=/tmp/gpu-bench-out GPU_BENCH_ARGS='--k 3 --steps 4' \

@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 T=${CARGO_TARGET_DIR_WGPU:-/tmp/target-wgpu}
 SRC=${ADAMERGE_SRC:-/tmp/adamerge-src}
-if [ ! -d "$SRC/src" ]; then rm -rf "$SRC"; mkdir -p "$SRC"; git archive HEAD | tar -x -C "$SRC"; fi
+# Always HEAD's files (a tree left by an earlier commit would build a stale binary); the target dir
+# keeps the dependencies, so only the crate itself recompiles.
+rm -rf "$SRC"; mkdir -p "$SRC"; git archive HEAD | tar -x -C "$SRC"
 (cd "$SRC" && CARGO_TARGET_DIR=$T cargo build --release --features wgpu --bin adamerge)
 mkdir -p .devbench/gl
 rm -f .devbench/adamerge .devbench/adamerge.xz
