@@ -426,8 +426,8 @@ fn mean_of(tv: &TaskVectors) -> Result<Weights> {
     let k = tv.num_tasks() as f64;
     tv.theta0().try_map(|name, t0| {
         let mut sum = t0.data.zeros_like();
-        for k in 0..tv.num_tasks() {
-            sum = sum + tv.tau(k, name)?;
+        for j in 0..tv.num_tasks() {
+            sum = sum + tv.tau(j, name)?;
         }
         Ok(t0.data.clone() + sum.div_scalar(k))
     })

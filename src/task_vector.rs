@@ -64,20 +64,22 @@ impl VectorDtype {
         *self == Self::F32
     }
 
-    /// Fails, naming the option, where `device`'s backend cannot hold this type.
+    /// Fails, naming the option and what the device can hold instead, where `device`'s backend
+    /// cannot hold this type.
     pub fn check(self, device: &Device) -> Result<()> {
         if self == Self::F32 || device.supports_dtype(self.float()) {
             return Ok(());
         }
-        let other = match self {
-            Self::Bf16 => "f16",
-            _ => "bf16",
-        };
+        let held: Vec<String> = [Self::F32, Self::Bf16, Self::F16]
+            .into_iter()
+            .filter(|d| *d == Self::F32 || device.supports_dtype(d.float()))
+            .map(|d| d.to_string())
+            .collect();
         Err(Error::invalid(
             "--tau-dtype",
             format!(
-                "this device ({device:?}) cannot hold {self} tensors; try {other}, or f32 \
-                 (the ndarray backend holds f32 only)"
+                "this device ({device:?}) cannot hold {self} tensors; it holds {}",
+                held.join(" or ")
             ),
         ))
     }
