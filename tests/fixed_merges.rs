@@ -7,35 +7,11 @@ use adamerge::merge::{
     Aggregate, Dare, DareInner, DareMasks, MergeMethod, TaskArithmetic, Ties, TrimScope,
     WeightAverage,
 };
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
+use adamerge::task_vector::{TaskVectors, VectorDtype};
 use adamerge::weights::{FlatTensor, Weights};
 use burn::tensor::Device;
 use common::*;
-use indicatif::ProgressBar;
 use serde_json::Value;
-
-fn load_set_a(device: &Device) -> TaskVectors {
-    let root = fixture("merge/a");
-    let fts: Vec<Finetuned> = ["task1", "task2", "task3"]
-        .iter()
-        .map(|t| Finetuned {
-            name: t.to_string(),
-            path: root.join(t),
-        })
-        .collect();
-    let (tv, plan) = TaskVectors::load(
-        &root.join("pretrained"),
-        &fts,
-        &MergeScope::default(),
-        VectorDtype::F32,
-        device,
-        &ProgressBar::hidden(),
-    )
-    .expect("load set a");
-    assert_eq!(plan.merged.len(), 40);
-    assert!(plan.carried.is_empty());
-    tv
-}
 
 fn given_masks(device: &Device, tv: &TaskVectors) -> DareMasks {
     let all = read_all(&fixture("merge/a/dare_masks.safetensors"));
@@ -70,7 +46,7 @@ fn ties_from(p: &Value) -> Ties {
 }
 
 fn check_reference_cases(device: &Device) {
-    let tv = load_set_a(device);
+    let tv = merge_set_a(VectorDtype::F32, device);
     let cases: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(fixture("merge/a/cases.json")).unwrap())
             .unwrap();

@@ -10,12 +10,11 @@ use adamerge::merge::{
     WeightAverage,
 };
 use adamerge::spectral::Variant;
-use adamerge::task_vector::{Finetuned, MergeScope, TaskVectors, VectorDtype};
+use adamerge::task_vector::{TaskVectors, VectorDtype};
 use adamerge::weights::{Weights, tensor_to_vec};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::learning::{FixedBatches, Setup, setup};
 use common::*;
-use indicatif::ProgressBar;
 
 const HALVES: [VectorDtype; 2] = [VectorDtype::Bf16, VectorDtype::F16];
 
@@ -52,27 +51,6 @@ fn rounded_on_host(tv: &TaskVectors, dtype: VectorDtype) -> TaskVectors {
     TaskVectors::new(tv.tasks().to_vec(), tv.theta0().clone(), vectors).unwrap()
 }
 
-fn load_set_a(dtype: VectorDtype) -> TaskVectors {
-    let root = fixture("merge/a");
-    let fts: Vec<Finetuned> = ["task1", "task2", "task3"]
-        .iter()
-        .map(|t| Finetuned {
-            name: t.to_string(),
-            path: root.join(t),
-        })
-        .collect();
-    let (tv, _) = TaskVectors::load(
-        &root.join("pretrained"),
-        &fts,
-        &MergeScope::default(),
-        dtype,
-        &Device::flex(),
-        &ProgressBar::hidden(),
-    )
-    .expect("load set a");
-    tv
-}
-
 fn largest_diff(a: &Weights, b: &Weights) -> f32 {
     a.iter()
         .map(|(name, t)| {
@@ -90,9 +68,9 @@ fn largest_diff(a: &Weights, b: &Weights) -> f32 {
 
 #[test]
 fn half_task_vectors_are_held_half_and_read_back_rounded_to_nearest() {
-    let full = load_set_a(VectorDtype::F32);
+    let full = merge_set_a(VectorDtype::F32, &Device::flex());
     for dtype in HALVES {
-        let tv = load_set_a(dtype);
+        let tv = merge_set_a(dtype, &Device::flex());
         assert_eq!(tv.dtype(), dtype);
         let mut changed = 0;
         for k in 0..tv.num_tasks() {
@@ -129,7 +107,7 @@ fn half_task_vectors_are_held_half_and_read_back_rounded_to_nearest() {
 
 #[test]
 fn merges_over_half_vectors_are_the_f32_merges_of_the_rounded_vectors() {
-    let full = load_set_a(VectorDtype::F32);
+    let full = merge_set_a(VectorDtype::F32, &Device::flex());
     // (method, its scale on Σ τ_k for the linear ones). TIES and TSV-M select (top-k, signs,
     // singular components) from the rounded values, so rounding may flip a choice: only their
     // equality with the f32 merge of the rounded vectors is asserted.
@@ -170,7 +148,7 @@ fn merges_over_half_vectors_are_the_f32_merges_of_the_rounded_vectors() {
         worst_tau = sum.unwrap().into_iter().fold(worst_tau, f32::max);
     }
     for dtype in HALVES {
-        let half = load_set_a(dtype);
+        let half = merge_set_a(dtype, &Device::flex());
         let host = rounded_on_host(&full, dtype);
         for (label, method, scale) in &methods {
             let got = method.merge(&half).unwrap();

@@ -467,3 +467,28 @@ pub fn merge_cli(
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
+
+/// `tests/fixtures/merge/a` (θ₀ and three fine-tunes; all 40 tensors merged) as task vectors
+/// held in `dtype` on `device`.
+pub fn merge_set_a(dtype: VectorDtype, device: &Device) -> TaskVectors {
+    let root = fixture("merge/a");
+    let fts: Vec<Finetuned> = ["task1", "task2", "task3"]
+        .iter()
+        .map(|t| Finetuned {
+            name: t.to_string(),
+            path: root.join(t),
+        })
+        .collect();
+    let (tv, plan) = TaskVectors::load(
+        &root.join("pretrained"),
+        &fts,
+        &MergeScope::default(),
+        dtype,
+        device,
+        &ProgressBar::hidden(),
+    )
+    .expect("load set a");
+    assert_eq!(plan.merged.len(), 40);
+    assert!(plan.carried.is_empty());
+    tv
+}
