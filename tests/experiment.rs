@@ -286,6 +286,78 @@ fn a_run_writes_results_logs_tables_and_plots_and_resumes() {
     );
 }
 
+/// `run --tau-dtype bf16` holds the task vectors in bf16: the run's config.toml and results.json
+/// say so, a resume keeps it (and refuses another), and a device that cannot hold it fails
+/// before the run leaves a folder.
+#[test]
+fn a_half_precision_run_records_its_type_and_resumes_in_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, runs) = (tmp.path().join("cache"), tmp.path().join("runs"));
+    let file = tmp.path().join("tiny.toml");
+    let methods = experiment("[0]");
+    let short = &methods[..methods.find("[[method]]").unwrap()];
+    let text = format!(
+        "{short}[[method]]\nkind = \"task-arithmetic\"\nlambda = 0.3\n\
+         [[method]]\nkind = \"adamerging\"\ngranularity = \"task\"\nsteps = 2\nlr = 0.01\n"
+    );
+    std::fs::write(&file, text).unwrap();
+    let (f, r) = (file.to_str().unwrap(), runs.to_str().unwrap());
+
+    let refused = adamerge(
+        &cache,
+        &[
+            "--device",
+            "ndarray",
+            "run",
+            f,
+            "--runs",
+            r,
+            "--tau-dtype",
+            "bf16",
+        ],
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("--tau-dtype"),
+        "{err}"
+    );
+    assert!(!runs.join("tiny").exists() || run_dirs(&runs).is_empty());
+
+    ok(&adamerge(
+        &cache,
+        &["run", f, "--runs", r, "--tau-dtype", "bf16"],
+    ));
+    let dir = run_dirs(&runs).pop().unwrap();
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(config.contains("tau_dtype = \"bf16\""), "{config}");
+    let results = Results::read(&RunDir::new(&dir)).unwrap();
+    assert_eq!(results.provenance["tau_dtype"], "bf16");
+
+    let d = dir.to_str().unwrap();
+    let out = adamerge(&cache, &["run", "--resume", d, "--tau-dtype", "f32"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tau-dtype"));
+    let mut progress = Progress::read(&RunDir::new(&dir)).unwrap();
+    let all = progress.records.clone();
+    progress.records.truncate(all.len() - 1);
+    progress.write(&RunDir::new(&dir)).unwrap();
+    std::fs::remove_file(dir.join("results.json")).unwrap();
+    // The learned method is redone from nothing: its λ file must come back learned in bf16.
+    let learned = dir.join("learned");
+    std::fs::remove_dir_all(&learned).unwrap();
+    ok(&adamerge(&cache, &["run", "--resume", d]));
+    let resumed = Progress::read(&RunDir::new(&dir)).unwrap();
+    let (a, b) = (all.last().unwrap(), resumed.records.last().unwrap());
+    assert_eq!((&a.method, &a.accuracy), (&b.method, &b.accuracy));
+    let runs_of: Vec<PathBuf> = std::fs::read_dir(&learned)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs_of.len(), 1);
+    let lambda = std::fs::read_to_string(runs_of[0].join("lambda.json")).unwrap();
+    assert!(lambda.contains("\"tau_dtype\": \"bf16\""), "{lambda}");
+}
+
 #[test]
 fn a_bad_experiment_file_fails_with_its_key_path() {
     let tmp = tempfile::tempdir().unwrap();
@@ -299,6 +371,11 @@ fn a_bad_experiment_file_fails_with_its_key_path() {
         ),
         ("steps = 4", "steps = 0", "method[4].steps"),
         ("size = \"tiny\"", "size = \"huge\"", "suite.size"),
+        (
+            "eval_every = 2",
+            "eval_every = 2\ntau_dtype = \"bf8\"",
+            "tau_dtype",
+        ),
     ];
     for (from, to, key) in cases {
         let file = tmp.path().join("bad.toml");
