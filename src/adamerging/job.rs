@@ -116,10 +116,12 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
     prepare_dir(dir, resume)?;
     record_inputs(job, resume)?;
     let loading = progress::bar(0, "loading checkpoints [{bar:30}] {percent}% {elapsed}");
-    let loaded = crate::pipeline::load(&spec, device, &loading)?;
-    let tv = job.options.config.task_vectors(loaded.tv.clone())?;
+    let mut loaded = crate::pipeline::load(&spec, device, &loading)?;
+    // Nothing else of this job reads the loaded vectors, so AdaMerging++'s TIES-processed ones
+    // replace them, tensor by tensor, instead of being held beside them.
+    loaded.tv = job.options.config.task_vectors(loaded.tv)?;
     let sampler = sampler_for(&loaded, &job.options.config, device)?;
-    learn_with(&job.options, &loaded, &tv, &sampler, device, resume, stop)
+    learn_with(&job.options, &loaded, &loaded.tv, &sampler, device, resume, stop)
 }
 
 /// The batches `config` learns on, from the loaded adaptation images.
