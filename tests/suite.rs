@@ -22,11 +22,19 @@ fn tiny(seed: u64) -> SuiteSpec {
 }
 
 #[test]
-fn the_same_seed_gives_the_same_files_and_another_seed_other_ones() {
+fn the_same_seed_gives_the_same_files_on_any_thread_count_and_another_seed_other_ones() {
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
-    let a = build(&tiny(5), &dir.path().join("a"), false, &device, false).unwrap();
-    let b = build(&tiny(5), &dir.path().join("b"), false, &device, false).unwrap();
+    // Built on one thread and on three: the shards of a batch and their sum do not depend on it.
+    let on = |threads: usize, out: &str| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| build(&tiny(5), &dir.path().join(out), false, &device, false).unwrap())
+    };
+    let a = on(3, "a");
+    let b = on(1, "b");
     let c = build(&tiny(6), &dir.path().join("c"), false, &device, false).unwrap();
     assert!(a.files.len() > 100, "{} files", a.files.len());
     // Only the suite's own files: no lock or other builder's file, whose bytes vary by process.
@@ -222,8 +230,8 @@ fn the_trainer_lowers_a_loss_and_the_schedule_is_cosine() {
     let mut losses = Vec::new();
     for _ in 0..5 {
         losses.push(
-            adam.step(&mut w, 1e-3, |w| {
-                let e = embed(&cfg, w, set.pixels(&batch, &device))?;
+            adam.step(&mut w, 1e-3, &[&batch[..]], |w, batch| {
+                let e = embed(&cfg, w, set.pixels(batch, &device))?;
                 Ok(e.powf_scalar(2.0).mean().reshape([1]))
             })
             .unwrap(),

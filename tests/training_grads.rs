@@ -124,34 +124,72 @@ fn training_gradients_match_pytorch_for_every_tensor() {
     });
 }
 
-#[test]
-fn adam_steps_match_pytorch() {
-    let mut fx = Fixture::load();
+/// Five Adam steps on the fixture's batch of 4 split in `shards` (each shard's mean loss scaled
+/// by its share of the batch, as the suite's build does); returns the losses and the weights.
+fn adam_steps(fx: &Fixture, shards: usize) -> (Vec<f64>, Weights) {
     let (head, target) = fx.head();
     let pixels = fx.pixels();
-    let mut adam = WeightsAdam::new(fx.w.len());
-    for (step, want) in fx.expected["adam.losses"].iter().enumerate() {
-        let loss = adam
-            .step(&mut fx.w, 1e-2, |w| {
-                head_loss(&fx.cfg, w, &head, pixels.clone(), target.clone())
+    let size = 4 / shards;
+    let parts: Vec<_> = (0..shards)
+        .map(|s| {
+            let rows = s * size..(s + 1) * size;
+            (
+                pixels.clone().slice([rows.clone()]),
+                target.clone().slice([rows]),
+            )
+        })
+        .collect();
+    let mut w = fx.w.clone();
+    let mut adam = WeightsAdam::new(w.len());
+    let losses = (0..5)
+        .map(|_| {
+            adam.step(&mut w, 1e-2, &parts, |w, (pixels, target)| {
+                let loss = head_loss(&fx.cfg, w, &head, pixels.clone(), target.clone())?;
+                Ok(loss.mul_scalar(size as f64 / 4.0))
             })
-            .unwrap();
-        assert!(
-            (loss - *want as f64).abs() <= 1e-3 * want.abs() as f64,
-            "step {step}: {loss} vs {want}"
-        );
-    }
-    // k_proj.bias is left out: its true gradient is zero, so Adam's normalised step follows the
-    // sign of round-off, which differs between any two implementations.
-    for (name, t) in fx.w.iter().filter(|(n, _)| !n.ends_with("k_proj.bias")) {
-        let want = &fx.expected[&format!("adam.{name}")];
-        let err = t
-            .to_vec()
             .unwrap()
-            .iter()
-            .zip(want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= 1e-4, "{name}: after 5 steps off by {err}");
+        })
+        .collect();
+    (losses, w)
+}
+
+/// Largest absolute difference between two equally long vectors.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+#[test]
+fn adam_steps_match_pytorch_whole_and_in_shards() {
+    let fx = Fixture::load();
+    let (whole_losses, whole) = adam_steps(&fx, 1);
+    for shards in [1, 2, 4] {
+        let (losses, w) = adam_steps(&fx, shards);
+        for (step, (loss, want)) in losses.iter().zip(&fx.expected["adam.losses"]).enumerate() {
+            assert!(
+                (loss - *want as f64).abs() <= 1e-3 * want.abs() as f64,
+                "{shards} shards, step {step}: {loss} vs {want}"
+            );
+            assert!(
+                (loss - whole_losses[step]).abs() <= 1e-6 * loss.abs(),
+                "{shards} shards, step {step}: {loss} vs {} in one backward",
+                whole_losses[step]
+            );
+        }
+        // k_proj.bias is left out: its true gradient is zero, so Adam's normalised step follows
+        // the sign of round-off, which differs between any two implementations.
+        for (name, t) in w.iter().filter(|(n, _)| !n.ends_with("k_proj.bias")) {
+            let got = t.to_vec().unwrap();
+            let err = max_diff(&got, &fx.expected[&format!("adam.{name}")]);
+            assert!(
+                err <= 1e-4,
+                "{shards} shards, {name}: after 5 steps off by {err}"
+            );
+            let err = max_diff(&got, &whole.require(name).unwrap().to_vec().unwrap());
+            assert!(
+                err <= 1e-5,
+                "{shards} shards, {name}: {err} from one backward after 5 steps"
+            );
+        }
     }
 }
 

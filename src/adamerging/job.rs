@@ -121,7 +121,15 @@ pub fn run_job(job: &Job, device: &Device, resume: bool, stop: &AtomicBool) -> R
     // replace them, tensor by tensor, instead of being held beside them.
     loaded.tv = job.options.config.task_vectors(loaded.tv)?;
     let sampler = sampler_for(&loaded, &job.options.config, device)?;
-    learn_with(&job.options, &loaded, &loaded.tv, &sampler, device, resume, stop)
+    learn_with(
+        &job.options,
+        &loaded,
+        &loaded.tv,
+        &sampler,
+        device,
+        resume,
+        stop,
+    )
 }
 
 /// The batches `config` learns on, from the loaded adaptation images.

@@ -19,7 +19,7 @@ use super::recipe::{RECIPE_VERSION, Recipe, Size, SuiteSpec};
 use super::tiny_clip;
 use super::train::{
     ImageSet, WeightsAdam, add_probes, class_mean_head, cosine_lr, epoch_order, head_loss,
-    pretraining_loss, strip_probes,
+    pretraining_loss, split_batch, strip_probes,
 };
 use crate::cache::cache_dir;
 use crate::config::VisionConfig;
@@ -434,17 +434,26 @@ fn pretrain(
         let mut epoch_loss = 0.0;
         for batch in order.chunks_exact(recipe.batch_size) {
             let lr = cosine_lr(recipe.pretrain_lr, s, total);
-            let pixels = all.pixels(batch, device);
-            let targets: Vec<_> = PRETRAINING_FACTORS
-                .iter()
-                .map(|&f| {
-                    let one_hot =
-                        all.one_hot(f.num_classes(), |s| s.labels[f as usize], batch, device);
-                    (f, one_hot)
+            let shards: Vec<_> = split_batch(batch, recipe.shards)
+                .into_iter()
+                .map(|part| {
+                    let targets: Vec<_> = PRETRAINING_FACTORS
+                        .iter()
+                        .map(|&f| {
+                            let classes = f.num_classes();
+                            let one_hot =
+                                all.one_hot(classes, |s| s.labels[f as usize], part, device);
+                            (f, one_hot)
+                        })
+                        .collect();
+                    (all.pixels(part, device), targets, part.len())
                 })
                 .collect();
-            let loss = adam.step(&mut w, lr, |w| {
-                pretraining_loss(cfg, w, pixels, &targets, recipe.pretrain_scale)
+            let share = |n: usize| n as f64 / batch.len() as f64;
+            let loss = adam.step(&mut w, lr, &shards, |w, (pixels, targets, n)| {
+                let loss =
+                    pretraining_loss(cfg, w, pixels.clone(), targets, recipe.pretrain_scale)?;
+                Ok(loss.mul_scalar(share(*n)))
             })?;
             s += 1;
             pb.inc(1);
@@ -486,9 +495,19 @@ fn finetune(
         let order = epoch_order(train.len(), seed, epoch);
         for batch in order.chunks_exact(recipe.batch_size) {
             let lr = cosine_lr(recipe.finetune_lr, s, total);
-            let pixels = train.pixels(batch, &device);
-            let target = train.one_hot(task.classes, |s| task.label(s), batch, &device);
-            adam.step(&mut w, lr, |w| head_loss(cfg, w, head, pixels, target))?;
+            let shards: Vec<_> = split_batch(batch, recipe.shards)
+                .into_iter()
+                .map(|part| {
+                    let pixels = train.pixels(part, &device);
+                    let target = train.one_hot(task.classes, |s| task.label(s), part, &device);
+                    (pixels, target, part.len())
+                })
+                .collect();
+            let share = |n: usize| n as f64 / batch.len() as f64;
+            adam.step(&mut w, lr, &shards, |w, (pixels, target, n)| {
+                let loss = head_loss(cfg, w, head, pixels.clone(), target.clone())?;
+                Ok(loss.mul_scalar(share(*n)))
+            })?;
             s += 1;
             pb.inc(1);
         }

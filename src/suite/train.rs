@@ -7,6 +7,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
 
 use super::images::{Factor, SIDE, Sample, Task};
 use super::tiny_clip::{PIXEL_MEAN, PIXEL_STD};
@@ -93,30 +94,43 @@ impl WeightsAdam {
         }
     }
 
-    /// One step: `loss` is evaluated on `w` as autodiff leaves, back-propagated, and every
-    /// tensor of `w` updated in place. Returns the loss.
-    pub fn step(
+    /// One step over a batch split in `shards`: each shard's `loss` is evaluated on its own
+    /// autodiff leaves of `w` and back-propagated on its own thread, the shards' gradients are
+    /// summed in shard order and every tensor of `w` is updated in place. A shard's loss must be
+    /// its part of the batch's loss (e.g. its mean scaled by its share of the batch), so the sum
+    /// is the batch's gradient. The result does not depend on the thread count: the shards are
+    /// the same and are summed in the same order on one core or many. Returns the batch's loss.
+    pub fn step<S: Sync>(
         &mut self,
         w: &mut Weights,
         lr: f64,
-        loss: impl FnOnce(&Weights) -> Result<Tensor<1>>,
+        shards: &[S],
+        loss: impl Fn(&Weights, &S) -> Result<Tensor<1>> + Sync,
     ) -> Result<f64> {
-        let leaves = w.map(|_, t| t.autodiff().require_grad());
-        let loss = loss(&leaves)?;
-        let value = scalar(loss.clone().inner())?;
+        let names: Vec<String> = w.names().map(str::to_string).collect();
+        let parts = shards
+            .par_iter()
+            .with_max_len(1)
+            .map(|shard| shard_gradients(w, &names, shard, &loss))
+            .collect::<Result<Vec<_>>>()?;
+        let value: f64 = parts.iter().map(|(v, _)| v).sum();
         if !value.is_finite() {
             return Err(Error::invalid(
                 "training",
                 format!("the loss became {value}"),
             ));
         }
-        let grads = loss.backward();
-        let names: Vec<String> = w.names().map(str::to_string).collect();
-        for (i, name) in names.iter().enumerate() {
-            let (Some(leaf), Some(current)) = (leaves.get(name), w.get(name)) else {
-                continue;
-            };
-            let Some(g) = leaf.data.grad(&grads) else {
+        let mut sums: Vec<Option<Tensor<1>>> = vec![None; names.len()];
+        for (_, grads) in parts {
+            for (sum, g) in sums.iter_mut().zip(grads) {
+                *sum = match (sum.take(), g) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        for (i, (name, g)) in names.iter().zip(sums).enumerate() {
+            let (Some(current), Some(g)) = (w.get(name), g) else {
                 continue;
             };
             let (updated, state) =
@@ -128,6 +142,32 @@ impl WeightsAdam {
         }
         Ok(value)
     }
+}
+
+/// One shard's loss and the gradient of every tensor of `w` (in the order of `names`), from its
+/// own autodiff leaves.
+fn shard_gradients<S>(
+    w: &Weights,
+    names: &[String],
+    shard: &S,
+    loss: &impl Fn(&Weights, &S) -> Result<Tensor<1>>,
+) -> Result<(f64, Vec<Option<Tensor<1>>>)> {
+    let leaves = w.map(|_, t| t.autodiff().require_grad());
+    let loss = loss(&leaves, shard)?;
+    let value = scalar(loss.clone().inner())?;
+    let grads = loss.backward();
+    let per_tensor = names
+        .iter()
+        .map(|name| leaves.get(name).and_then(|leaf| leaf.data.grad(&grads)))
+        .collect();
+    Ok((value, per_tensor))
+}
+
+/// The shards of a batch: `shards` consecutive runs of (nearly) equal length, the longer first.
+pub fn split_batch(batch: &[usize], shards: usize) -> Vec<&[usize]> {
+    batch
+        .chunks(batch.len().div_ceil(shards.max(1)).max(1))
+        .collect()
 }
 
 /// A deterministic shuffled order of `n` items for epoch `epoch`.
