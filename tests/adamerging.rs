@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
-use adamerge::adamerging::{Granularity, LearnConfig, Learner, Outcome, Session};
+use adamerge::adamerging::{Granularity, LearnConfig, Learner, Outcome, Session, StepRecord};
 use adamerge::layout::LearnDir;
 use adamerge::task_vector::TaskVectors;
 use common::learning::{
@@ -243,13 +243,15 @@ fn gradient_matches_pytorch_float64_autograd() {
     assert!(rel <= 1e-4, "relative error {rel}");
 }
 
-/// The joint forward (all tasks' batches in one graph), groups of two tasks (3 tasks: 2 + 1)
-/// and one task at a time give the same gradient and, over steps inside the clamp bounds, the
-/// same λ: only the summation order differs.
+/// The joint forward (all tasks' batches in one graph), groups of two tasks (3 tasks: 2 + 1),
+/// the automatic plan (those two groups side by side, on threads of their own) and one task at a
+/// time give the same gradient and, over steps inside the clamp bounds, the same λ: only the
+/// summation order differs. Side by side or in turn, one thread or three, the same groups give
+/// the same bits.
 #[test]
 fn joint_and_per_task_forwards_agree() {
     let s = setup();
-    let run = |tasks_per_forward: Option<usize>| {
+    let run = |tasks_per_forward: Option<usize>, threads: usize| {
         let config = LearnConfig {
             batch_size: 4,
             batches_per_task: 2,
@@ -265,21 +267,36 @@ fn joint_and_per_task_forwards_agree() {
             .collect();
         learner.set_lambda(init).expect("λ");
         let batches = FixedBatches::load(s.tv.tasks(), 2, &s.device);
-        let (grad, record) = learner.gradient(&batches).expect("gradient");
-        for _ in 0..5 {
-            learner.step(&batches).expect("step");
-        }
-        (grad, record, learner.lambda().expect("λ"))
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let (grad, record) = learner.gradient(&batches).expect("gradient");
+            for _ in 0..5 {
+                learner.step(&batches).expect("step");
+            }
+            (grad, record, learner.lambda().expect("λ"))
+        })
     };
-    let (g1, r1, l1) = run(Some(1));
+    let (g1, r1, l1) = run(Some(1), 2);
     let norm = g1.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
     assert!(norm > 1e-3, "gradient too small to compare ({norm})");
     assert!(
         l1.iter().all(|l| (0.05..=0.95).contains(l)),
         "λ reached a clamp bound"
     );
-    for tasks in [Some(2), None] {
-        let (g, r, l) = run(tasks);
+    // Everything but the step's wall time.
+    let bits = |(g, r, l): (Vec<f32>, StepRecord, Vec<f32>)| (g, r.loss, r.entropy, l);
+    let side_by_side = bits(run(None, 3));
+    assert_eq!(
+        side_by_side,
+        bits(run(Some(2), 2)),
+        "side by side and in turn"
+    );
+    assert_eq!(side_by_side, bits(run(None, 1)), "one thread and three");
+    for tasks in [Some(2), Some(3), None] {
+        let (g, r, l) = run(tasks, 2);
         let err = g
             .iter()
             .zip(&g1)

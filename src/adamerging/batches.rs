@@ -9,8 +9,9 @@ use crate::data::{ImageRef, Preprocessor, UnlabeledImages};
 use crate::error::{Error, Result};
 use crate::eval::load_batch;
 
-/// Where the learner's unlabeled batches come from.
-pub trait BatchSource {
+/// Where the learner's unlabeled batches come from (`Sync`: groups of tasks read their batches
+/// on threads of their own).
+pub trait BatchSource: Sync {
     /// Number of tasks.
     fn num_tasks(&self) -> usize;
     /// Batches read per task per step.

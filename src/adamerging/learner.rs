@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::batches::BatchSource;
@@ -45,8 +46,8 @@ pub struct LearnConfig {
     /// AdaMerging++: learn over TIES-processed task vectors trimmed to this fraction.
     pub ties_k: Option<f64>,
     /// Tasks whose batches share one forward and one backward; `None` picks as many as fit
-    /// [`FORWARD_BUDGET_BYTES`] of activations, 1 is one task at a time (the least memory).
-    /// Only float rounding depends on it.
+    /// [`FORWARD_BUDGET_BYTES`] of activations (see [`LearnConfig::forward_plan`]), 1 is one
+    /// task at a time (the least memory). Only float rounding depends on it.
     pub tasks_per_forward: Option<usize>,
     /// AdaRank: learn masks over the singular components of the task vectors' matrices too.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,6 +197,22 @@ impl LearnConfig {
                 .max(1);
             (FORWARD_BUDGET_BYTES / per_task).max(1)
         })
+    }
+
+    /// How a step's `k` tasks go through a tower of shape `cfg`: tasks per forward and how many
+    /// such groups run side by side, each forward and backward on its own thread. A set
+    /// `tasks_per_forward` runs its groups one at a time (its memory is the point). Unset, when
+    /// all `k` tasks fit [`FORWARD_BUDGET_BYTES`] they go in two halves side by side, so that
+    /// both cores of a laptop work even where the tower's operations are too small for the CPU
+    /// backend to split; otherwise as many as fit, one group at a time. The groups depend on
+    /// `cfg` and `k` alone, never on the thread count, so neither do the results.
+    pub fn forward_plan(&self, cfg: &VisionConfig, k: usize) -> (usize, usize) {
+        let fit = self.tasks_per_forward(cfg);
+        if self.tasks_per_forward.is_some() || fit < k || k < 2 {
+            (fit, 1)
+        } else {
+            (k.div_ceil(2), 2)
+        }
     }
 
     /// The units λ's columns stand for, over the merged tensors `names`.
@@ -434,13 +451,11 @@ impl<'a> Learner<'a> {
         let raw = self.lambda()?;
         let lambda = effective(&raw, self.config.clamp);
         let (applied, factor) = self.applied_masks()?.unzip();
-        // The merged weights become the leaves of each task's graph; θ₀ and τ never enter it.
-        let leaves = merge_all(
+        let merged = merge_all(
             self.tv.theta0(),
             &*self.merger_at(lambda.clone(), applied.clone())?,
-        )?
-        .map(|_, t| t.autodiff().require_grad());
-        let (grad_w, entropy) = self.backward(source, leaves)?;
+        )?;
+        let (grad_w, entropy) = self.backward(source, &merged)?;
         let (mut grad, mut mask_grad) =
             self.chain_rule(&grad_w, &lambda, applied.as_deref().unwrap_or_default())?;
         if self.config.clamp {
@@ -470,60 +485,50 @@ impl<'a> Learner<'a> {
     }
 
     /// ∂loss/∂W for every merged tensor (None where no gradient reaches it), and each task's
-    /// entropy, from the forwards and backwards of this step's batches through `leaves`.
+    /// entropy, from the forwards and backwards of this step's batches at the `merged` weights.
     fn backward(
         &self,
         source: &dyn BatchSource,
-        leaves: Weights,
-    ) -> Result<(Vec<Option<Tensor<1>>>, Vec<f64>)> {
+        merged: &Weights,
+    ) -> Result<(TensorGrads, Vec<f64>)> {
         let k_tasks = self.tv.num_tasks();
-        let model = self.tv.complete(leaves.clone());
-        let mut grad_w: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
+        let mut grad_w: TensorGrads = vec![None; merged.len()];
         let mut entropy = vec![0.0; k_tasks];
         // Every task's batches go through the same merged weights, so groups of tasks share one
         // forward (bigger matmuls, fewer operations) and one backward; the heads and entropies
-        // are split after the tower. Σ of the groups' gradients is the step's gradient.
+        // are split after the tower. Σ of the groups' gradients, in group order whichever
+        // thread finished first, is the step's gradient.
         let per_task = source.batches_per_task();
         let batches: Vec<(usize, usize)> = (0..k_tasks)
             .flat_map(|task| (0..per_task).map(move |b| (task, b)))
             .collect();
+        let (tasks, side_by_side) = self.config.forward_plan(self.cfg, k_tasks);
         // Saturating: a user's huge `tasks_per_forward` means "all", never a wrapped 0.
-        let group = self
-            .config
-            .tasks_per_forward(self.cfg)
-            .saturating_mul(per_task)
-            .max(1);
-        for chunk in batches.chunks(group) {
-            let pixels = chunk
-                .iter()
-                .map(|&(task, b)| source.batch(task, self.step, b))
+        let group = tasks.saturating_mul(per_task).max(1);
+        let groups: Vec<&[(usize, usize)]> = batches.chunks(group).collect();
+        let pass = GroupPass {
+            cfg: self.cfg,
+            tv: self.tv,
+            heads: self.heads,
+            step: self.step,
+            source,
+            merged,
+        };
+        for wave in groups.chunks(side_by_side.max(1)) {
+            let parts = wave
+                .par_iter()
+                .with_max_len(1)
+                .map(|chunk| pass.run(chunk))
                 .collect::<Result<Vec<_>>>()?;
-            let sizes: Vec<usize> = pixels.iter().map(|p| p.dims()[0]).collect();
-            // A view per backward: burn consumes the graph (the views' reshapes included) at
-            // each backward, so each group's graph starts from the leaves again.
-            let embeds =
-                VisionTower::new(self.cfg, &model)?.image_embeds(Tensor::cat(pixels, 0))?;
-            let mut start = 0;
-            let losses: Vec<Tensor<1>> = chunk
-                .iter()
-                .zip(&sizes)
-                .map(|(&(task, _), &n)| {
-                    let rows = embeds.clone().narrow(0, start, n);
-                    start += n;
-                    mean_entropy(logits(rows, self.heads[task].clone()))
-                })
-                .collect();
-            let losses = Tensor::cat(losses, 0);
-            for (&(task, _), v) in chunk.iter().zip(tensor_to_vec(losses.clone().inner())?) {
-                entropy[task] += v as f64;
-            }
-            let grads = losses.sum().backward();
-            for (slot, (_, leaf)) in grad_w.iter_mut().zip(leaves.iter()) {
-                if let Some(g) = leaf.data.grad(&grads) {
-                    *slot = Some(match slot.take() {
-                        Some(acc) => acc + g,
-                        None => g,
-                    });
+            for (grads, entropies) in parts {
+                for (task, v) in entropies {
+                    entropy[task] += v;
+                }
+                for (slot, g) in grad_w.iter_mut().zip(grads) {
+                    *slot = match (slot.take(), g) {
+                        (Some(acc), Some(g)) => Some(acc + g),
+                        (acc, g) => acc.or(g),
+                    };
                 }
             }
         }
@@ -675,6 +680,58 @@ fn adam() -> ModuleOptimizer {
         .init()
 }
 
+/// A gradient per merged tensor, in the weights' order (None where no gradient reaches one).
+type TensorGrads = Vec<Option<Tensor<1>>>;
+
+/// What one group of batches' forward and backward reads; shared by the groups that run side
+/// by side (the learner's optimiser stays on its own thread).
+struct GroupPass<'p> {
+    cfg: &'p VisionConfig,
+    tv: &'p TaskVectors,
+    heads: &'p [Tensor<2>],
+    step: usize,
+    source: &'p dyn BatchSource,
+    merged: &'p Weights,
+}
+
+impl GroupPass<'_> {
+    /// The gradient of the group's summed batch entropies for every merged tensor, and each
+    /// batch's (task, entropy), through the group's own autodiff leaves of the merged weights
+    /// (θ₀ and τ never enter the graph).
+    fn run(&self, chunk: &[(usize, usize)]) -> Result<(TensorGrads, Vec<(usize, f64)>)> {
+        let leaves = self.merged.map(|_, t| t.autodiff().require_grad());
+        let model = self.tv.complete(leaves.clone());
+        let pixels = chunk
+            .iter()
+            .map(|&(task, b)| self.source.batch(task, self.step, b))
+            .collect::<Result<Vec<_>>>()?;
+        let sizes: Vec<usize> = pixels.iter().map(|p| p.dims()[0]).collect();
+        let embeds = VisionTower::new(self.cfg, &model)?.image_embeds(Tensor::cat(pixels, 0))?;
+        let mut start = 0;
+        let losses: Vec<Tensor<1>> = chunk
+            .iter()
+            .zip(&sizes)
+            .map(|(&(task, _), &n)| {
+                let rows = embeds.clone().narrow(0, start, n);
+                start += n;
+                mean_entropy(logits(rows, self.heads[task].clone()))
+            })
+            .collect();
+        let losses = Tensor::cat(losses, 0);
+        let entropies = chunk
+            .iter()
+            .zip(tensor_to_vec(losses.clone().inner())?)
+            .map(|(&(task, _), v)| (task, f64::from(v)))
+            .collect();
+        let grads = losses.sum().backward();
+        let per_tensor = leaves
+            .iter()
+            .map(|(_, leaf)| leaf.data.grad(&grads))
+            .collect();
+        Ok((per_tensor, entropies))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,5 +771,15 @@ mod tests {
             ..LearnConfig::default()
         };
         assert_eq!(fixed.tasks_per_forward(&l14), 3);
+        // Two halves side by side only where every task fits and none was set.
+        assert_eq!(config.forward_plan(&suite, 8), (4, 2));
+        assert_eq!(config.forward_plan(&suite, 3), (2, 2));
+        assert_eq!(
+            config.forward_plan(&suite, 1),
+            (config.tasks_per_forward(&suite), 1)
+        );
+        assert_eq!(config.forward_plan(&b32, 8), (4, 1));
+        assert_eq!(config.forward_plan(&b32, 4), (2, 2));
+        assert_eq!(fixed.forward_plan(&suite, 8), (3, 1));
     }
 }
