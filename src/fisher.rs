@@ -12,13 +12,15 @@
 //! - **exact**: per image, y drawn from the model's own p(·|x) (seeded), g = ∇ log p(y|x);
 //!   F = Σ_x g² / N: an unbiased estimate of the diagonal Fisher, one backward per image.
 //!
-//! Tasks are processed one at a time: the merge keeps two running sums, never K Fishers.
+//! Tasks are processed one at a time (two of a task's backwards side by side, on threads of their
+//! own, summed in order): the merge keeps two running sums, never K Fishers.
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
 
 use crate::config::VisionConfig;
 use crate::data_merge::{DataInputs, DataMerge};
@@ -148,50 +150,42 @@ fn diagonal_of(
     progress: &ProgressBar,
 ) -> Result<Weights> {
     check_head_width(cfg, &tv.tasks()[k], head)?;
-    let leaves = w.map(|_, t| t.autodiff().require_grad());
-    let model = tv.complete(leaves.clone());
-    let mut sums: Vec<Option<Tensor<1>>> = vec![None; leaves.len()];
-    let mut add = |loss: Tensor<1>| {
-        let grads = loss.backward();
-        for (slot, (_, leaf)) in sums.iter_mut().zip(leaves.iter()) {
-            if let Some(g) = leaf.data.grad(&grads) {
-                // One pass each, in place where the buffer is not shared.
-                let g2 = g.square();
-                *slot = Some(match slot.take() {
-                    Some(s) => s + g2,
-                    None => g2,
-                });
-            }
-        }
-    };
-    let mut n = 0usize;
+    // What one backward sees: a batch (FusionBench's estimator) or one image with the uniform
+    // draw that picks its label (drawn in image order before any thread runs).
+    let mut units: Vec<(Tensor<4>, Option<f64>)> = Vec::new();
     for pixels in batches {
-        let [b, ..] = pixels.dims();
         match estimator {
-            Estimator::Batch => {
-                // A view per backward: burn consumes the graph at each one.
-                let embeds = VisionTower::new(cfg, &model)?.image_embeds(pixels.clone())?;
-                let log_p = log_softmax(logits(embeds, head.clone()), 1);
-                let sqrt_p = log_p.clone().detach().exp().sqrt();
-                add((sqrt_p * log_p).sum());
-            }
+            Estimator::Batch => units.push((pixels.clone(), None)),
             Estimator::Exact => {
-                for i in 0..b {
-                    let one = pixels.clone().narrow(0, i, 1);
-                    let embeds = VisionTower::new(cfg, &model)?.image_embeds(one)?;
-                    let log_p = log_softmax(logits(embeds, head.clone()), 1);
-                    let [_, c] = log_p.dims();
-                    let p: Vec<f64> = tensor_to_vec(log_p.clone().inner().reshape([c]))?
-                        .into_iter()
-                        .map(|l| f64::from(l).exp())
-                        .collect();
-                    let y = sample(&p, uniform()?);
-                    add(log_p.narrow(1, y, 1).sum());
+                for i in 0..pixels.dims()[0] {
+                    units.push((pixels.clone().narrow(0, i, 1), Some(uniform()?)));
                 }
             }
         }
-        n += b;
-        progress.inc(b as u64);
+    }
+    let mut sums: Vec<Option<Tensor<1>>> = vec![None; w.len()];
+    let mut n = 0usize;
+    // Two backwards side by side, each from its own leaves of `w` (a graph small enough for
+    // burn's CPU backend to leave a core idle otherwise); their squares are summed in order.
+    for wave in units.chunks(2) {
+        let squares = wave
+            .par_iter()
+            .with_max_len(1)
+            .map(|(pixels, u)| squared_gradient(cfg, tv, w, head, pixels.clone(), *u))
+            .collect::<Result<Vec<_>>>()?;
+        for ((pixels, _), square) in wave.iter().zip(squares) {
+            for (slot, g2) in sums.iter_mut().zip(square) {
+                if let Some(g2) = g2 {
+                    *slot = Some(match slot.take() {
+                        Some(s) => s + g2,
+                        None => g2,
+                    });
+                }
+            }
+            let b = pixels.dims()[0];
+            n += b;
+            progress.inc(b as u64);
+        }
     }
     if n == 0 {
         return Err(Error::invalid(
@@ -209,6 +203,43 @@ fn diagonal_of(
         out.insert(name, t.with_data(f));
     }
     Ok(out)
+}
+
+/// The squared gradient, per tensor of `w` (None where none reaches it), of one backward: with
+/// no draw `u`, FusionBench's Σ_x Σ_y sg(√p) log p over the batch; with one, log p(y|x) of the
+/// single image, y drawn from the model's own p by `u`.
+fn squared_gradient(
+    cfg: &VisionConfig,
+    tv: &TaskVectors,
+    w: &Weights,
+    head: &Tensor<2>,
+    pixels: Tensor<4>,
+    u: Option<f64>,
+) -> Result<Vec<Option<Tensor<1>>>> {
+    let leaves = w.map(|_, t| t.autodiff().require_grad());
+    let model = tv.complete(leaves.clone());
+    let embeds = VisionTower::new(cfg, &model)?.image_embeds(pixels)?;
+    let log_p = log_softmax(logits(embeds, head.clone()), 1);
+    let loss = match u {
+        None => {
+            let sqrt_p = log_p.clone().detach().exp().sqrt();
+            (sqrt_p * log_p).sum()
+        }
+        Some(u) => {
+            let [_, c] = log_p.dims();
+            let p: Vec<f64> = tensor_to_vec(log_p.clone().inner().reshape([c]))?
+                .into_iter()
+                .map(|l| f64::from(l).exp())
+                .collect();
+            log_p.narrow(1, sample(&p, u), 1).sum()
+        }
+    };
+    let grads = loss.backward();
+    // One pass each, in place where the buffer is not shared.
+    Ok(leaves
+        .iter()
+        .map(|(_, leaf)| leaf.data.grad(&grads).map(|g| g.square()))
+        .collect())
 }
 
 /// ‖F‖: the L2 norm of every entry of every tensor (FusionBench's `get_models_fisher_norm`).

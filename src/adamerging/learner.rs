@@ -205,7 +205,7 @@ impl LearnConfig {
     /// all `k` tasks fit [`FORWARD_BUDGET_BYTES`] they go in two halves side by side, so that
     /// both cores of a laptop work even where the tower's operations are too small for the CPU
     /// backend to split; otherwise as many as fit, one group at a time. The groups depend on
-    /// `cfg` and `k` alone, never on the thread count, so neither do the results.
+    /// `cfg` and `k` alone, never on the thread count.
     pub fn forward_plan(&self, cfg: &VisionConfig, k: usize) -> (usize, usize) {
         let fit = self.tasks_per_forward(cfg);
         if self.tasks_per_forward.is_some() || fit < k || k < 2 {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
+use rayon::prelude::*;
 
 use super::config::Experiment;
 use crate::adamerging::{
@@ -312,22 +313,27 @@ fn adaptation_entropy(
     sampler: &ImageSampler<'_>,
 ) -> Result<f64> {
     let tower = VisionTower::new(cfg, w)?;
-    let mut total = 0.0;
-    for (k, head) in heads.iter().enumerate() {
-        let steps = if sampler.batch_len(k) == sampler.task_len(k) {
-            1
-        } else {
-            ENTROPY_STEPS
-        };
-        let mut sum = 0.0;
-        for step in 0..steps {
-            let pixels = sampler.batch(k, step, 0)?;
-            let embeds = tower.image_embeds(pixels)?;
-            sum += scalar(mean_entropy(logits(embeds, head.clone())))?;
-        }
-        total += sum / steps as f64;
-    }
-    Ok(total)
+    // Tasks side by side, one per thread; their means are summed in task order after.
+    let means = heads
+        .par_iter()
+        .with_max_len(1)
+        .enumerate()
+        .map(|(k, head)| {
+            let steps = if sampler.batch_len(k) == sampler.task_len(k) {
+                1
+            } else {
+                ENTROPY_STEPS
+            };
+            let mut sum = 0.0;
+            for step in 0..steps {
+                let pixels = sampler.batch(k, step, 0)?;
+                let embeds = tower.image_embeds(pixels)?;
+                sum += scalar(mean_entropy(logits(embeds, head.clone())))?;
+            }
+            Ok(sum / steps as f64)
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    Ok(means.iter().sum())
 }
 
 fn reference(label: &str, seed: u64, accuracy: Vec<f64>, entropy: Option<f64>) -> Record {

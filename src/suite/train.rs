@@ -98,8 +98,8 @@ impl WeightsAdam {
     /// autodiff leaves of `w` and back-propagated on its own thread, the shards' gradients are
     /// summed in shard order and every tensor of `w` is updated in place. A shard's loss must be
     /// its part of the batch's loss (e.g. its mean scaled by its share of the batch), so the sum
-    /// is the batch's gradient. The result does not depend on the thread count: the shards are
-    /// the same and are summed in the same order on one core or many. Returns the batch's loss.
+    /// is the batch's gradient. The shards and the order of their sum are the same on one core
+    /// or many. Returns the batch's loss.
     pub fn step<S: Sync>(
         &mut self,
         w: &mut Weights,
