@@ -3,6 +3,7 @@
 use std::str::FromStr;
 
 use burn::tensor::Device;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -72,4 +73,26 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
         .num_threads(n)
         .build_global()
         .map_err(|e| Error::invalid("--threads", e.to_string()))
+}
+
+/// How many independent forwards (or backwards) to run side by side on `device`: two on the CPU
+/// backends, whose operations on small tensors run on one core, so that a second core works;
+/// one on a GPU, which is kept as busy by one thread's kernels.
+#[allow(deprecated)]
+pub fn side_by_side(device: &Device) -> usize {
+    if *device == Device::flex() || *device == Device::ndarray() {
+        2
+    } else {
+        1
+    }
+}
+
+/// `f` over a wave of `items` (at most [`side_by_side`] of them), each on a thread of its own,
+/// the results in item order whichever finished first, so that what callers sum from them has
+/// the same bits however many ran at once.
+pub fn wave<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
+    if items.len() < 2 {
+        return items.iter().map(f).collect();
+    }
+    items.par_iter().with_max_len(1).map(&f).collect()
 }

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use crate::config::VisionConfig;
 use crate::data::{ImageRef, LabeledImages, Preprocessor};
+use crate::device::{side_by_side, wave};
 use crate::error::{Error, Result};
 use crate::model::{VisionTower, logits};
 use crate::weights::{Weights, int_vec};
@@ -51,14 +52,13 @@ pub struct EvalSet<'a> {
 }
 
 impl EvalSet<'_> {
-    /// Top-1 accuracy of every task with the vision tower `w`. Tasks are scored side by side,
-    /// one per thread: a small tower's operations are too small for the CPU backend to split,
-    /// and each task's count is the same whichever thread computes it.
+    /// Top-1 accuracy of every task with the vision tower `w`. On the CPU tasks are scored side
+    /// by side ([`side_by_side`]): a small tower's operations are too small for the backend to
+    /// split, and each task's count is the same whichever thread computes it.
     pub fn score(&self, w: &crate::weights::Weights) -> Result<Vec<f64>> {
-        self.tasks
-            .par_iter()
-            .with_max_len(1)
-            .map(|t| {
+        let mut out = Vec::with_capacity(self.tasks.len());
+        for tasks in self.tasks.chunks(side_by_side(self.device)) {
+            out.extend(wave(tasks, |t| {
                 accuracy(
                     self.cfg,
                     w,
@@ -68,8 +68,9 @@ impl EvalSet<'_> {
                     self.device,
                     &ProgressBar::hidden(),
                 )
-            })
-            .collect()
+            })?);
+        }
+        Ok(out)
     }
 }
 

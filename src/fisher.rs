@@ -12,18 +12,18 @@
 //! - **exact**: per image, y drawn from the model's own p(·|x) (seeded), g = ∇ log p(y|x);
 //!   F = Σ_x g² / N: an unbiased estimate of the diagonal Fisher, one backward per image.
 //!
-//! Tasks are processed one at a time (two of a task's backwards side by side, on threads of their
-//! own, summed in order): the merge keeps two running sums, never K Fishers.
+//! Tasks are processed one at a time (on the CPU two of a task's backwards side by side, summed
+//! in order): the merge keeps two running sums, never K Fishers.
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
-use rayon::prelude::*;
 
 use crate::config::VisionConfig;
 use crate::data_merge::{DataInputs, DataMerge};
+use crate::device::{side_by_side, wave};
 use crate::error::{Error, Result};
 use crate::eval::check_head_width;
 use crate::model::{VisionTower, logits};
@@ -165,15 +165,13 @@ fn diagonal_of(
     }
     let mut sums: Vec<Option<Tensor<1>>> = vec![None; w.len()];
     let mut n = 0usize;
-    // Two backwards side by side, each from its own leaves of `w` (a graph small enough for
-    // burn's CPU backend to leave a core idle otherwise); their squares are summed in order.
-    for wave in units.chunks(2) {
-        let squares = wave
-            .par_iter()
-            .with_max_len(1)
-            .map(|(pixels, u)| squared_gradient(cfg, tv, w, head, pixels.clone(), *u))
-            .collect::<Result<Vec<_>>>()?;
-        for ((pixels, _), square) in wave.iter().zip(squares) {
+    // Backwards side by side on the CPU, each from its own leaves of `w` (burn's CPU backend
+    // leaves a core idle in much of one); their squares are summed in order.
+    for units in units.chunks(side_by_side(&head.device())) {
+        let squares = wave(units, |(pixels, u)| {
+            squared_gradient(cfg, tv, w, head, pixels.clone(), *u)
+        })?;
+        for ((pixels, _), square) in units.iter().zip(squares) {
             for (slot, g2) in sums.iter_mut().zip(square) {
                 if let Some(g2) = g2 {
                     *slot = Some(match slot.take() {

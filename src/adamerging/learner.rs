@@ -4,13 +4,13 @@ use std::time::Instant;
 
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::batches::BatchSource;
 use super::coefficients::{Coefficients, Granularity, effective};
 use super::objective::mean_entropy;
 use crate::config::VisionConfig;
+use crate::device::{side_by_side, wave};
 use crate::error::{Error, Result};
 use crate::eval::check_head_width;
 use crate::merge::{
@@ -199,16 +199,17 @@ impl LearnConfig {
         })
     }
 
-    /// How a step's `k` tasks go through a tower of shape `cfg`: tasks per forward and how many
-    /// such groups run side by side, each forward and backward on its own thread. A set
+    /// How a step's `k` tasks go through a tower of shape `cfg` on a device that runs `width`
+    /// forwards side by side ([`side_by_side`]): tasks per forward and how many such groups run
+    /// at once, each forward and backward on its own thread. A set
     /// `tasks_per_forward` runs its groups one at a time (its memory is the point). Unset, when
     /// all `k` tasks fit [`FORWARD_BUDGET_BYTES`] they go in two halves side by side, so that
     /// both cores of a laptop work even where the tower's operations are too small for the CPU
     /// backend to split; otherwise as many as fit, one group at a time. The groups depend on
     /// `cfg` and `k` alone, never on the thread count.
-    pub fn forward_plan(&self, cfg: &VisionConfig, k: usize) -> (usize, usize) {
+    pub fn forward_plan(&self, cfg: &VisionConfig, k: usize, width: usize) -> (usize, usize) {
         let fit = self.tasks_per_forward(cfg);
-        if self.tasks_per_forward.is_some() || fit < k || k < 2 {
+        if self.tasks_per_forward.is_some() || fit < k || k < 2 || width < 2 {
             (fit, 1)
         } else {
             (k.div_ceil(2), 2)
@@ -271,6 +272,8 @@ pub struct Learner<'a> {
     coefficients: Coefficients,
     optimizer: ModuleOptimizer,
     ad_device: Device,
+    /// Forwards the device runs side by side ([`side_by_side`]).
+    width: usize,
     step: usize,
 }
 
@@ -316,6 +319,7 @@ impl<'a> Learner<'a> {
             coefficients,
             optimizer: adam(),
             ad_device,
+            width: side_by_side(device),
             step: 0,
         })
     }
@@ -502,7 +506,7 @@ impl<'a> Learner<'a> {
         let batches: Vec<(usize, usize)> = (0..k_tasks)
             .flat_map(|task| (0..per_task).map(move |b| (task, b)))
             .collect();
-        let (tasks, side_by_side) = self.config.forward_plan(self.cfg, k_tasks);
+        let (tasks, at_once) = self.config.forward_plan(self.cfg, k_tasks, self.width);
         // Saturating: a user's huge `tasks_per_forward` means "all", never a wrapped 0.
         let group = tasks.saturating_mul(per_task).max(1);
         let groups: Vec<&[(usize, usize)]> = batches.chunks(group).collect();
@@ -514,13 +518,8 @@ impl<'a> Learner<'a> {
             source,
             merged,
         };
-        for wave in groups.chunks(side_by_side.max(1)) {
-            let parts = wave
-                .par_iter()
-                .with_max_len(1)
-                .map(|chunk| pass.run(chunk))
-                .collect::<Result<Vec<_>>>()?;
-            for (grads, entropies) in parts {
+        for groups in groups.chunks(at_once.max(1)) {
+            for (grads, entropies) in wave(groups, |chunk| pass.run(chunk))? {
                 for (task, v) in entropies {
                     entropy[task] += v;
                 }
@@ -772,14 +771,19 @@ mod tests {
         };
         assert_eq!(fixed.tasks_per_forward(&l14), 3);
         // Two halves side by side only where every task fits and none was set.
-        assert_eq!(config.forward_plan(&suite, 8), (4, 2));
-        assert_eq!(config.forward_plan(&suite, 3), (2, 2));
+        assert_eq!(config.forward_plan(&suite, 8, 2), (4, 2));
+        assert_eq!(config.forward_plan(&suite, 3, 2), (2, 2));
         assert_eq!(
-            config.forward_plan(&suite, 1),
+            config.forward_plan(&suite, 1, 2),
             (config.tasks_per_forward(&suite), 1)
         );
-        assert_eq!(config.forward_plan(&b32, 8), (4, 1));
-        assert_eq!(config.forward_plan(&b32, 4), (2, 2));
-        assert_eq!(fixed.forward_plan(&suite, 8), (3, 1));
+        // One at a time on a GPU.
+        assert_eq!(
+            config.forward_plan(&suite, 8, 1),
+            (config.tasks_per_forward(&suite), 1)
+        );
+        assert_eq!(config.forward_plan(&b32, 8, 2), (4, 1));
+        assert_eq!(config.forward_plan(&b32, 4, 2), (2, 2));
+        assert_eq!(fixed.forward_plan(&suite, 8, 2), (3, 1));
     }
 }

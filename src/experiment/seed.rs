@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
-use rayon::prelude::*;
 
 use super::config::Experiment;
 use crate::adamerging::{
@@ -17,6 +16,7 @@ use crate::adamerging::{
 use crate::checkpoint::{Checkpoint, load_weights};
 use crate::config::VisionConfig;
 use crate::data_merge::{DataInputs, DataMerge};
+use crate::device::{side_by_side, wave};
 use crate::error::{Error, Result};
 use crate::eval::EvalSet;
 use crate::layout::RunDir;
@@ -313,12 +313,12 @@ fn adaptation_entropy(
     sampler: &ImageSampler<'_>,
 ) -> Result<f64> {
     let tower = VisionTower::new(cfg, w)?;
-    // Tasks side by side, one per thread; their means are summed in task order after.
-    let means = heads
-        .par_iter()
-        .with_max_len(1)
-        .enumerate()
-        .map(|(k, head)| {
+    // Tasks side by side on the CPU; their means are summed in task order after.
+    let tasks: Vec<(usize, &Tensor<2>)> = heads.iter().enumerate().collect();
+    let mut means = Vec::with_capacity(tasks.len());
+    let width = heads.first().map_or(1, |h| side_by_side(&h.device()));
+    for tasks in tasks.chunks(width) {
+        means.extend(wave(tasks, |&(k, head)| {
             let steps = if sampler.batch_len(k) == sampler.task_len(k) {
                 1
             } else {
@@ -331,8 +331,8 @@ fn adaptation_entropy(
                 sum += scalar(mean_entropy(logits(embeds, head.clone())))?;
             }
             Ok(sum / steps as f64)
-        })
-        .collect::<Result<Vec<f64>>>()?;
+        })?);
+    }
     Ok(means.iter().sum())
 }
 

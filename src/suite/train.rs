@@ -7,11 +7,11 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
-use rayon::prelude::*;
 
 use super::images::{Factor, SIDE, Sample, Task};
 use super::tiny_clip::{PIXEL_MEAN, PIXEL_STD};
 use crate::config::VisionConfig;
+use crate::device::{side_by_side, wave};
 use crate::error::{Error, Result};
 use crate::model::{VisionTower, normalize_rows};
 use crate::weights::{FlatTensor, Weights, scalar};
@@ -95,7 +95,8 @@ impl WeightsAdam {
     }
 
     /// One step over a batch split in `shards`: each shard's `loss` is evaluated on its own
-    /// autodiff leaves of `w` and back-propagated on its own thread, the shards' gradients are
+    /// autodiff leaves of `w` and back-propagated (on threads of their own on the CPU, see
+    /// [`side_by_side`]), the shards' gradients are
     /// summed in shard order and every tensor of `w` is updated in place. A shard's loss must be
     /// its part of the batch's loss (e.g. its mean scaled by its share of the batch), so the sum
     /// is the batch's gradient. The shards and the order of their sum are the same on one core
@@ -108,11 +109,16 @@ impl WeightsAdam {
         loss: impl Fn(&Weights, &S) -> Result<Tensor<1>> + Sync,
     ) -> Result<f64> {
         let names: Vec<String> = w.names().map(str::to_string).collect();
-        let parts = shards
-            .par_iter()
-            .with_max_len(1)
-            .map(|shard| shard_gradients(w, &names, shard, &loss))
-            .collect::<Result<Vec<_>>>()?;
+        let width = w
+            .iter()
+            .next()
+            .map_or(1, |(_, t)| side_by_side(&t.data.device()));
+        let mut parts = Vec::with_capacity(shards.len());
+        for shards in shards.chunks(width) {
+            parts.extend(wave(shards, |shard| {
+                shard_gradients(w, &names, shard, &loss)
+            })?);
+        }
         let value: f64 = parts.iter().map(|(v, _)| v).sum();
         if !value.is_finite() {
             return Err(Error::invalid(
