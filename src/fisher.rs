@@ -21,6 +21,7 @@ use indicatif::ProgressBar;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
+use crate::adamerging::{FORWARD_BUDGET_BYTES, activation_bytes_per_image};
 use crate::config::VisionConfig;
 use crate::data_merge::{DataInputs, DataMerge};
 use crate::device::{side_by_side, wave};
@@ -166,8 +167,15 @@ fn diagonal_of(
     let mut sums: Vec<Option<Tensor<1>>> = vec![None; w.len()];
     let mut n = 0usize;
     // Backwards side by side on the CPU, each from its own leaves of `w` (burn's CPU backend
-    // leaves a core idle in much of one); their squares are summed in order.
-    for units in units.chunks(side_by_side(&head.device())) {
+    // leaves a core idle in much of one), where their activations fit the learner's budget
+    // (ViT-B/32 batches of 32: yes; ViT-L/14's: one at a time); their squares are summed in order.
+    let images = units.iter().map(|(p, _)| p.dims()[0]).max().unwrap_or(1);
+    let width = side_by_side(&head.device());
+    let fits = width
+        .saturating_mul(images)
+        .saturating_mul(activation_bytes_per_image(cfg))
+        <= FORWARD_BUDGET_BYTES;
+    for units in units.chunks(if fits { width } else { 1 }) {
         let squares = wave(units, |(pixels, u)| {
             squared_gradient(cfg, tv, w, head, pixels.clone(), *u)
         })?;

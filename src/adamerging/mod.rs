@@ -19,7 +19,9 @@ pub use coefficients::{Coefficients, Granularity};
 pub use job::{
     Job, JobReport, LearnOptions, learn_with, report_markdown, run_job, sampler_for, write_merged,
 };
-pub use learner::{LearnConfig, Learner, StepRecord};
+pub use learner::{
+    FORWARD_BUDGET_BYTES, LearnConfig, Learner, StepRecord, activation_bytes_per_image,
+};
 pub use objective::mean_entropy;
 pub use outputs::{LearnedLambda, LearnedUnit, PAPER, RunLog};
 pub use session::{Outcome, Session};
