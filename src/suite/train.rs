@@ -96,11 +96,10 @@ impl WeightsAdam {
 
     /// One step over a batch split in `shards`: each shard's `loss` is evaluated on its own
     /// autodiff leaves of `w` and back-propagated (on threads of their own on the CPU, see
-    /// [`side_by_side`]), the shards' gradients are
-    /// summed in shard order and every tensor of `w` is updated in place. A shard's loss must be
-    /// its part of the batch's loss (e.g. its mean scaled by its share of the batch), so the sum
-    /// is the batch's gradient. The shards and the order of their sum are the same on one core
-    /// or many. Returns the batch's loss.
+    /// [`side_by_side`]), the shards' gradients are summed in shard order and every tensor of
+    /// `w` is updated in place. A shard's loss must be its part of the batch's loss (e.g. its
+    /// mean scaled by its share of the batch), so the sum is the batch's gradient. The shards
+    /// and the order of their sum are the same on one core or many. Returns the batch's loss.
     pub fn step<S: Sync>(
         &mut self,
         w: &mut Weights,
