@@ -96,3 +96,16 @@ pub fn wave<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync) -
     }
     items.par_iter().with_max_len(1).map(&f).collect()
 }
+
+/// `f` over all `items`, [`wave`] by wave of `width`, the results in item order.
+pub fn waves<T: Sync, R: Send>(
+    items: &[T],
+    width: usize,
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let mut out = Vec::with_capacity(items.len());
+    for items in items.chunks(width.max(1)) {
+        out.extend(wave(items, &f)?);
+    }
+    Ok(out)
+}

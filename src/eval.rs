@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::config::VisionConfig;
 use crate::data::{ImageRef, LabeledImages, Preprocessor};
-use crate::device::{side_by_side, wave};
+use crate::device::{side_by_side, waves};
 use crate::error::{Error, Result};
 use crate::model::{VisionTower, logits};
 use crate::weights::{Weights, int_vec};
@@ -56,21 +56,17 @@ impl EvalSet<'_> {
     /// by side ([`side_by_side`]): a small tower's operations are too small for the backend to
     /// split, and each task's count is the same whichever thread computes it.
     pub fn score(&self, w: &crate::weights::Weights) -> Result<Vec<f64>> {
-        let mut out = Vec::with_capacity(self.tasks.len());
-        for tasks in self.tasks.chunks(side_by_side(self.device)) {
-            out.extend(wave(tasks, |t| {
-                accuracy(
-                    self.cfg,
-                    w,
-                    self.pre,
-                    t,
-                    self.batch_size,
-                    self.device,
-                    &ProgressBar::hidden(),
-                )
-            })?);
-        }
-        Ok(out)
+        waves(self.tasks, side_by_side(self.device), |t| {
+            accuracy(
+                self.cfg,
+                w,
+                self.pre,
+                t,
+                self.batch_size,
+                self.device,
+                &ProgressBar::hidden(),
+            )
+        })
     }
 }
 

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::eval::check_head_width;
 use crate::model::{VisionTower, logits};
 use crate::task_vector::TaskVectors;
-use crate::weights::{Weights, tensor_to_vec};
+use crate::weights::{TensorGrads, Weights, add_grads, tensor_to_vec};
 
 /// The paper.
 pub const PAPER: &str =
@@ -164,7 +164,7 @@ fn diagonal_of(
             }
         }
     }
-    let mut sums: Vec<Option<Tensor<1>>> = vec![None; w.len()];
+    let mut sums: TensorGrads = vec![None; w.len()];
     let mut n = 0usize;
     // Backwards side by side on the CPU, each from its own leaves of `w` (burn's CPU backend
     // leaves a core idle in much of one), where their activations fit the learner's budget
@@ -180,14 +180,7 @@ fn diagonal_of(
             squared_gradient(cfg, tv, w, head, pixels.clone(), *u)
         })?;
         for ((pixels, _), square) in units.iter().zip(squares) {
-            for (slot, g2) in sums.iter_mut().zip(square) {
-                if let Some(g2) = g2 {
-                    *slot = Some(match slot.take() {
-                        Some(s) => s + g2,
-                        None => g2,
-                    });
-                }
-            }
+            add_grads(&mut sums, square);
             let b = pixels.dims()[0];
             n += b;
             progress.inc(b as u64);
@@ -221,7 +214,7 @@ fn squared_gradient(
     head: &Tensor<2>,
     pixels: Tensor<4>,
     u: Option<f64>,
-) -> Result<Vec<Option<Tensor<1>>>> {
+) -> Result<TensorGrads> {
     let leaves = w.map(|_, t| t.autodiff().require_grad());
     let model = tv.complete(leaves.clone());
     let embeds = VisionTower::new(cfg, &model)?.image_embeds(pixels)?;

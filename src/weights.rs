@@ -61,6 +61,23 @@ pub fn tensor_to_vec(t: Tensor<1>) -> Result<Vec<f32>> {
         .map_err(read_back)
 }
 
+/// One gradient per tensor of a weight set, in its order (None where none reaches a tensor).
+pub type TensorGrads = Vec<Option<Tensor<1>>>;
+
+/// Adds `grads` into `sums`, tensor by tensor: `sum + g`, in that order, so that sums taken in a
+/// fixed order of parts have the same bits however the parts were computed.
+pub fn add_grads(
+    sums: &mut [Option<Tensor<1>>],
+    grads: impl IntoIterator<Item = Option<Tensor<1>>>,
+) {
+    for (sum, g) in sums.iter_mut().zip(grads) {
+        *sum = match (sum.take(), g) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
 /// Reads a scalar (a one-element tensor) to the host as f64.
 pub fn scalar(t: Tensor<1>) -> Result<f64> {
     let v = tensor_to_vec(t)?;

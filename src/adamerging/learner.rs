@@ -19,7 +19,7 @@ use crate::merge::{
 };
 use crate::model::{VisionTower, logits};
 use crate::task_vector::{Layering, LayeringKind, TaskVectors};
-use crate::weights::{Weights, tensor_to_vec};
+use crate::weights::{TensorGrads, Weights, add_grads, tensor_to_vec};
 
 /// What is learned and how (docs/design.md §3 defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -523,12 +523,7 @@ impl<'a> Learner<'a> {
                 for (task, v) in entropies {
                     entropy[task] += v;
                 }
-                for (slot, g) in grad_w.iter_mut().zip(grads) {
-                    *slot = match (slot.take(), g) {
-                        (Some(acc), Some(g)) => Some(acc + g),
-                        (acc, g) => acc.or(g),
-                    };
-                }
+                add_grads(&mut grad_w, grads);
             }
         }
         Ok((grad_w, entropy))
@@ -678,9 +673,6 @@ fn adam() -> ModuleOptimizer {
         .with_epsilon(1e-8)
         .init()
 }
-
-/// A gradient per merged tensor, in the weights' order (None where no gradient reaches one).
-type TensorGrads = Vec<Option<Tensor<1>>>;
 
 /// What one group of batches' forward and backward reads; shared by the groups that run side
 /// by side (the learner's optimiser stays on its own thread).

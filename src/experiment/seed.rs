@@ -16,7 +16,7 @@ use crate::adamerging::{
 use crate::checkpoint::{Checkpoint, load_weights};
 use crate::config::VisionConfig;
 use crate::data_merge::{DataInputs, DataMerge};
-use crate::device::{side_by_side, wave};
+use crate::device::{side_by_side, waves};
 use crate::error::{Error, Result};
 use crate::eval::EvalSet;
 use crate::layout::RunDir;
@@ -315,24 +315,21 @@ fn adaptation_entropy(
     let tower = VisionTower::new(cfg, w)?;
     // Tasks side by side on the CPU; their means are summed in task order after.
     let tasks: Vec<(usize, &Tensor<2>)> = heads.iter().enumerate().collect();
-    let mut means = Vec::with_capacity(tasks.len());
     let width = heads.first().map_or(1, |h| side_by_side(&h.device()));
-    for tasks in tasks.chunks(width) {
-        means.extend(wave(tasks, |&(k, head)| {
-            let steps = if sampler.batch_len(k) == sampler.task_len(k) {
-                1
-            } else {
-                ENTROPY_STEPS
-            };
-            let mut sum = 0.0;
-            for step in 0..steps {
-                let pixels = sampler.batch(k, step, 0)?;
-                let embeds = tower.image_embeds(pixels)?;
-                sum += scalar(mean_entropy(logits(embeds, head.clone())))?;
-            }
-            Ok(sum / steps as f64)
-        })?);
-    }
+    let means = waves(&tasks, width, |&(k, head)| {
+        let steps = if sampler.batch_len(k) == sampler.task_len(k) {
+            1
+        } else {
+            ENTROPY_STEPS
+        };
+        let mut sum = 0.0;
+        for step in 0..steps {
+            let pixels = sampler.batch(k, step, 0)?;
+            let embeds = tower.image_embeds(pixels)?;
+            sum += scalar(mean_entropy(logits(embeds, head.clone())))?;
+        }
+        Ok(sum / steps as f64)
+    })?;
     Ok(means.iter().sum())
 }
 

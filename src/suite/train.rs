@@ -11,10 +11,10 @@ use rand::{RngExt, SeedableRng};
 use super::images::{Factor, SIDE, Sample, Task};
 use super::tiny_clip::{PIXEL_MEAN, PIXEL_STD};
 use crate::config::VisionConfig;
-use crate::device::{side_by_side, wave};
+use crate::device::{side_by_side, waves};
 use crate::error::{Error, Result};
 use crate::model::{VisionTower, normalize_rows};
-use crate::weights::{FlatTensor, Weights, scalar};
+use crate::weights::{FlatTensor, TensorGrads, Weights, add_grads, scalar};
 
 /// Images in memory, bytes as they are saved to PNG, with every factor's class.
 #[derive(Debug, Clone, Default)]
@@ -112,12 +112,9 @@ impl WeightsAdam {
             .iter()
             .next()
             .map_or(1, |(_, t)| side_by_side(&t.data.device()));
-        let mut parts = Vec::with_capacity(shards.len());
-        for shards in shards.chunks(width) {
-            parts.extend(wave(shards, |shard| {
-                shard_gradients(w, &names, shard, &loss)
-            })?);
-        }
+        let parts = waves(shards, width, |shard| {
+            shard_gradients(w, &names, shard, &loss)
+        })?;
         let value: f64 = parts.iter().map(|(v, _)| v).sum();
         if !value.is_finite() {
             return Err(Error::invalid(
@@ -125,14 +122,9 @@ impl WeightsAdam {
                 format!("the loss became {value}"),
             ));
         }
-        let mut sums: Vec<Option<Tensor<1>>> = vec![None; names.len()];
+        let mut sums: TensorGrads = vec![None; names.len()];
         for (_, grads) in parts {
-            for (sum, g) in sums.iter_mut().zip(grads) {
-                *sum = match (sum.take(), g) {
-                    (Some(a), Some(b)) => Some(a + b),
-                    (a, b) => a.or(b),
-                };
-            }
+            add_grads(&mut sums, grads);
         }
         for (i, (name, g)) in names.iter().zip(sums).enumerate() {
             let (Some(current), Some(g)) = (w.get(name), g) else {
@@ -156,7 +148,7 @@ fn shard_gradients<S>(
     names: &[String],
     shard: &S,
     loss: &impl Fn(&Weights, &S) -> Result<Tensor<1>>,
-) -> Result<(f64, Vec<Option<Tensor<1>>>)> {
+) -> Result<(f64, TensorGrads)> {
     let leaves = w.map(|_, t| t.autodiff().require_grad());
     let loss = loss(&leaves, shard)?;
     let value = scalar(loss.clone().inner())?;
