@@ -2,7 +2,7 @@
 //! (`scripts/reference/reference_adamerging.py`, fixture in `tests/fixtures/adamerging/`), finite
 //! differences, and resumption.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;

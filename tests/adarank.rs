@@ -3,7 +3,7 @@
 //! on the AdaMerging fixture's models), central finite differences, resumption, and saved
 //! coefficients applied again.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;

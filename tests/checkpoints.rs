@@ -1,7 +1,7 @@
 //! Checkpoint layouts (sharded CLIPModel + f16/bf16 CLIPVisionModel fine-tunes), writing, bad
 //! input, the diagnostics, and the transformers load check where Python has transformers.
 
-mod common;
+use crate::common;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! `scripts/fixtures/make_clip_fixtures.py`): both activations, vision and text towers, the
 //! tokenizer, zero-shot heads and logits.
 
-mod common;
+use crate::common;
 
 use adamerge::checkpoint::{Checkpoint, load_weights};
 use adamerge::config::{TextConfig, VisionConfig};

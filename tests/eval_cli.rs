@@ -1,7 +1,7 @@
 //! `adamerge eval` end to end on a tiny CLIP model and an ImageFolder made of the fixture
 //! images, checked against the library computing the same accuracy.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! byte but for timing fields, with no debris and no event logged twice; every "try X" that an
 //! error message suggests works; and the smaller input errors say precisely what is wrong.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! where the batch, exact (sampled) and argmax Fishers all differ), its defining properties (one
 //! task gives back its own model), and `merge --method fisher --task ...` end to end.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -1,7 +1,7 @@
 //! Fixed merges against the independent numpy reference (`scripts/reference/reference_merge.py`,
 //! fixtures in `tests/fixtures/merge/a`), hand-computed cases and identities.
 
-mod common;
+use crate::common;
 
 use adamerge::merge::{
     Aggregate, Dare, DareInner, DareMasks, MergeMethod, TaskArithmetic, Ties, TrimScope,

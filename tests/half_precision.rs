@@ -2,7 +2,7 @@
 //! the learner over half vectors must equal the f32 path run on the same vectors rounded on the
 //! host (so nothing but the storage changed), and stay within the rounding of the f32 results.
 
-mod common;
+use crate::common;
 
 use adamerge::adamerging::{LearnConfig, Learner};
 use adamerge::merge::{

@@ -1,7 +1,7 @@
 //! `adamerge learn` and `adamerge merge --method adamerging` end to end on the tiny AdaMerging
 //! fixture models, with ImageFolders of generated PNGs.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

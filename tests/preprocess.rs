@@ -1,7 +1,7 @@
 //! CLIP image preprocessing against `transformers`' PIL image processor (fixtures written by
 //! `scripts/fixtures/make_clip_fixtures.py`): decode, Pillow bicubic resize, crop, normalise.
 
-mod common;
+use crate::common;
 
 use adamerge::data::{Preprocessor, Rgb8, decode, resize_bicubic, shortest_edge_size};
 use common::*;

@@ -4,7 +4,7 @@
 //! Grams that is not positive definite is an error naming the layer. And `merge --method
 //! regmean|regmean++ --task ...` end to end: the library's merge of the images it names.
 
-mod common;
+use crate::common;
 
 use adamerge::data::{Preprocessor, UnlabeledImages};
 use adamerge::regmean::RegMean;

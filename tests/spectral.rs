@@ -3,7 +3,7 @@
 //! matrices, ranks K does not divide, a task whose τ is exactly rank-deficient, a rounding tie),
 //! the shared SVD pass of a run against one merge at a time, and `merge --method ...` end to end.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

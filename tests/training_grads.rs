@@ -2,7 +2,7 @@
 //! `scripts/fixtures/make_grad_fixtures.py` on the quick_gelu CLIP fixture): every tensor of the
 //! tower, the projection and the pretraining probes.
 
-mod common;
+use crate::common;
 
 use adamerge::config::VisionConfig;
 use adamerge::suite::images::Factor;
