@@ -1,4 +1,5 @@
-//! The integration tests, built as one test binary: each file of `tests/` is a module of it.
+//! The integration tests, built as one test binary: each file of `tests/` is a module of it, but
+//! for `user_files.rs`, which measures the memory of the processes it starts (see Cargo.toml).
 //! One binary compiles and links against the library (burn, and wgpu where enabled) once instead
 //! of once per file: 30 s of a cold wgpu test build instead of 125 s for twenty binaries.
 
@@ -23,4 +24,3 @@ mod regmean;
 mod spectral;
 mod suite;
 mod training_grads;
-mod user_files;

@@ -3,7 +3,7 @@
 //! process at a time writes a run folder. Every case compares the files on disk before and
 //! after, not exit codes alone.
 
-use crate::common;
+mod common;
 
 use std::io::Write;
 use std::path::Path;
