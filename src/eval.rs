@@ -53,16 +53,21 @@ pub struct EvalSet<'a> {
 
 impl EvalSet<'_> {
     /// Top-1 accuracy of every task with the vision tower `w`. On the CPU tasks are scored side
-    /// by side ([`side_by_side`]): a small tower's operations are too small for the backend to
-    /// split, and each task's count is the same whichever thread computes it.
+    /// by side ([`side_by_side`]), each task's batches in turn: a small tower's operations are
+    /// too small for the backend to split, and each task's count is the same whichever thread
+    /// computes it.
     pub fn score(&self, w: &crate::weights::Weights) -> Result<Vec<f64>> {
         waves(self.tasks, side_by_side(self.device), |t| {
-            accuracy(
+            let batches = Batches {
+                size: self.batch_size,
+                side_by_side: 1,
+            };
+            accuracy_in(
                 self.cfg,
                 w,
                 self.pre,
                 t,
-                self.batch_size,
+                batches,
                 self.device,
                 &ProgressBar::hidden(),
             )
@@ -85,13 +90,39 @@ pub fn check_head_width(cfg: &VisionConfig, task: &str, head: &Tensor<2>) -> Res
     Ok(())
 }
 
-/// Top-1 accuracy of `task.head` on `task.data` with the vision tower `w`.
+/// Top-1 accuracy of `task.head` on `task.data` with the vision tower `w`. On the CPU batches
+/// go side by side ([`side_by_side`]): the backend runs its element-wise operations on one core,
+/// so a second batch keeps the other busy; each batch is the same whichever thread runs it, so
+/// the count is too.
 pub fn accuracy(
     cfg: &VisionConfig,
     w: &Weights,
     pre: &Preprocessor,
     task: &EvalTask,
     batch_size: usize,
+    device: &Device,
+    progress: &ProgressBar,
+) -> Result<f64> {
+    let batches = Batches {
+        size: batch_size,
+        side_by_side: side_by_side(device),
+    };
+    accuracy_in(cfg, w, pre, task, batches, device, progress)
+}
+
+/// How a task's images are cut into batches and how many of them run at once.
+#[derive(Clone, Copy)]
+struct Batches {
+    size: usize,
+    side_by_side: usize,
+}
+
+fn accuracy_in(
+    cfg: &VisionConfig,
+    w: &Weights,
+    pre: &Preprocessor,
+    task: &EvalTask,
+    batches: Batches,
     device: &Device,
     progress: &ProgressBar,
 ) -> Result<f64> {
@@ -108,8 +139,8 @@ pub fn accuracy(
         ));
     }
     let tower = VisionTower::new(cfg, w)?;
-    let mut correct = 0usize;
-    for chunk in task.data.items.chunks(batch_size.max(1)) {
+    let chunks: Vec<_> = task.data.items.chunks(batches.size.max(1)).collect();
+    let counts = waves(&chunks, batches.side_by_side, |chunk| {
         let images: Vec<&ImageRef> = chunk.iter().map(|(p, _)| p).collect();
         let pixels = load_batch(&images, pre, device)?;
         let embeds = tower.image_embeds(pixels)?;
@@ -118,13 +149,14 @@ pub fn accuracy(
                 .argmax(1)
                 .reshape([chunk.len()]),
         )?;
-        correct += predicted
-            .iter()
-            .zip(chunk)
-            .filter(|(p, (_, label))| **p == *label as i64)
-            .count();
         progress.inc(chunk.len() as u64);
-    }
+        Ok(predicted
+            .iter()
+            .zip(chunk.iter())
+            .filter(|(p, (_, label))| **p == *label as i64)
+            .count())
+    })?;
+    let correct: usize = counts.iter().sum();
     Ok(correct as f64 / task.data.items.len().max(1) as f64)
 }
 

@@ -9,8 +9,8 @@ use std::process::Command;
 use adamerge::checkpoint::{Checkpoint, load_weights};
 use adamerge::config::{TextConfig, VisionConfig};
 use adamerge::data::{LabeledImages, Preprocessor};
-use adamerge::eval::{HeadSource, accuracy, prepare_task};
-use adamerge::model::ClipTokenizer;
+use adamerge::eval::{HeadSource, accuracy, load_batch, prepare_task};
+use adamerge::model::{ClipTokenizer, VisionTower, logits};
 use burn::tensor::Device;
 use common::*;
 use indicatif::ProgressBar;
@@ -69,10 +69,32 @@ fn eval_prints_the_accuracy_the_library_computes() {
     .unwrap();
     assert_eq!(task.data.classes, vec!["circle", "square", "triangle"]);
     let pre = Preprocessor::from_dir(&model, vision.image_size).unwrap();
-    let acc = accuracy(&vision, &w, &pre, &task, 4, &device, &ProgressBar::hidden()).unwrap();
+    let bar = ProgressBar::hidden();
+    let acc = accuracy(&vision, &w, &pre, &task, 4, &device, &bar).unwrap();
+    assert_eq!(bar.position(), 6, "every image counted once");
     // Batch size does not change the answer.
     let acc1 = accuracy(&vision, &w, &pre, &task, 1, &device, &ProgressBar::hidden()).unwrap();
     assert_eq!(acc, acc1);
+    // Nor do the batches that go side by side on the CPU: the count made here, one image at a
+    // time, is the same.
+    let tower = VisionTower::new(&vision, &w).unwrap();
+    let correct = task
+        .data
+        .items
+        .iter()
+        .filter(|(image, label)| {
+            let pixels = load_batch(&[image], &pre, &device).unwrap();
+            let scores = flat(logits(
+                tower.image_embeds(pixels).unwrap(),
+                task.head.clone(),
+            ));
+            let best = (0..scores.len())
+                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+                .unwrap();
+            best == *label
+        })
+        .count();
+    assert_eq!(acc, correct as f64 / 6.0);
 
     // The CLI caches the heads it builds: a second run reads them back and agrees.
     let cache = tmp.path().join("cache");
