@@ -45,9 +45,9 @@ pub struct LearnConfig {
     pub seed: u64,
     /// AdaMerging++: learn over TIES-processed task vectors trimmed to this fraction.
     pub ties_k: Option<f64>,
-    /// Tasks whose batches share one forward and one backward; `None` picks as many as fit
-    /// [`FORWARD_BUDGET_BYTES`] of activations (see [`LearnConfig::forward_plan`]), 1 is one
-    /// task at a time (the least memory). Only float rounding depends on it.
+    /// Tasks whose batches share one forward and one backward, the groups in turn; `None` picks
+    /// from [`FORWARD_BUDGET_BYTES`] of activations (see [`LearnConfig::forward_plan`]), 1 is
+    /// one task at a time (the least memory). Only float rounding depends on it.
     pub tasks_per_forward: Option<usize>,
     /// AdaRank: learn masks over the singular components of the task vectors' matrices too.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,14 +205,17 @@ impl LearnConfig {
     /// `tasks_per_forward` runs its groups one at a time (its memory is the point). Unset, when
     /// all `k` tasks fit [`FORWARD_BUDGET_BYTES`] they go in two halves side by side, so that
     /// both cores of a laptop work even where the tower's operations are too small for the CPU
-    /// backend to split; otherwise as many as fit, one group at a time. The groups depend on
-    /// `cfg` and `k` alone, never on the thread count.
+    /// backend to split; when fewer fit, groups of half as many go two at a time (the same
+    /// memory); when only one fits, one task at a time. The groups depend on `cfg` and `k`
+    /// alone, never on the thread count.
     pub fn forward_plan(&self, cfg: &VisionConfig, k: usize, width: usize) -> (usize, usize) {
         let fit = self.tasks_per_forward(cfg);
-        if self.tasks_per_forward.is_some() || fit < k || k < 2 || width < 2 {
+        if self.tasks_per_forward.is_some() || k < 2 || width < 2 || fit < 2 {
             (fit, 1)
-        } else {
+        } else if fit >= k {
             (k.div_ceil(2), 2)
+        } else {
+            (fit / 2, 2)
         }
     }
 
@@ -762,7 +765,8 @@ mod tests {
             ..LearnConfig::default()
         };
         assert_eq!(fixed.tasks_per_forward(&l14), 3);
-        // Two halves side by side only where every task fits and none was set.
+        // Two halves side by side where every task fits and none was set; where fewer fit, two
+        // groups of half as many; where one fits (L/14), one at a time.
         assert_eq!(config.forward_plan(&suite, 8, 2), (4, 2));
         assert_eq!(config.forward_plan(&suite, 3, 2), (2, 2));
         assert_eq!(
@@ -774,8 +778,11 @@ mod tests {
             config.forward_plan(&suite, 8, 1),
             (config.tasks_per_forward(&suite), 1)
         );
-        assert_eq!(config.forward_plan(&b32, 8, 2), (4, 1));
+        assert_eq!(config.forward_plan(&b32, 8, 2), (2, 2));
+        assert_eq!(config.forward_plan(&b32, 8, 1), (4, 1));
         assert_eq!(config.forward_plan(&b32, 4, 2), (2, 2));
+        assert_eq!(config.forward_plan(&l14, 8, 2), (1, 1));
+        assert_eq!(two_batches.forward_plan(&b32, 8, 2), (1, 2));
         assert_eq!(fixed.forward_plan(&suite, 8, 2), (3, 1));
     }
 }

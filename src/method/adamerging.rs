@@ -83,7 +83,7 @@ pub(super) const BATCHES_PER_TASK: Param = int_at_least_1(
 
 pub(super) const TASKS_PER_FORWARD: Param = Param {
     name: "tasks_per_forward",
-    help: "tasks whose batches share one forward and backward (default: as many as fit 4 GiB of activations, in two halves side by side on two threads where all fit; 1 = one task at a time, the least memory)",
+    help: "tasks whose batches share one forward and backward, the groups in turn (default: from 4 GiB of activations, two groups side by side on the CPU: halves where all tasks fit, else half as many as fit; 1 = one task at a time, the least memory)",
     kind: Kind::Int {
         min: 1,
         max: u64::MAX,
