@@ -206,7 +206,7 @@ impl LearnConfig {
     /// all `k` tasks fit [`FORWARD_BUDGET_BYTES`] they go in two halves side by side, so that
     /// both cores of a laptop work even where the tower's operations are too small for the CPU
     /// backend to split; when fewer fit, groups of half as many go two at a time (the same
-    /// memory); when only one fits, one task at a time. The groups depend on `cfg` and `k`
+    /// activations); when only one fits, one task at a time. The groups depend on `cfg` and `k`
     /// alone, never on the thread count.
     pub fn forward_plan(&self, cfg: &VisionConfig, k: usize, width: usize) -> (usize, usize) {
         let fit = self.tasks_per_forward(cfg);
