@@ -57,11 +57,11 @@ impl EvalSet<'_> {
     /// too small for the backend to split, and each task's count is the same whichever thread
     /// computes it.
     pub fn score(&self, w: &crate::weights::Weights) -> Result<Vec<f64>> {
+        let batches = Batches {
+            size: self.batch_size,
+            side_by_side: 1,
+        };
         waves(self.tasks, side_by_side(self.device), |t| {
-            let batches = Batches {
-                size: self.batch_size,
-                side_by_side: 1,
-            };
             accuracy_in(
                 self.cfg,
                 w,
