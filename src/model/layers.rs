@@ -3,7 +3,7 @@
 //! each looked up and shape-checked once when the view is built, and run with an optional
 //! observer of the inputs of every linear layer.
 
-use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::module::{attention, layer_norm, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
@@ -288,7 +288,7 @@ impl EncoderLayer {
             if let Some(m) = mask {
                 scores = scores.mask_fill(m.clone(), f32::NEG_INFINITY);
             }
-            softmax(scores, 3).matmul(v)
+            super::kernels::softmax_last(scores).matmul(v)
         };
         let attn = context.swap_dims(1, 2).reshape([b, t, width]);
         obs.linear_input(l, LinearKind::Out, &attn);
@@ -314,7 +314,7 @@ pub(crate) fn encoder_layers(
 
 fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
     match act {
-        Activation::QuickGelu => x.clone() * sigmoid(x.mul_scalar(1.702)),
+        Activation::QuickGelu => super::kernels::quick_gelu(x),
         Activation::Gelu => gelu(x),
     }
 }

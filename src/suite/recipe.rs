@@ -7,8 +7,9 @@ use super::compare::AdaMergingRun;
 use crate::error::{Error, Result};
 
 /// Bumped whenever the recipe or the generator changes what a seed produces; part of the cache
-/// key, so an old suite is never mistaken for a new one. v4: batches back-propagated in shards.
-pub const RECIPE_VERSION: u32 = 4;
+/// key, so an old suite is never mistaken for a new one. v4: batches back-propagated in shards;
+/// v5: quick_gelu and the attention softmax as fused kernels with a polynomial `exp`.
+pub const RECIPE_VERSION: u32 = 5;
 
 /// How large a suite is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
