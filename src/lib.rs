@@ -19,6 +19,7 @@ pub mod events;
 pub mod experiment;
 pub mod fault;
 pub mod fisher;
+pub(crate) mod kernels;
 pub mod layout;
 pub mod linalg;
 pub mod merge;

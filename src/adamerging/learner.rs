@@ -13,6 +13,7 @@ use crate::config::VisionConfig;
 use crate::device::{side_by_side, wave};
 use crate::error::{Error, Result};
 use crate::eval::check_head_width;
+use crate::kernels;
 use crate::merge::{
     Aggregate, Base, ComponentConfig, ComponentMerge, Decomposition, MaskKind, TensorMerge, Ties,
     TrimScope, WeightedSum, merge_all,
@@ -567,14 +568,14 @@ impl<'a> Learner<'a> {
                     }
                 }
                 None => {
-                    for k in 0..k_tasks {
-                        let tau = self.tv.tau(k, name)?;
-                        dots.push((g.clone() * tau).sum());
-                        reads.push(Read::Dot {
-                            slot: k * l_units + u,
-                            weight: scale,
-                        });
-                    }
+                    let taus = (0..k_tasks)
+                        .map(|k| self.tv.tau(k, name))
+                        .collect::<Result<Vec<_>>>()?;
+                    dots.push(kernels::dots(g, &taus));
+                    reads.extend((0..k_tasks).map(|k| Read::Dot {
+                        slot: k * l_units + u,
+                        weight: scale,
+                    }));
                 }
             }
         }

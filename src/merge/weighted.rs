@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 
 use super::{TensorMerge, VectorSource, by_chunks, part};
 use crate::error::{Error, Result};
+use crate::kernels::weighted_sum;
 use crate::task_vector::Layering;
 
 /// A merge with per-(task, unit) coefficients over any vector source.
@@ -56,14 +57,12 @@ impl<S: VectorSource> TensorMerge for WeightedSum<S> {
             Error::invalid("tensor", format!("`{name}` belongs to no coefficient unit"))
         })?;
         by_chunks(t0.numel(), |r| {
-            let mut merged = part(&t0.data, r.clone());
-            for k in 0..self.src.num_tasks() {
-                let c = self.coefficients[k * self.units + u];
-                if c != 0.0 {
-                    merged = merged + self.src.vector(k, name, r.clone())?.mul_scalar(c);
-                }
-            }
-            Ok(merged)
+            let terms = (0..self.src.num_tasks())
+                .map(|k| (k, self.coefficients[k * self.units + u]))
+                .filter(|&(_, c)| c != 0.0)
+                .map(|(k, c)| Ok((self.src.vector(k, name, r.clone())?, c)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(weighted_sum(&part(&t0.data, r), &terms))
         })
     }
 }

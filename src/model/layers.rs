@@ -288,7 +288,7 @@ impl EncoderLayer {
             if let Some(m) = mask {
                 scores = scores.mask_fill(m.clone(), f32::NEG_INFINITY);
             }
-            super::kernels::softmax_last(scores).matmul(v)
+            crate::kernels::softmax_last(scores).matmul(v)
         };
         let attn = context.swap_dims(1, 2).reshape([b, t, width]);
         obs.linear_input(l, LinearKind::Out, &attn);
@@ -314,7 +314,7 @@ pub(crate) fn encoder_layers(
 
 fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
     match act {
-        Activation::QuickGelu => super::kernels::quick_gelu(x),
+        Activation::QuickGelu => crate::kernels::quick_gelu(x),
         Activation::Gelu => gelu(x),
     }
 }

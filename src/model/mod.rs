@@ -2,7 +2,6 @@
 //! (including ones built inside an autodiff graph) are passed in, never copied into modules.
 
 mod heads;
-mod kernels;
 mod layers;
 mod text;
 mod tokenizer;

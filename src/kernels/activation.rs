@@ -1,14 +1,11 @@
 //! quick_gelu and the softmax over the last axis, each with its gradient, as one pass over
-//! memory on the CPU.
+//! memory: a burn backend extension implemented for flex and for autodiff over it.
 //!
 //! Composed from burn's operations, quick_gelu is three passes forward and about six backward,
 //! a differentiable softmax five and about eight, each allocating its output, and burn-flex
-//! computes every `exp` one element at a time with libm: in the suite's training and in ViT
-//! forwards and backwards that was a sixth of the CPU time (BENCHMARKS.md). Here they are a burn
-//! backend extension: on flex (and autodiff over flex) vectorised loops with a polynomial `exp`,
-//! spread over the rayon pool; on any other backend the same functions composed from burn's
-//! operations. The loops use fused multiply-adds only, so their results are the same bits at
-//! every vector width the CPU dispatch may pick.
+//! computes every `exp` one element at a time with libm. Here they are vectorised loops with a
+//! polynomial `exp`, spread over the rayon pool. The loops use fused multiply-adds only, so their
+//! results are the same bits at every vector width the CPU dispatch may pick.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -20,7 +17,9 @@ use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DType, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
+
+use super::fused_on;
 use rayon::prelude::*;
 
 /// The slope inside quick_gelu's sigmoid (OpenAI CLIP's).
@@ -46,12 +45,6 @@ pub(crate) fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     } else {
         softmax(x, D - 1)
     }
-}
-
-/// Whether `device` runs the fused kernels: flex, with or without autodiff.
-fn fused_on(device: &Device) -> bool {
-    // Device equality ignores autodiff.
-    *device == Device::flex()
 }
 
 /// The fused operations and their gradients as backend operations.
@@ -378,6 +371,8 @@ fn exp_nonpositive(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::Device;
+
     use super::*;
 
     #[test]

@@ -1,0 +1,21 @@
+//! Fused CPU loops for what burn-flex runs as many small passes: the transformer's activations
+//! and their gradients, and the sums over task vectors that every AdaMerging step takes.
+//!
+//! Each runs on flex's tensors where every input is there (plain `f32`), and falls back to the
+//! same computation composed from burn's operations elsewhere (wgpu, ndarray, half precision),
+//! so callers need not know which backend they are on. In the suite's training and in ViT
+//! forwards and backwards the composed activations were a sixth of the CPU time (BENCHMARKS.md).
+
+mod activation;
+mod sums;
+
+use burn::tensor::Device;
+
+pub(crate) use activation::{quick_gelu, softmax_last};
+pub(crate) use sums::{dots, weighted_sum};
+
+/// Whether `device` runs the fused loops: flex, with or without autodiff.
+fn fused_on(device: &Device) -> bool {
+    // Device equality ignores autodiff.
+    *device == Device::flex()
+}
