@@ -4,8 +4,9 @@
 //! Composed from burn's operations, quick_gelu is three passes forward and about six backward,
 //! a differentiable softmax five and about eight, each allocating its output, and burn-flex
 //! computes every `exp` one element at a time with libm. Here they are vectorised loops with a
-//! polynomial `exp`, spread over the rayon pool. The loops use fused multiply-adds only, so their
-//! results are the same bits at every vector width the CPU dispatch may pick.
+//! polynomial `exp`, spread over the rayon pool. Their multiply-adds are written as such (none is
+//! left to the compiler), so their results are the same bits at every vector width the CPU
+//! dispatch may pick.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
