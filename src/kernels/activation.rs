@@ -22,6 +22,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::fused_on;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// The slope inside quick_gelu's sigmoid (OpenAI CLIP's).
 const SLOPE: f32 = 1.702;
@@ -66,7 +67,7 @@ impl Fused for Flex {
         if x.dtype() != DType::F32 {
             return composed_quick_gelu::<Self>(x);
         }
-        map_into(x, None, CHUNK, |_, out| {
+        map_into(x, CHUNK, |_, out| {
             pulp::Arch::new().dispatch(QuickGeluLoop(out))
         })
     }
@@ -75,10 +76,12 @@ impl Fused for Flex {
         if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.shape() != grad.shape() {
             return composed_quick_gelu_backward::<Self>(x, grad);
         }
-        map_into(grad, Some(x), CHUNK, |x, out| {
-            if let Some(x) = x {
-                pulp::Arch::new().dispatch(QuickGeluBackwardLoop(x, out))
-            }
+        let x = contiguous(x);
+        let Some(xs) = x.as_slice::<f32>() else {
+            return composed_quick_gelu_backward::<Self>(x, grad);
+        };
+        map_into(grad, CHUNK, |range, out| {
+            pulp::Arch::new().dispatch(QuickGeluBackwardLoop(&xs[range], out))
         })
     }
 
@@ -88,7 +91,7 @@ impl Fused for Flex {
         if x.dtype() != DType::F32 || n == 0 {
             return <Self as ActivationOps<Self>>::softmax(x, shape.num_dims().saturating_sub(1));
         }
-        map_into(x, None, rows_per_chunk(n), move |_, out| {
+        map_into(x, rows_per_chunk(n), |_, out| {
             pulp::Arch::new().dispatch(SoftmaxLoop(n, out))
         })
     }
@@ -100,10 +103,12 @@ impl Fused for Flex {
         {
             return composed_softmax_backward::<Self>(y, grad);
         }
-        map_into(grad, Some(y), rows_per_chunk(n), move |y, out| {
-            if let Some(y) = y {
-                pulp::Arch::new().dispatch(SoftmaxBackwardLoop(n, y, out))
-            }
+        let y = contiguous(y);
+        let Some(ys) = y.as_slice::<f32>() else {
+            return composed_softmax_backward::<Self>(y, grad);
+        };
+        map_into(grad, rows_per_chunk(n), |range, out| {
+            pulp::Arch::new().dispatch(SoftmaxBackwardLoop(n, &ys[range], out))
         })
     }
 }
@@ -215,27 +220,23 @@ fn rows_per_chunk(n: usize) -> usize {
     (CHUNK / n).max(1) * n
 }
 
-/// `f(with, out)` over `t`'s elements, `chunk` (a multiple of any row length `f` needs) at a
-/// time over the rayon pool: `out` holds `t`'s values and `with` the same elements of `with`
-/// (same shape as `t`). In place when `t` is the only owner of its contiguous storage, else into
-/// a new tensor.
+/// `f(range, out)` over `t`'s elements, `chunk` (a multiple of any row length `f` needs) at a
+/// time over the rayon pool: `out` holds the values of `t` at `range`. In place when `t` is the
+/// only owner of its contiguous storage, else into a new tensor.
 fn map_into(
     t: FlexTensor,
-    with: Option<FlexTensor>,
     chunk: usize,
-    f: impl Fn(Option<&[f32]>, &mut [f32]) + Sync,
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync,
 ) -> FlexTensor {
     let shape = t.shape();
     let n = shape.num_elements();
-    let with = with.map(contiguous);
-    let with = with.as_ref().and_then(|w| w.as_slice::<f32>());
     let chunked = |out: &mut [f32], src: Option<&[f32]>| {
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, part)| {
             let range = i * chunk..i * chunk + part.len();
             if let Some(src) = src {
                 part.copy_from_slice(&src[range.clone()]);
             }
-            f(with.map(|w| &w[range]), part)
+            f(range, part)
         })
     };
     if t.is_unique() && t.layout().is_contiguous() && t.layout().start_offset() == 0 {

@@ -94,8 +94,9 @@ pub(crate) fn weighted_sum(t0: &Tensor<1>, terms: &[(Tensor<1>, f32)]) -> Tensor
     let mut out = b.to_vec();
     out.par_chunks_mut(TASK).enumerate().for_each(|(i, part)| {
         let start = i * TASK;
+        let arch = pulp::Arch::new();
         for &(t, c) in &ts {
-            pulp::Arch::new().dispatch(AxpyLoop(part, &t[start..start + part.len()], c));
+            arch.dispatch(AxpyLoop(part, &t[start..start + part.len()], c));
         }
     });
     let n = out.len();
@@ -114,12 +115,13 @@ fn dot_slices(g: &[f32], ts: &[&[f32]]) -> Vec<f64> {
         .par_chunks(TASK)
         .enumerate()
         .map(|(i, part)| {
+            let arch = pulp::Arch::new();
             let mut acc = vec![0.0f64; ts.len()];
             for (j, block) in part.chunks(BLOCK).enumerate() {
                 let start = i * TASK + j * BLOCK;
                 for (a, t) in acc.iter_mut().zip(ts) {
                     let t = &t[start..start + block.len()];
-                    *a += pulp::Arch::new().dispatch(DotLoop(block, t));
+                    *a += arch.dispatch(DotLoop(block, t));
                 }
             }
             acc
@@ -182,7 +184,7 @@ mod tests {
     use super::*;
 
     fn vals(t: Tensor<1>) -> Vec<f32> {
-        t.into_data().try_into_vec::<f32>().unwrap()
+        crate::weights::tensor_to_vec(t).unwrap()
     }
 
     fn ramp(n: usize, seed: f32) -> Vec<f32> {
