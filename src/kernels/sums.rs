@@ -3,13 +3,10 @@
 //! term allocates a product and reads it back (on a ViT-B/32 step with 8 tasks, 0.6 s and 0.7 s
 //! of 16.5); here each is one pass over the operands, a block at a time over the rayon pool.
 
-use burn::backend::DType;
-use burn::backend::Flex;
-use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::fused_on;
+use super::{flex_f32, fused_on};
 
 /// Elements per inner block: `g`'s block stays in L1 while every τ_k's block streams past it.
 const BLOCK: usize = 1 << 12;
@@ -101,12 +98,6 @@ pub(crate) fn weighted_sum(t0: &Tensor<1>, terms: &[(Tensor<1>, f32)]) -> Tensor
     });
     let n = out.len();
     Tensor::from_data(TensorData::new(out, [n]), &t0.device())
-}
-
-/// `t`'s flex tensor where `t` is a plain f32 tensor on flex (not inside an autodiff graph).
-fn flex_f32(t: &Tensor<1>) -> Option<FlexTensor> {
-    let f = t.clone().try_into_primitive::<Flex>().ok()?;
-    (f.dtype() == DType::F32).then_some(f)
 }
 
 /// ⟨g, t⟩ for every `t` of `ts`, blocks of [`BLOCK`] summed in f64 in block order.

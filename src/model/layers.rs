@@ -151,10 +151,39 @@ impl LinearKind {
     }
 }
 
+/// Where a parameterised operation of a tower sits: what [`Observer::tap`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tap {
+    /// The patch embedding: a linear layer without bias over the flattened patches.
+    PatchEmbedding,
+    /// The embeddings' sum (class token and patches, plus the positions), before the first norm.
+    Embeddings,
+    /// `pre_layrnorm`.
+    PreNorm,
+    /// `layer_norm1` of encoder layer `l`.
+    Norm1(usize),
+    /// Linear layer `kind` of encoder layer `l`.
+    Linear(usize, LinearKind),
+    /// `layer_norm2` of encoder layer `l`.
+    Norm2(usize),
+    /// `post_layernorm`.
+    PostNorm,
+    /// `visual_projection`.
+    Projection,
+}
+
 /// Sees the input of every linear layer of an encoder as it runs: what data-based merges
-/// (RegMean) record. The default methods do nothing, so a forward without an observer pays
-/// nothing for the hook.
+/// (RegMean) record; and, through [`Observer::tap`], every parameterised operation's input and
+/// output. The default methods do nothing, so a forward without an observer pays nothing for the
+/// hooks.
 pub trait Observer {
+    /// The operation at `at` read `input` and wrote `output`; the output the forward goes on
+    /// with is what this returns. The exact Fisher adds a zero leaf there, whose gradient is then
+    /// ∂loss/∂output for every image of a batch: per-image gradients from one batched backward.
+    fn tap<const D: usize>(&mut self, at: Tap, input: &Tensor<D>, output: Tensor<D>) -> Tensor<D> {
+        let _ = (at, input);
+        output
+    }
     /// The input [B, T, in] of linear layer `kind` of encoder layer `layer`.
     fn linear_input(&mut self, layer: usize, kind: LinearKind, x: &Tensor<3>) {
         let _ = (layer, kind, x);
@@ -265,14 +294,17 @@ impl EncoderLayer {
         let [b, t, width] = x.dims();
         let hd = width / self.heads;
         let scale = (hd as f64).powf(-0.5);
-        let h = self.layer_norm1.forward(x.clone());
+        let h = obs.tap(Tap::Norm1(l), &x, self.layer_norm1.forward(x.clone()));
         obs.linear_input(l, LinearKind::Q, &h);
         obs.linear_input(l, LinearKind::K, &h);
         obs.linear_input(l, LinearKind::V, &h);
         let split = |y: Tensor<3>| y.reshape([b, t, self.heads, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(h.clone()));
-        let k = split(self.k_proj.forward(h.clone()));
-        let v = split(self.v_proj.forward(h));
+        let mut project = |kind, lin: &Linear, h: &Tensor<3>| {
+            split(obs.tap(Tap::Linear(l, kind), h, lin.forward(h.clone())))
+        };
+        let q = project(LinearKind::Q, &self.q_proj, &h);
+        let k = project(LinearKind::K, &self.k_proj, &h);
+        let v = project(LinearKind::V, &self.v_proj, &h);
         let context = if mask.is_none() && !q.is_autodiff() {
             // The backend's fused attention (one pass over each head's scores); it has no
             // backward of its own (burn's autodiff decomposes it with extra guards), so graphs
@@ -292,12 +324,15 @@ impl EncoderLayer {
         };
         let attn = context.swap_dims(1, 2).reshape([b, t, width]);
         obs.linear_input(l, LinearKind::Out, &attn);
-        let x = x + self.out_proj.forward(attn);
-        let h = self.layer_norm2.forward(x.clone());
+        let out = self.out_proj.forward(attn.clone());
+        let x = x + obs.tap(Tap::Linear(l, LinearKind::Out), &attn, out);
+        let h = obs.tap(Tap::Norm2(l), &x, self.layer_norm2.forward(x.clone()));
         obs.linear_input(l, LinearKind::Fc1, &h);
-        let h = activate(self.act, self.fc1.forward(h));
+        let fc1 = self.fc1.forward(h.clone());
+        let h = activate(self.act, obs.tap(Tap::Linear(l, LinearKind::Fc1), &h, fc1));
         obs.linear_input(l, LinearKind::Fc2, &h);
-        x + self.fc2.forward(h)
+        let fc2 = self.fc2.forward(h.clone());
+        x + obs.tap(Tap::Linear(l, LinearKind::Fc2), &h, fc2)
     }
 }
 

@@ -8,7 +8,7 @@ mod tokenizer;
 mod vision;
 
 pub use heads::{logits, normalize_rows, read_head, zero_shot_head};
-pub use layers::{EncoderLayer, LayerNorm, Linear, LinearKind, NoObserver, Observer};
+pub use layers::{EncoderLayer, LayerNorm, Linear, LinearKind, NoObserver, Observer, Tap};
 pub use text::{TextOutput, text_forward};
 pub use tokenizer::{ClipTokenizer, Encoded};
-pub use vision::{VisionOutput, VisionTower, vision_forward};
+pub use vision::{VisionOutput, VisionTower, vision_forward, vision_prefix};

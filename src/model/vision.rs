@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 
 use super::layers::{
-    EncoderLayer, EncoderShape, LayerNorm, Linear, NoObserver, Observer, encoder_layers, param,
+    EncoderLayer, EncoderShape, LayerNorm, Linear, NoObserver, Observer, Tap, encoder_layers, param,
 };
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
@@ -95,7 +95,7 @@ impl VisionTower {
         pixels: Tensor<4>,
         obs: &mut impl Observer,
     ) -> Result<VisionOutput> {
-        let mut x = self.embed(pixels)?;
+        let mut x = self.embed_observed(pixels, obs)?;
         for l in 0..self.layers.len() {
             x = self.block(l, x, obs);
         }
@@ -105,13 +105,22 @@ impl VisionTower {
     /// The projected image embeddings [B, projection]: what a head scores. An error when the
     /// weights have no `visual_projection`.
     pub fn image_embeds(&self, pixels: Tensor<4>) -> Result<Tensor<2>> {
+        self.image_embeds_observed(pixels, &mut NoObserver)
+    }
+
+    /// [`VisionTower::image_embeds`], tapped by `obs`.
+    pub fn image_embeds_observed(
+        &self,
+        pixels: Tensor<4>,
+        obs: &mut impl Observer,
+    ) -> Result<Tensor<2>> {
         if self.visual_projection.is_none() {
             return Err(Error::Tensor {
                 tensor: "visual_projection.weight".into(),
                 reason: "missing: scoring with a head needs the visual projection".into(),
             });
         }
-        let out = self.forward(pixels)?;
+        let out = self.forward_observed(pixels, obs)?;
         out.image_embeds.ok_or_else(|| Error::Tensor {
             tensor: "visual_projection.weight".into(),
             reason: "missing".into(),
@@ -120,6 +129,11 @@ impl VisionTower {
 
     /// The embeddings and `pre_layrnorm`: the input of block 0, [B, 1 + patches, hidden].
     pub fn embed(&self, pixels: Tensor<4>) -> Result<Tensor<3>> {
+        self.embed_observed(pixels, &mut NoObserver)
+    }
+
+    /// [`VisionTower::embed`], tapped by `obs`.
+    pub fn embed_observed(&self, pixels: Tensor<4>, obs: &mut impl Observer) -> Result<Tensor<3>> {
         let [b, c, h, wd] = pixels.dims();
         let cfg = &self.cfg;
         let (p, width) = (cfg.patch_size, cfg.hidden_size);
@@ -144,14 +158,20 @@ impl VisionTower {
             weight: self.patch_embedding.clone(),
             bias: None,
         };
-        let x = embedding.forward(patches);
+        let x = obs.tap(
+            Tap::PatchEmbedding,
+            &patches,
+            embedding.forward(patches.clone()),
+        );
         let cls = self
             .class_embedding
             .clone()
             .reshape([1, 1, width])
             .expand([b, 1, width]);
         let x = Tensor::cat(vec![cls, x], 1) + self.position_embedding.clone().unsqueeze::<3>();
-        Ok(self.pre_layrnorm.forward(x))
+        let x = obs.tap(Tap::Embeddings, &x.clone(), x);
+        let normed = self.pre_layrnorm.forward(x.clone());
+        Ok(obs.tap(Tap::PreNorm, &x, normed))
     }
 
     /// Encoder block `l` on its input (the output of block `l − 1`, or of [`VisionTower::embed`]).
@@ -175,16 +195,34 @@ impl VisionTower {
             .clone()
             .narrow(1, 0, 1)
             .reshape([b, width]);
-        let pooled = self.post_layernorm.forward(cls_out);
+        let pooled = self.post_layernorm.forward(cls_out.clone());
+        let pooled = obs.tap(Tap::PostNorm, &cls_out, pooled);
         let image_embeds = self.visual_projection.as_ref().map(|proj| {
             obs.projection_input(&pooled);
-            proj.forward(pooled.clone())
+            obs.tap(Tap::Projection, &pooled, proj.forward(pooled.clone()))
         });
         VisionOutput {
             last_hidden_state,
             pooled,
             image_embeds,
         }
+    }
+}
+
+/// The checkpoint prefix of the vision tower's operation at `tap`: its tensors are
+/// `<prefix>.weight` and `<prefix>.bias` where it has them, and for the embeddings
+/// `<prefix>.class_embedding` and `<prefix>.position_embedding.weight`.
+pub fn vision_prefix(tap: Tap) -> String {
+    const ENCODER: &str = "vision_model.encoder.layers";
+    match tap {
+        Tap::PatchEmbedding => "vision_model.embeddings.patch_embedding".into(),
+        Tap::Embeddings => "vision_model.embeddings".into(),
+        Tap::PreNorm => "vision_model.pre_layrnorm".into(),
+        Tap::Norm1(l) => format!("{ENCODER}.{l}.layer_norm1"),
+        Tap::Linear(l, kind) => format!("{ENCODER}.{l}.{}", kind.name()),
+        Tap::Norm2(l) => format!("{ENCODER}.{l}.layer_norm2"),
+        Tap::PostNorm => "vision_model.post_layernorm".into(),
+        Tap::Projection => "visual_projection".into(),
     }
 }
 

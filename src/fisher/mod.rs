@@ -10,13 +10,16 @@
 //!   held constant; F = Σ_B g² / N. It squares a sum over classes and images, so it is not the
 //!   textbook Fisher and depends on the batch size, but it is what FusionBench's numbers use.
 //! - **exact**: per image, y drawn from the model's own p(·|x) (seeded), g = ∇ log p(y|x);
-//!   F = Σ_x g² / N: an unbiased estimate of the diagonal Fisher, one backward per image.
+//!   F = Σ_x g² / N: an unbiased estimate of the diagonal Fisher. The per-image gradients come
+//!   from one batched backward ([`per_image`]), not one backward per image.
 //!
-//! Tasks are processed one at a time (on the CPU two of a task's backwards side by side, summed
-//! in order): the merge keeps two running sums, never K Fishers.
+//! Tasks are processed one at a time (on the CPU two of a task's batch backwards side by side,
+//! summed in order): the merge keeps two running sums, never K Fishers.
+
+mod per_image;
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::ProgressBar;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -30,6 +33,7 @@ use crate::eval::check_head_width;
 use crate::model::{VisionTower, logits};
 use crate::task_vector::TaskVectors;
 use crate::weights::{TensorGrads, Weights, add_grads, tensor_to_vec};
+use per_image::Probes;
 
 /// The paper.
 pub const PAPER: &str =
@@ -151,39 +155,48 @@ fn diagonal_of(
     progress: &ProgressBar,
 ) -> Result<Weights> {
     check_head_width(cfg, &tv.tasks()[k], head)?;
-    // What one backward sees: a batch (FusionBench's estimator) or one image with the uniform
-    // draw that picks its label (drawn in image order before any thread runs).
-    let mut units: Vec<(Tensor<4>, Option<f64>)> = Vec::new();
-    for pixels in batches {
-        match estimator {
-            Estimator::Batch => units.push((pixels.clone(), None)),
-            Estimator::Exact => {
-                for i in 0..pixels.dims()[0] {
-                    units.push((pixels.clone().narrow(0, i, 1), Some(uniform()?)));
+    let mut sums: TensorGrads = vec![None; w.len()];
+    let mut n = 0usize;
+    match estimator {
+        Estimator::Batch => {
+            // Backwards side by side on the CPU, each from its own leaves of `w` (burn's CPU
+            // backend leaves a core idle in much of one), where their activations fit the
+            // learner's budget (ViT-B/32 batches of 32: yes; ViT-L/14's: one at a time); their
+            // squares are summed in order.
+            let images = batches.iter().map(|p| p.dims()[0]).max().unwrap_or(1);
+            let width = side_by_side(&head.device());
+            let fits = width
+                .saturating_mul(images)
+                .saturating_mul(activation_bytes_per_image(cfg))
+                <= FORWARD_BUDGET_BYTES;
+            for group in batches.chunks(if fits { width } else { 1 }) {
+                let squares = wave(group, |pixels| {
+                    batch_squared_gradient(cfg, tv, w, head, pixels.clone())
+                })?;
+                for (pixels, square) in group.iter().zip(squares) {
+                    add_grads(&mut sums, square);
+                    let b = pixels.dims()[0];
+                    n += b;
+                    progress.inc(b as u64);
                 }
             }
         }
-    }
-    let mut sums: TensorGrads = vec![None; w.len()];
-    let mut n = 0usize;
-    // Backwards side by side on the CPU, each from its own leaves of `w` (burn's CPU backend
-    // leaves a core idle in much of one), where their activations fit the learner's budget
-    // (ViT-B/32 batches of 32: yes; ViT-L/14's: one at a time); their squares are summed in order.
-    let images = units.iter().map(|(p, _)| p.dims()[0]).max().unwrap_or(1);
-    let width = side_by_side(&head.device());
-    let fits = width
-        .saturating_mul(images)
-        .saturating_mul(activation_bytes_per_image(cfg))
-        <= FORWARD_BUDGET_BYTES;
-    for units in units.chunks(if fits { width } else { 1 }) {
-        let squares = wave(units, |(pixels, u)| {
-            squared_gradient(cfg, tv, w, head, pixels.clone(), *u)
-        })?;
-        for ((pixels, _), square) in units.iter().zip(squares) {
-            add_grads(&mut sums, square);
-            let b = pixels.dims()[0];
-            n += b;
-            progress.inc(b as u64);
+        Estimator::Exact => {
+            // As many images per backward as the activations, the probes and their gradients
+            // (about twice the activations) fit the learner's budget.
+            let per = (FORWARD_BUDGET_BYTES / (2 * activation_bytes_per_image(cfg)).max(1)).max(1);
+            for pixels in batches {
+                let b = pixels.dims()[0];
+                for start in (0..b).step_by(per) {
+                    let part = pixels.clone().narrow(0, start, per.min(b - start));
+                    let m = part.dims()[0];
+                    // Drawn in image order, one per image, as one backward per image would.
+                    let draws = (0..m).map(|_| uniform()).collect::<Result<Vec<f64>>>()?;
+                    add_grads(&mut sums, exact_squares(cfg, tv, w, head, part, &draws)?);
+                    n += m;
+                    progress.inc(m as u64);
+                }
+            }
         }
     }
     if n == 0 {
@@ -204,41 +217,57 @@ fn diagonal_of(
     Ok(out)
 }
 
-/// The squared gradient, per tensor of `w` (None where none reaches it), of one backward: with
-/// no draw `u`, FusionBench's Σ_x Σ_y sg(√p) log p over the batch; with one, log p(y|x) of the
-/// single image, y drawn from the model's own p by `u`.
-fn squared_gradient(
+/// FusionBench's squared gradient, per tensor of `w` (None where none reaches it): of
+/// Σ_x Σ_y sg(√p) log p over the batch.
+fn batch_squared_gradient(
     cfg: &VisionConfig,
     tv: &TaskVectors,
     w: &Weights,
     head: &Tensor<2>,
     pixels: Tensor<4>,
-    u: Option<f64>,
 ) -> Result<TensorGrads> {
     let leaves = w.map(|_, t| t.autodiff().require_grad());
     let model = tv.complete(leaves.clone());
     let embeds = VisionTower::new(cfg, &model)?.image_embeds(pixels)?;
     let log_p = log_softmax(logits(embeds, head.clone()), 1);
-    let loss = match u {
-        None => {
-            let sqrt_p = log_p.clone().detach().exp().sqrt();
-            (sqrt_p * log_p).sum()
-        }
-        Some(u) => {
-            let [_, c] = log_p.dims();
-            let p: Vec<f64> = tensor_to_vec(log_p.clone().inner().reshape([c]))?
-                .into_iter()
-                .map(|l| f64::from(l).exp())
-                .collect();
-            log_p.narrow(1, sample(&p, u), 1).sum()
-        }
-    };
-    let grads = loss.backward();
+    let sqrt_p = log_p.clone().detach().exp().sqrt();
+    let grads = (sqrt_p * log_p).sum().backward();
     // One pass each, in place where the buffer is not shared.
     Ok(leaves
         .iter()
         .map(|(_, leaf)| leaf.data.grad(&grads).map(|g| g.square()))
         .collect())
+}
+
+/// Σ_i g_i², per tensor of `w` (None where none reaches it), over the images i of `pixels`,
+/// g_i = ∇ log p(y_i|x_i) with y_i drawn from the model's own p(·|x_i) by `draws[i]`; from one
+/// batched forward and backward through probes ([`per_image`]).
+fn exact_squares(
+    cfg: &VisionConfig,
+    tv: &TaskVectors,
+    w: &Weights,
+    head: &Tensor<2>,
+    pixels: Tensor<4>,
+    draws: &[f64],
+) -> Result<TensorGrads> {
+    // The weights are constants: no weight gradient is formed, only the probes' gradients.
+    let model = tv.complete(w.clone());
+    let mut probes = Probes::new(w);
+    let embeds = VisionTower::new(cfg, &model)?.image_embeds_observed(pixels, &mut probes)?;
+    if !probes.any() {
+        return Ok(vec![None; w.len()]);
+    }
+    let log_p = log_softmax(logits(embeds, head.clone()), 1);
+    let [b, c] = log_p.dims();
+    let values = tensor_to_vec(log_p.clone().inner().reshape([b * c]))?;
+    let mut picked = vec![0.0f32; b * c];
+    for (i, (row, u)) in values.chunks(c.max(1)).zip(draws).enumerate() {
+        let p: Vec<f64> = row.iter().map(|l| f64::from(*l).exp()).collect();
+        picked[i * c + sample(&p, *u)] = 1.0;
+    }
+    let picked = Tensor::<2>::from_data(TensorData::new(picked, [b, c]), &log_p.device());
+    let grads = (log_p * picked).sum().backward();
+    Ok(probes.squares(&grads, cfg.layer_norm_eps))
 }
 
 /// ‖F‖: the L2 norm of every entry of every tensor (FusionBench's `get_models_fisher_norm`).
