@@ -28,7 +28,8 @@ Both sides run the whole merge as a user would, in one process each, with `--thr
 
 The batch estimator reads every image of `images-<--images>` (ours draws all of a folder when it
 asks for as many as there are, in folder order, so both see the same batches of 32); the exact one
-reads `images-<--exact-images>` (default 32: a backward per image). Peak RSS is measured with GNU
+reads `images-<--exact-images>` (default 32; PyTorch's reference runs a backward per image, ours
+batches them: per-image gradients from one backward per batch). Peak RSS is measured with GNU
 time's `%M` (see common.measured_run). For the batch estimator the merged tensors of both are
 compared (largest |ours - torch| / largest |torch| per tensor; both compute in float32, so this is
 the float32 agreement of two implementations, not an accuracy); the exact estimator's labels are

@@ -13,7 +13,8 @@
 //!   F = Σ_x g² / N: an unbiased estimate of the diagonal Fisher. The per-image gradients come
 //!   from one batched backward ([`per_image`]), not one backward per image.
 //!
-//! Tasks are processed one at a time: the merge keeps two running sums, never K Fishers.
+//! Tasks are processed one at a time (on the CPU two of a task's batch backwards side by side,
+//! summed in order): the merge keeps two running sums, never K Fishers.
 
 mod per_image;
 
@@ -26,6 +27,7 @@ use rand::{RngExt, SeedableRng};
 use crate::adamerging::{FORWARD_BUDGET_BYTES, activation_bytes_per_image};
 use crate::config::VisionConfig;
 use crate::data_merge::{DataInputs, DataMerge};
+use crate::device::{side_by_side, wave};
 use crate::error::{Error, Result};
 use crate::eval::check_head_width;
 use crate::model::{VisionTower, logits};
@@ -157,17 +159,26 @@ fn diagonal_of(
     let mut n = 0usize;
     match estimator {
         Estimator::Batch => {
-            // One batch at a time: two side by side on the CPU were no faster since the fused
-            // activations (ViT-B/32, 2 cores: 20.8 against 20.8–22.0 s for 128 images) and
-            // held 1.7 GB more.
-            for pixels in batches {
-                add_grads(
-                    &mut sums,
-                    batch_squared_gradient(cfg, tv, w, head, pixels.clone())?,
-                );
-                let b = pixels.dims()[0];
-                n += b;
-                progress.inc(b as u64);
+            // Backwards side by side on the CPU, each from its own leaves of `w` (burn's CPU
+            // backend leaves a core idle in much of one), where their activations fit the
+            // learner's budget (ViT-B/32 batches of 32: yes; ViT-L/14's: one at a time); their
+            // squares are summed in order.
+            let images = batches.iter().map(|p| p.dims()[0]).max().unwrap_or(1);
+            let width = side_by_side(&head.device());
+            let fits = width
+                .saturating_mul(images)
+                .saturating_mul(activation_bytes_per_image(cfg))
+                <= FORWARD_BUDGET_BYTES;
+            for group in batches.chunks(if fits { width } else { 1 }) {
+                let squares = wave(group, |pixels| {
+                    batch_squared_gradient(cfg, tv, w, head, pixels.clone())
+                })?;
+                for (pixels, square) in group.iter().zip(squares) {
+                    add_grads(&mut sums, square);
+                    let b = pixels.dims()[0];
+                    n += b;
+                    progress.inc(b as u64);
+                }
             }
         }
         Estimator::Exact => {

@@ -9,7 +9,7 @@ use crate::fisher::{Estimator, Fisher, PAPER};
 const PARAMS: &[Param] = &[
     Param {
         name: "fisher_estimator",
-        help: "batch: FusionBench's (the squared gradient of Σ sg(√p)·log p per batch); exact: per image, the squared gradient of log p(y|x) with y drawn from the model's prediction (one backward per image)",
+        help: "batch: FusionBench's (the squared gradient of Σ sg(√p)·log p per batch); exact: per image, the squared gradient of log p(y|x) with y drawn from the model's prediction (per-image gradients from one batched backward)",
         kind: Kind::Choice(&["batch", "exact"]),
         default: ParamDefault::Value(Value::Choice("batch")),
         sweep: false,
