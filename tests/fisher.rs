@@ -133,6 +133,47 @@ fn merges_match_the_pytorch_reference() {
     }
 }
 
+/// The exact estimator takes every image's gradient from one backward per batch: batches of one
+/// image (a backward each, as the textbook loop) give the same Fisher, with the same draws.
+#[test]
+fn exact_fishers_do_not_depend_on_how_images_are_batched() {
+    let device = Device::flex();
+    let want = expected();
+    let (cfg, tv) = task_vectors(&TASKS, &device);
+    let task = TASKS[0];
+    let uniforms = want[&format!("uniforms/{task}")].clone();
+    let batched = pixels(task, &device);
+    let single: Vec<Tensor<4>> = batched
+        .iter()
+        .flat_map(|b| (0..b.dims()[0]).map(move |i| b.clone().narrow(0, i, 1)))
+        .collect();
+    assert_eq!(single.len(), 24);
+    let fisher = |batches: &[Tensor<4>]| {
+        let mut draws = uniforms.iter().copied();
+        let mut uniform = || Ok(draws.next().expect("24 draws"));
+        diagonal(
+            &cfg,
+            &tv,
+            0,
+            &head(task, &device),
+            batches,
+            Estimator::Exact,
+            &mut uniform,
+            &ProgressBar::hidden(),
+        )
+        .unwrap()
+    };
+    let one_by_one: HashMap<String, Vec<f64>> = fisher(&single)
+        .iter()
+        .map(|(name, t)| {
+            let v = t.to_vec().unwrap().into_iter().map(f64::from).collect();
+            (format!("single/{name}"), v)
+        })
+        .collect();
+    let (e, at) = worst(&fisher(&batched), &one_by_one, "single");
+    assert!(e <= 1e-5, "{at} off by {e:.2e}");
+}
+
 #[test]
 fn one_task_gives_back_its_own_model() {
     let device = Device::flex();
