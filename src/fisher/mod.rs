@@ -69,7 +69,8 @@ pub struct Fisher {
     pub estimator: Estimator,
     /// Images per task.
     pub images: usize,
-    /// Images per forward (the batch estimator's batch; the exact one runs them one by one).
+    /// Images per forward (the batch estimator's batch; the exact one takes each image's
+    /// gradient from one backward per batch, or per part of one where memory needs).
     pub batch_size: usize,
     /// Seed of the images drawn and of the exact estimator's labels (default: the caller's).
     pub seed: Option<u64>,

@@ -10,6 +10,9 @@ use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
+/// The vision encoder's prefix: its layers are `vision_model.encoder.layers.<l>`.
+const ENCODER: &str = "vision_model.encoder";
+
 /// What the vision tower returns.
 pub struct VisionOutput {
     /// Encoder output [B, 1 + patches, hidden].
@@ -63,24 +66,31 @@ impl VisionTower {
             eps,
             cfg.hidden_act,
         )?;
+        let at = vision_prefix;
+        let embeddings = at(Tap::Embeddings);
         let conv = param(
             w,
-            "vision_model.embeddings.patch_embedding.weight",
+            &format!("{}.weight", at(Tap::PatchEmbedding)),
             [width, c, p, p],
         )?;
         Ok(Self {
             cfg: cfg.clone(),
             patch_embedding: conv.reshape([width, c * p * p]),
-            class_embedding: param(w, "vision_model.embeddings.class_embedding", [width])?,
+            class_embedding: param(w, &format!("{embeddings}.class_embedding"), [width])?,
             position_embedding: param(
                 w,
-                "vision_model.embeddings.position_embedding.weight",
+                &format!("{embeddings}.position_embedding.weight"),
                 [g * g + 1, width],
             )?,
-            pre_layrnorm: LayerNorm::new(w, "vision_model.pre_layrnorm", width, eps)?,
-            layers: encoder_layers(w, "vision_model.encoder", &shape)?,
-            post_layernorm: LayerNorm::new(w, "vision_model.post_layernorm", width, eps)?,
-            visual_projection: Linear::optional(w, "visual_projection", width, cfg.projection_dim)?,
+            pre_layrnorm: LayerNorm::new(w, &at(Tap::PreNorm), width, eps)?,
+            layers: encoder_layers(w, ENCODER, &shape)?,
+            post_layernorm: LayerNorm::new(w, &at(Tap::PostNorm), width, eps)?,
+            visual_projection: Linear::optional(
+                w,
+                &at(Tap::Projection),
+                width,
+                cfg.projection_dim,
+            )?,
         })
     }
 
@@ -213,14 +223,13 @@ impl VisionTower {
 /// `<prefix>.weight` and `<prefix>.bias` where it has them, and for the embeddings
 /// `<prefix>.class_embedding` and `<prefix>.position_embedding.weight`.
 pub fn vision_prefix(tap: Tap) -> String {
-    const ENCODER: &str = "vision_model.encoder.layers";
     match tap {
         Tap::PatchEmbedding => "vision_model.embeddings.patch_embedding".into(),
         Tap::Embeddings => "vision_model.embeddings".into(),
         Tap::PreNorm => "vision_model.pre_layrnorm".into(),
-        Tap::Norm1(l) => format!("{ENCODER}.{l}.layer_norm1"),
-        Tap::Linear(l, kind) => format!("{ENCODER}.{l}.{}", kind.name()),
-        Tap::Norm2(l) => format!("{ENCODER}.{l}.layer_norm2"),
+        Tap::Norm1(l) => format!("{ENCODER}.layers.{l}.layer_norm1"),
+        Tap::Linear(l, kind) => format!("{ENCODER}.layers.{l}.{}", kind.name()),
+        Tap::Norm2(l) => format!("{ENCODER}.layers.{l}.layer_norm2"),
         Tap::PostNorm => "vision_model.post_layernorm".into(),
         Tap::Projection => "visual_projection".into(),
     }
