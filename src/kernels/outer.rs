@@ -21,7 +21,11 @@ const COMPOSED: usize = 1 << 24;
 pub(crate) fn outer_squares(dy: &Tensor<3>, x: &Tensor<3>) -> Tensor<2> {
     let [b, t, out] = dy.dims();
     let inn = x.dims()[2];
-    debug_assert_eq!(x.dims()[..2], [b, t]);
+    assert_eq!(
+        x.dims()[..2],
+        [b, t],
+        "outer_squares: dY and X differ in images or tokens"
+    );
     if !fused_on(&dy.device()) {
         return composed(dy, x);
     }
