@@ -21,7 +21,8 @@ Both sides run the whole merge as a user would, in one process each, with `--thr
 * PyTorch: a child (this script with `--torch-child`) that loads the 9 checkpoints with transformers
   (float32, sdpa), decodes and preprocesses the PNGs with PIL and the PIL-backend CLIPImageProcessor,
   runs `scripts/reference/reference_fisher.py` per task (`fisher_batch` on batches of 32, as
-  FusionBench; or `fisher_exact`, one forward + backward per image, with uniforms from
+  FusionBench; or `fisher_exact`, one forward + backward per image, or with `--torch-exact vmap`
+  `fisher_exact_vmap`, torch.func's per-sample gradients 8 images at a time; uniforms from
   `numpy.random.default_rng([seed, k])`), merges with `fisher_merge` (FusionBench's formula:
   uniform scaling, normalised by the global Fisher norms, eps 1e-6; every tensor, the projection
   included) and saves with safetensors. It times its own phases.
@@ -129,7 +130,10 @@ def torch_child(spec: dict) -> None:
             fishers.append(rf.fisher_batch(model, head, rf.batches_of(pix, spec["batch"])))
         else:
             u = np.random.default_rng([spec["seed"], k]).random(pix.shape[0])
-            fishers.append(rf.fisher_exact(model, head, pix, u.tolist()))
+            if spec["torch_exact"] == "vmap":
+                fishers.append(rf.fisher_exact_vmap(model, head, pix, u.tolist(), chunk_size=8))
+            else:
+                fishers.append(rf.fisher_exact(model, head, pix, u.tolist()))
     t_fisher = time.perf_counter()
     with torch.no_grad():
         merged = rf.model_state(pre)  # the container; every tensor is replaced
@@ -146,7 +150,7 @@ def torch_child(spec: dict) -> None:
 def spec_for(args, cache: Path, estimator: str, out: Path) -> dict:
     n = args.images if estimator == "batch" else args.exact_images
     return {"pretrained": str(cache / "pretrained"), "estimator": estimator, "batch": 32, "images": n,
-            "seed": UNIFORM_SEED, "threads": args.threads, "out": str(out),
+            "seed": UNIFORM_SEED, "threads": args.threads, "out": str(out), "torch_exact": args.torch_exact,
             "tasks": [(t, str(c), str(i), str(h)) for t, c, i, h in task_dirs(cache, n, args.tasks)]}
 
 
@@ -180,6 +184,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256, help="images per task, batch estimator (FusionBench's 256)")
     ap.add_argument("--exact-images", type=int, default=32, help="images per task, exact estimator (a backward each)")
     ap.add_argument("--estimators", default="batch,exact")
+    ap.add_argument("--torch-exact", choices=["loop", "vmap"], default="loop",
+                    help="PyTorch's exact estimator: a backward per image (loop), or torch.func's vmap of grad, "
+                         "8 images at a time")
     ap.add_argument("--tasks", type=int, default=br.NUM_TASKS, help=f"first T of the {br.NUM_TASKS} tasks")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--bin", default=str(DEFAULT_BIN))
@@ -228,7 +235,7 @@ def main() -> None:
           f"{busy:.0%}; torch {versions['torch']}, transformers {versions['transformers']}; adamerge {ours_v}")
     print(f"ViT-B/32 shape, {args.tasks} tasks, {NUM_CLASSES}-class heads, batch 32, normalised, eps 1e-6\n")
     print(f"    {' '.join(rerun_prefix(__file__))} --images {args.images} --exact-images {args.exact_images} "
-          f"--estimators {args.estimators} --threads {args.threads}\n")
+          f"--estimators {args.estimators} --torch-exact {args.torch_exact} --threads {args.threads}\n")
     print("| estimator | images/task | ours s | PyTorch s | ours / PyTorch time | ours ms/image | PyTorch ms/image "
           "| ours peak RSS MiB | PyTorch peak RSS MiB | ours / PyTorch RSS | worst rel. diff, encoder linear "
           "| worst rel. diff, all |")
