@@ -114,10 +114,7 @@ fn square_sum(how: Grad, dy: &Tensor<3>, input: &Tensor<3>, eps: f64) -> Tensor<
             let ones = Tensor::<1>::ones([width], &input.device());
             token_sum(dy.clone() * layer_norm(input.clone(), ones, None, eps))
         }
-        Grad::ClassToken => {
-            let n = dy.dims()[2];
-            dy.clone().narrow(1, 0, 1).square().sum_dim(0).reshape([n])
-        }
+        Grad::ClassToken => token_sum(dy.clone().narrow(1, 0, 1)),
         Grad::Output => {
             let [_, t, n] = dy.dims();
             dy.clone().square().sum_dim(0).reshape([t * n])

@@ -1,5 +1,6 @@
 //! Fused CPU loops for what burn-flex runs as many small passes: the transformer's activations
-//! and their gradients, and the sums over task vectors that every AdaMerging step takes.
+//! and their gradients, the sums over task vectors that every AdaMerging step takes, and the
+//! exact Fisher's summed squares of per-image weight gradients.
 //!
 //! Each runs on flex's tensors where every input is there (plain `f32`), and falls back to the
 //! same computation composed from burn's operations elsewhere (wgpu, ndarray, half precision),

@@ -5,7 +5,7 @@
 //! cache and takes every image's product for that band (a small matrix product) and its square
 //! there.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::{flex_f32, fused_on};
@@ -79,7 +79,7 @@ pub(crate) fn outer_squares(dy: &Tensor<3>, x: &Tensor<3>) -> Tensor<2> {
                 arch.dispatch(SquareAdd(band, &scratch));
             }
         });
-    Tensor::from_data(burn::tensor::TensorData::new(acc, [out, inn]), &dy.device())
+    Tensor::from_data(TensorData::new(acc, [out, inn]), &dy.device())
 }
 
 /// The same sum from burn's operations (any device, any float type): the products of a run of
@@ -121,7 +121,7 @@ impl pulp::WithSimd for SquareAdd<'_> {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     use super::*;
 

@@ -266,17 +266,18 @@ impl EncoderLayer {
     /// The layer `prefix.layers.<l>` (`prefix` the encoder's, e.g. `vision_model.encoder`).
     pub(crate) fn new(w: &Weights, prefix: &str, l: usize, s: &EncoderShape) -> Result<Self> {
         let p = format!("{prefix}.layers.{l}");
-        let lin =
-            |name: &str, d_in, d_out| Linear::new(w, &format!("{p}.{name}"), d_in, d_out, true);
+        let lin = |kind: LinearKind, d_in, d_out| {
+            Linear::new(w, &format!("{p}.{}", kind.name()), d_in, d_out, true)
+        };
         Ok(Self {
             layer_norm1: LayerNorm::new(w, &format!("{p}.layer_norm1"), s.width, s.eps)?,
-            q_proj: lin("self_attn.q_proj", s.width, s.width)?,
-            k_proj: lin("self_attn.k_proj", s.width, s.width)?,
-            v_proj: lin("self_attn.v_proj", s.width, s.width)?,
-            out_proj: lin("self_attn.out_proj", s.width, s.width)?,
+            q_proj: lin(LinearKind::Q, s.width, s.width)?,
+            k_proj: lin(LinearKind::K, s.width, s.width)?,
+            v_proj: lin(LinearKind::V, s.width, s.width)?,
+            out_proj: lin(LinearKind::Out, s.width, s.width)?,
             layer_norm2: LayerNorm::new(w, &format!("{p}.layer_norm2"), s.width, s.eps)?,
-            fc1: lin("mlp.fc1", s.width, s.mlp)?,
-            fc2: lin("mlp.fc2", s.mlp, s.width)?,
+            fc1: lin(LinearKind::Fc1, s.width, s.mlp)?,
+            fc2: lin(LinearKind::Fc2, s.mlp, s.width)?,
             heads: s.heads,
             act: s.act,
         })
