@@ -1,6 +1,6 @@
 //! Fused CPU loops for what burn-flex runs as many small passes: the transformer's activations
-//! and their gradients, the sums over task vectors that every AdaMerging step takes, and the
-//! exact Fisher's summed squares of per-image weight gradients.
+//! and their gradients, its linear layers' products, the sums over task vectors that every
+//! AdaMerging step takes, and the exact Fisher's summed squares of per-image weight gradients.
 //!
 //! Each runs on flex's tensors where every input is there (plain `f32`), and falls back to the
 //! same computation composed from burn's operations elsewhere (wgpu, ndarray, half precision),
@@ -8,6 +8,7 @@
 //! forwards and backwards the composed activations were a sixth of the CPU time (BENCHMARKS.md).
 
 mod activation;
+mod linear;
 mod outer;
 mod sums;
 
@@ -17,6 +18,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{Device, Tensor};
 
 pub(crate) use activation::{quick_gelu, softmax_last};
+pub(crate) use linear::linear_nt;
 pub(crate) use outer::outer_squares;
 pub(crate) use sums::{dots, weighted_sum};
 

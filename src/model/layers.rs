@@ -4,7 +4,7 @@
 //! observer of the inputs of every linear layer.
 
 use burn::tensor::activation::gelu;
-use burn::tensor::module::{attention, layer_norm, linear};
+use burn::tensor::module::{attention, layer_norm};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 
@@ -80,9 +80,9 @@ impl Linear {
         // gradient per image ([B, in, out]) before summing them.
         let mut dims = x.dims();
         let rows = dims[..D - 1].iter().product();
-        let y = linear(
+        let y = crate::kernels::linear_nt(
             x.reshape([rows, dims[D - 1]]),
-            self.weight.clone().transpose(),
+            self.weight.clone(),
             self.bias.clone(),
         );
         dims[D - 1] = y.dims()[1];
