@@ -18,13 +18,12 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DType, Dispatch, Flex, backend_extension};
-use burn::tensor::Tensor;
 use burn::tensor::module::linear;
+use burn::tensor::{Tensor, TensorData};
 
 use super::fused_on;
 
-/// burn-flex's threshold (m·n·k) above which a product uses every thread: the same split keeps
-/// the same bits.
+/// burn-flex's threshold (m·n·k) from which a product is split over every thread.
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 
 /// `x · wᵀ + b` for `x` [rows, in], `w` [out, in], `b` [out], differentiable.
@@ -68,7 +67,13 @@ fn product_f32(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
     let (&[m, k], &[k2, n]) = (ls.shape().as_slice(), rs.shape().as_slice()) else {
         return None;
     };
-    if lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 || k != k2 || m * n * k == 0 {
+    if lhs.dtype() != DType::F32
+        || rhs.dtype() != DType::F32
+        || k != k2
+        || m == 0
+        || n == 0
+        || k == 0
+    {
         return None;
     }
     let (l_rs, l_cs) = (ls.strides()[0], ls.strides()[1]);
@@ -109,10 +114,7 @@ fn product_f32(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
         );
         out.set_len(m * n);
     }
-    Some(FlexTensor::from_data(burn::tensor::TensorData::new(
-        out,
-        [m, n],
-    )))
+    Some(FlexTensor::from_data(TensorData::new(out, [m, n])))
 }
 
 impl<B: Products, C: CheckpointStrategy> Products for Autodiff<B, C> {
@@ -174,7 +176,7 @@ impl<B: Products, C: CheckpointStrategy> Products for Autodiff<B, C> {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     use super::*;
 
