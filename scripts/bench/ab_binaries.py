@@ -33,17 +33,19 @@ sys.path[:0] = [str(HERE)]
 from common import cpu_busy, cpuinfo_field, snapshot_binary  # noqa: E402
 
 
-def run_once(binary: Path, args: list[str], out: Path) -> dict:
-    """One run: wall seconds, peak RSS of the child (MiB), the digests of what it wrote."""
+def run_once(binary: Path, args: list[str], out: Path, log: Path) -> dict:
+    """One run: wall seconds, peak RSS of the child (MiB), the digests of what it wrote. Its
+    stderr goes to `log` (a pipe read only after the wait would block a chatty child)."""
     cmd = [str(binary)] + [a.replace("{out}", str(out)) for a in args]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    with log.open("wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{err[-2000:]}")
+        tail = log.read_bytes()[-2000:].decode(errors="replace")
+        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{tail}")
     digests = {}
     if out.exists():
         for f in sorted(out.rglob("*.safetensors")):
@@ -78,7 +80,7 @@ def main() -> None:
         for i in range(a.repeats):
             for tag in ("a", "b"):
                 out = tmp / f"out-{tag}-{i}"
-                r = run_once(bins[tag][0], args, out)
+                r = run_once(bins[tag][0], args, out, tmp / f"stderr-{tag}-{i}.log")
                 runs[tag].append(r)
                 print(f"  {tag} run {i + 1}: {r['wall_s']:.2f} s, {r['rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
 
